@@ -1,0 +1,1 @@
+"""The consumer: Kafka price events into exact 5-minute windows in PostgreSQL."""

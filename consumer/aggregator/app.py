@@ -1,0 +1,313 @@
+"""The consumer's main loop: read, window, and flush every FLUSH_INTERVAL_SECONDS.
+
+Exactly once: the windows, the metrics and the next offset of every partition are written in
+one PostgreSQL transaction; on start and on every assignment the consumer resumes from the
+offsets stored there. A crash at any instant loses the unflushed interval, which is then read
+again from the stored offsets: nothing lost, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from aggregator.batch import Accumulator, PendingFlush
+from aggregator.config import ConfigError, Settings, load_settings
+from aggregator.kafka_edge import new_consumer
+from aggregator.report import ConsumedLog, report_flush
+from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+
+log = logging.getLogger("consumer")
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+
+class Aggregator(ConsumerRebalanceListener):
+    def __init__(self, settings: Settings, store: Store, stop: threading.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.stop = stop
+        self.consumer: KafkaConsumer | None = None
+        self.accumulator = Accumulator()
+        self.consumed_log = ConsumedLog()
+        # What we believe PostgreSQL holds per partition (None: no row yet). The flush
+        # advances it with compare-and-set, which fences out a consumer that lost a partition.
+        self.stored: dict[int, int | None] = {}
+        self.unresolved: set[int] = set()  # assigned, but stored offsets not read yet
+        self.interval_started = time.monotonic()
+        self.next_flush = self.interval_started + settings.flush_interval
+        self.store_down_since: float | None = None
+        self.retry_attempts = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.consumer = new_consumer(self.settings)
+        self.consumer.subscribe([self.settings.topic], listener=self)
+        log.info(
+            "Consuming %s as group %s; flushing every %g s to PostgreSQL %s/%s",
+            self.settings.topic,
+            self.settings.group_id,
+            self.settings.flush_interval,
+            self.settings.postgres_host,
+            self.settings.postgres_db,
+        )
+        try:
+            while not self.stop.is_set():
+                self.poll_once()
+                if time.monotonic() >= self.next_flush:
+                    self.flush_on_timer()
+            self.flush_final()
+        finally:
+            self.consumer.close()  # revokes partitions: flushes again if anything is pending
+            self.store.close()
+
+    def poll_once(self) -> None:
+        timeout_ms = int(max(0.0, min(1.0, self.next_flush - time.monotonic())) * 1000)
+        if self.unresolved:
+            self.resolve_positions()
+        records = self.consumer.poll(timeout_ms=timeout_ms)
+        if not records:
+            return
+        received_ms = time.time_ns() // 1_000_000
+        process = self.accumulator.process
+        consumed = self.consumed_log
+        for tp, messages in records.items():
+            partition = tp.partition
+            for m in messages:
+                result = process(partition, m.offset, m.key, m.value, received_ms)
+                if result is not None:
+                    consumed.add(result)
+        consumed.emit()
+
+    # -- flushing ---------------------------------------------------------------------------
+
+    def flush_on_timer(self) -> None:
+        try:
+            self.flush()
+        except StoreUnavailable as exc:
+            self.on_store_down(exc)
+            return
+        except OffsetsMoved as exc:
+            log.warning("%s", exc)
+            self.drop_pending()
+        self.next_flush = time.monotonic() + self.settings.flush_interval
+
+    def flush(self) -> PendingFlush:
+        """Write what is pending in one transaction, then tell Kafka (for lag tooling)."""
+        pending = self.accumulator.pending
+        now = time.monotonic()
+        ctx = FlushContext(
+            group_id=self.settings.group_id,
+            topic=self.settings.topic,
+            instance_id=self.settings.instance_id,
+            interval_seconds=now - self.interval_started,
+            offset_lag=self.offset_lag(),
+            expected_offsets=dict(self.stored),
+        )
+        duration_ms = self.store.write(pending, ctx)
+        self.accumulator.take()
+        self.interval_started = now
+        self.stored.update(pending.next_offsets)
+        self.commit_to_kafka(pending.next_offsets)
+        report_flush(pending, ctx, duration_ms)
+        if self.store_down_since is not None:
+            log.info(
+                "PostgreSQL is back after %.0f s: resuming consumption",
+                time.monotonic() - self.store_down_since,
+            )
+            self.store_down_since = None
+            self.retry_attempts = 0
+            self.consumer.resume(*self.consumer.assignment())
+        return pending
+
+    def on_store_down(self, exc: StoreUnavailable) -> None:
+        """Keep what is pending, stop reading more, and try again with backoff."""
+        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** min(self.retry_attempts, 10))
+        self.retry_attempts += 1
+        if self.store_down_since is None:
+            self.store_down_since = time.monotonic()
+            self.consumer.pause(*self.consumer.assignment())
+        log.error(
+            "PostgreSQL unreachable (%s): consumption paused, %d events held; retrying in %g s",
+            exc,
+            self.accumulator.pending.metrics.events,
+            delay,
+        )
+        self.next_flush = time.monotonic() + delay
+
+    def flush_final(self) -> None:
+        try:
+            self.flush()
+        except (StoreUnavailable, OffsetsMoved) as exc:
+            log.error(
+                "Final flush failed (%s): %d unflushed events will be read again on restart",
+                exc,
+                self.accumulator.pending.metrics.events,
+            )
+            self.drop_pending()
+
+    def drop_pending(self) -> None:
+        """Forget unflushed state and rewind to where it began, so it is read again."""
+        pending = self.accumulator.discard()
+        for partition, offset in pending.first_offsets.items():
+            tp = TopicPartition(self.settings.topic, partition)
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, offset)
+
+    def commit_to_kafka(self, next_offsets: dict[int, int]) -> None:
+        if not next_offsets:
+            return
+        offsets = {
+            TopicPartition(self.settings.topic, p): OffsetAndMetadata(n, "", -1)
+            for p, n in next_offsets.items()
+        }
+        try:
+            self.consumer.commit_async(offsets)
+        except KafkaError as exc:  # advisory only: PostgreSQL holds the real offsets
+            log.debug("Kafka offset commit failed: %s", exc)
+
+    def offset_lag(self) -> int | None:
+        """Messages behind the partition ends, from the high watermarks of recent fetches."""
+        lag = 0
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                return None
+            position = self.accumulator.pending.next_offsets.get(tp.partition)
+            if position is None:
+                position = self.stored.get(tp.partition)
+            lag += max(0, highwater - position) if position is not None else highwater
+        return lag
+
+    def reset(self) -> None:
+        """After losing the Kafka client: forget everything unflushed and every position."""
+        self.accumulator.discard()
+        self.stored.clear()
+        self.unresolved.clear()
+        self.store_down_since = None
+
+    # -- rebalancing (runs on kafka-python's IO loop, which also sends heartbeats) ----------
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Flush once before giving partitions up. The flush is one short transaction; if
+        PostgreSQL cannot take it now, drop the state instead of blocking heartbeats: the
+        next owner reads those events again from the stored offsets."""
+        if not self.accumulator.pending.is_empty():
+            try:
+                self.flush()
+            except (StoreUnavailable, OffsetsMoved) as exc:
+                log.warning("Could not flush before rebalance (%s): dropping unflushed state", exc)
+                self.drop_pending()
+        self.forget(revoked)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Evicted from the group: another member may own these already, so do not write."""
+        log.warning(
+            "Lost partitions %s: dropping unflushed state", sorted(tp.partition for tp in lost)
+        )
+        self.drop_pending()
+        self.forget(lost)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        partitions = sorted(tp.partition for tp in assigned)
+        log.info("Assigned partitions %s of %s", partitions, self.settings.topic)
+        self.unresolved.update(partitions)
+        self.resolve_positions()
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self.stored.pop(tp.partition, None)
+            self.unresolved.discard(tp.partition)
+
+    def resolve_positions(self) -> None:
+        """Start each new partition at its offset stored in PostgreSQL; without one, Kafka's
+        committed offset, then auto_offset_reset. Until PostgreSQL answers, the partitions
+        stay paused: reading them from anywhere else could count events twice."""
+        tps = [TopicPartition(self.settings.topic, p) for p in sorted(self.unresolved)]
+        try:
+            stored = self.store.stored_offsets(
+                self.settings.group_id, self.settings.topic, sorted(self.unresolved)
+            )
+        except StoreUnavailable as exc:
+            log.error("PostgreSQL unreachable (%s): assigned partitions wait", exc)
+            self.consumer.pause(*tps)
+            return
+        for tp in tps:
+            offset = stored.get(tp.partition)
+            self.stored[tp.partition] = offset
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        log.info(
+            "Resuming from stored offsets %s",
+            {p: stored.get(p, "kafka/auto_offset_reset") for p in sorted(self.unresolved)},
+        )
+        self.unresolved.clear()
+        if self.store_down_since is None:
+            self.consumer.resume(*tps)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        log.info("Received %s: final flush, then exit", signal.strsignal(signum))
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stdout
+    )
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def wait_for_schema(store: Store, stop: threading.Event) -> bool:
+    """Apply the schema if needed, waiting for PostgreSQL with backoff."""
+    delay = RETRY_BASE_SECONDS
+    while not stop.is_set():
+        try:
+            if store.ensure_schema():
+                log.info("Applied schema %s", store.schema_path)
+            return True
+        except StoreUnavailable as exc:
+            log.error("PostgreSQL unreachable (%s); retrying in %g s", exc, delay)
+            stop.wait(delay)
+            delay = min(RETRY_MAX_SECONDS, delay * 2)
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"consumer.py: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    store = Store(settings.dsn(), settings.schema_file)
+    if not wait_for_schema(store, stop):
+        return 0
+    aggregator = Aggregator(settings, store, stop)
+    while not stop.is_set():
+        try:
+            aggregator.run()
+        except KafkaError as exc:
+            log.error(
+                "Kafka unreachable at %s (%s); retrying in 5 s", settings.bootstrap_servers, exc
+            )
+            aggregator.reset()
+            stop.wait(5)
+    log.info("Consumer stopped")
+    return 0

@@ -1,0 +1,96 @@
+"""Decoding and validating `btc_price` messages: pure, no I/O.
+
+The contract (producer/pricefeed/contract.py, README "Message contract"):
+{"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": <epoch ms>, "source": "binance"}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9\-_.]{1,20}")  # Binance's rule for symbol names
+# Plain decimal notation only: no exponent (1e999999 would overflow NUMERIC), no sign, no spaces.
+PRICE_PATTERN = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
+EARLIEST_EVENT_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z: nothing older is a real price
+MAX_FUTURE_MS = 5 * 60 * 1000  # clocks drift; an event further ahead than this is wrong
+MAX_MESSAGE_BYTES = 16 * 1024  # a price message is ~100 bytes
+REPLAY_SOURCE = "replay"  # history loaded later: in its windows, but not processing lag
+
+
+class InvalidEvent(ValueError):
+    """A message that goes to the dead-letter table; the text says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEvent:
+    symbol: str
+    price: Decimal
+    event_time: int  # epoch milliseconds, UTC
+    source: str
+
+    @property
+    def is_replay(self) -> bool:
+        return self.source == REPLAY_SOURCE
+
+
+def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
+    """Parse one message value or raise InvalidEvent with the reason."""
+    if value is None:
+        raise InvalidEvent("message has no value")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        body = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidEvent(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidEvent("message is not a JSON object")
+    try:
+        symbol, price, event_time, source = (
+            body["symbol"],
+            body["price"],
+            body["event_time"],
+            body["source"],
+        )
+    except KeyError as exc:
+        raise InvalidEvent(f"missing field {exc.args[0]!r}") from None
+    return PriceEvent(
+        _symbol(symbol), _price(price), _event_time(event_time, now_ms), _source(source)
+    )
+
+
+def _symbol(symbol: object) -> str:
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+        raise InvalidEvent(f"symbol {symbol!r:.40} is not a Binance symbol")
+    return symbol
+
+
+def _price(price: object) -> Decimal:
+    # A string only: a JSON number would already have passed through a binary float.
+    if not isinstance(price, str):
+        raise InvalidEvent(f"price {price!r:.40} is not a decimal string")
+    if not PRICE_PATTERN.fullmatch(price):
+        raise InvalidEvent(f"price {price!r:.40} is not a plain decimal number")
+    value = Decimal(price)
+    if value <= 0:
+        raise InvalidEvent(f"price {price!r:.40} is not a finite positive number")
+    return value
+
+
+def _event_time(event_time: object, now_ms: int) -> int:
+    if isinstance(event_time, bool) or not isinstance(event_time, int):
+        raise InvalidEvent(f"event_time {event_time!r:.40} is not integer epoch milliseconds")
+    if event_time < EARLIEST_EVENT_MS:
+        raise InvalidEvent(f"event_time {event_time} is before 2009: not epoch milliseconds")
+    if event_time > now_ms + MAX_FUTURE_MS:
+        raise InvalidEvent(f"event_time {event_time} is more than 5 minutes in the future")
+    return event_time
+
+
+def _source(source: object) -> str:
+    if not isinstance(source, str) or not 0 < len(source) <= 32:
+        raise InvalidEvent(f"source {source!r:.40} is not a short string")
+    return source

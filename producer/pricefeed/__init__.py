@@ -1,0 +1,1 @@
+"""The producer: Binance (or simulated, or replayed) prices into Kafka."""

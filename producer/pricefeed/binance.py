@@ -1,0 +1,115 @@
+"""The Binance edge: one GET of /api/v3/ticker/price for all symbols, and what can go wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import requests
+
+RESTRICTED_FIX = (
+    "set BINANCE_BASE_URL=https://data-api.binance.vision (Binance's market-data-only host), "
+    "or https://api.binance.us in the United States"
+)
+
+
+class BinanceError(Exception):
+    """A poll that produced no prices; the subclass says what the producer should do."""
+
+
+class RateLimited(BinanceError):
+    """429 (too many requests) or 418 (IP banned): wait `retry_after` seconds."""
+
+    def __init__(self, status: int, retry_after: float | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Restricted(BinanceError):
+    """451: Binance refuses this location."""
+
+
+class Unavailable(BinanceError):
+    """5xx, a timeout or a broken connection: the outcome is unknown, try again later."""
+
+
+class Rejected(BinanceError):
+    """Another 4xx: Binance says the request itself is wrong."""
+
+
+class InvalidResponse(BinanceError):
+    """A 200 whose body is not the documented JSON."""
+
+
+def ticker_price_params(symbols: Sequence[str]) -> dict[str, str]:
+    """One request for any number of symbols: `symbol=` for one, `symbols=[...]` for more."""
+    if len(symbols) == 1:
+        return {"symbol": symbols[0]}
+    return {"symbols": json.dumps(list(symbols), separators=(",", ":"))}
+
+
+def parse_ticker_prices(payload: object) -> list[tuple[object, object]]:
+    """(symbol, price) pairs as sent, unvalidated: the contract checks them one by one."""
+    items = payload if isinstance(payload, list) else [payload]
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict) or "symbol" not in item:
+            raise InvalidResponse(f"unexpected item in ticker/price response: {item!r:.200}")
+        pairs.append((item["symbol"], item.get("price")))
+    return pairs
+
+
+def _error_text(response: requests.Response) -> str:
+    """Binance's own words from an error body {"code": -1121, "msg": "Invalid symbol."}."""
+    try:
+        body = response.json()
+        return f"{body['msg']} (code {body['code']})"
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200].strip() or response.reason
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class BinanceClient:
+    def __init__(self, base_url: str, timeout: float, session: requests.Session | None = None):
+        self.url = base_url.rstrip("/") + "/api/v3/ticker/price"
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = "btc-price-pipeline/1.0"
+
+    def ticker_prices(self, symbols: Sequence[str]) -> list[tuple[object, object]]:
+        """Fetch the latest prices; raise a BinanceError subclass when there are none."""
+        try:
+            response = self.session.get(
+                self.url, params=ticker_price_params(symbols), timeout=self.timeout
+            )
+        except requests.Timeout:
+            raise Unavailable(f"no answer within {self.timeout:g} s") from None
+        except requests.RequestException as exc:
+            raise Unavailable(f"request failed: {exc.__class__.__name__}: {exc}") from None
+        self._raise_for_status(response)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise InvalidResponse(f"body is not JSON: {response.text[:120]!r}") from None
+        return parse_ticker_prices(payload)
+
+    @staticmethod
+    def _raise_for_status(response: requests.Response) -> None:
+        status = response.status_code
+        if status == 200:
+            return
+        text = _error_text(response)
+        if status in (418, 429):
+            raise RateLimited(status, _retry_after(response), f"HTTP {status}: {text}")
+        if status == 451:
+            raise Restricted(f"HTTP 451: {text}")
+        if status >= 500:
+            raise Unavailable(f"HTTP {status}: {text}")
+        raise Rejected(f"HTTP {status}: {text}")

@@ -1,0 +1,79 @@
+"""The message contract of the `btc_price` topic: pure, no I/O.
+
+One JSON object per price, keyed by symbol, with the Kafka record timestamp equal to
+`event_time`:
+
+    {"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": 1767225600039,
+     "source": "binance"}
+
+- `symbol`: a Binance pair, as Binance spells it.
+- `price`: the exact decimal string the source gave; never a float.
+- `event_time`: UTC epoch milliseconds when the price was observed.
+- `source`: where it came from (`binance`, `simulated`, `replay`). Replayed history is
+  marked so the consumer can keep it out of processing lag.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+# Binance's own rule for symbol names (rest-api.md, "symbol" parameter).
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
+SOURCES = ("binance", "simulated", "replay")
+# Plain decimal notation, as Binance writes prices: no exponent, sign or spaces.
+PRICE_PATTERN = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
+
+
+class ContractError(ValueError):
+    """A value that must never be published."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEvent:
+    symbol: str
+    price: str
+    event_time: int
+    source: str
+
+    def key(self) -> bytes:
+        return self.symbol.encode("ascii")
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "symbol": self.symbol,
+                "price": self.price,
+                "event_time": self.event_time,
+                "source": self.source,
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+
+def check_symbol(symbol: str) -> str:
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+        raise ContractError(f"{symbol!r} is not a Binance symbol (like BTCUSDT)")
+    return symbol
+
+
+def check_price(price: object) -> str:
+    """Return the price string unchanged if it is a finite, positive decimal."""
+    if not isinstance(price, str):
+        raise ContractError(f"price {price!r} is not a decimal string")
+    if not PRICE_PATTERN.fullmatch(price):
+        raise ContractError(f"price {price!r} is not a plain decimal number")
+    if Decimal(price) <= 0:
+        raise ContractError(f"price {price!r} is not a finite positive number")
+    return price
+
+
+def make_event(symbol: str, price: object, event_time: int, source: str) -> PriceEvent:
+    """Build an event, refusing anything the consumer would have to reject."""
+    if source not in SOURCES:
+        raise ContractError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+    if isinstance(event_time, bool) or not isinstance(event_time, int) or event_time <= 0:
+        raise ContractError(f"event_time {event_time!r} is not epoch milliseconds")
+    return PriceEvent(check_symbol(symbol), check_price(price), event_time, source)

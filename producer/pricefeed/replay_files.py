@@ -1,0 +1,327 @@
+"""Read Binance public-data files (data.binance.vision) as price events: pure, no network.
+
+Supported spot layouts (CSV, comma separated, usually no header, or the `.zip` Binance serves
+with one CSV of the same base name inside, streamed without extracting):
+
+| layout    | columns | one event per           | price column | time column    |
+| --------- | ------- | ----------------------- | ------------ | -------------- |
+| klines    | 12      | kline, at its close     | 4 (close)    | 6 (close time) |
+| aggTrades | 8       | aggregate trade         | 1            | 5 (timestamp)  |
+| trades    | 7       | trade                   | 1            | 4 (time)       |
+
+Rules:
+- Layout: the column count of the first data line with a known count (among the first
+  `LAYOUT_PROBE_LINES`); when the file name says the layout (`-aggTrades-`, `-trades-`, or a
+  kline interval such as `-1m-`/`-1h-`/`-1d-`/`-1mo-`), the two must agree.
+- Header: only the first non-blank line may be one, recognised by a first field made of
+  letters and underscores (`open_time`, `agg_trade_id`, `id`); it is skipped.
+- Times: see `to_epoch_ms`; the unit is decided per value by magnitude.
+- Symbol: the explicit argument, else the file name's prefix (`BTCUSDT-1m-2020-01-01.csv`).
+- Prices are passed on as the exact strings in the file; the contract checks them.
+- Blank lines are ignored. Any other bad line is skipped and counted in `ReplayStats`, with
+  the reasons of the first few; a file with no valid line at all is an error.
+- `.CHECKSUM` files (the sha256 Binance publishes next to each zip) carry no prices: passing
+  one raises `ReplayFileError` saying it was skipped, so a caller looping over a downloaded
+  folder logs the message and moves on (or filters them first with `is_checksum_file`).
+
+File-level problems raise `ReplayFileError` (a `ValueError`) with a one-sentence message.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from pricefeed.contract import ContractError, PriceEvent, check_symbol, make_event
+
+SOURCE = "replay"
+
+# Plausible event times: Bitcoin exists from 2009; anything from 2100 on is a broken value.
+# In milliseconds that is [1.23e12, 4.1e12); in microseconds [1.23e15, 4.1e15). The ranges are
+# three orders of magnitude apart, so a value falls in at most one of them, and seconds or
+# nanoseconds fall in neither.
+MIN_EPOCH_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z
+MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
+MIN_EPOCH_US = MIN_EPOCH_MS * 1000
+MAX_EPOCH_US = MAX_EPOCH_MS * 1000
+
+MAX_KEPT_ERRORS = 5  # reasons kept for the log; the count covers all of them
+LAYOUT_PROBE_LINES = 10  # so that one truncated first line does not reject a whole file
+
+
+class ReplayFileError(ValueError):
+    """A file that cannot be replayed; the message is one sentence naming the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    name: str
+    columns: int
+    price_column: int
+    time_column: int
+
+
+KLINES = Layout("klines", 12, price_column=4, time_column=6)
+AGG_TRADES = Layout("aggTrades", 8, price_column=1, time_column=5)
+TRADES = Layout("trades", 7, price_column=1, time_column=4)
+LAYOUTS_BY_COLUMNS = {layout.columns: layout for layout in (KLINES, AGG_TRADES, TRADES)}
+EXPECTED_COLUMNS = "12 columns (klines), 8 (aggTrades) or 7 (trades)"
+
+# `BTCUSDT-1m-2020-01-01.csv`, `BTCUSDT-aggTrades-2026-01-01.head5000.zip`, `BTCUSDT-1mo-...`.
+# The symbol must contain a letter so that a date-named file (`2024-01-01-x.csv`) is not read
+# as symbol "2024".
+FILE_NAME_PATTERN = re.compile(
+    r"^(?P<symbol>(?=[A-Z0-9]*[A-Z])[A-Z0-9]{2,20})-"
+    r"(?P<kind>aggTrades|trades|\d+(?:s|m|h|d|w|M|mo))(?=[-.]|$)"
+)
+
+
+@dataclass
+class ReplayStats:
+    """Filled in while the events are consumed; complete once the iterator is exhausted."""
+
+    events: int = 0
+    skipped: int = 0
+    first_errors: list[str] = field(default_factory=list)
+
+    def skip(self, line_number: int, reason: str) -> None:
+        self.skipped += 1
+        if len(self.first_errors) < MAX_KEPT_ERRORS:
+            self.first_errors.append(f"line {line_number}: {reason}")
+
+    def summary(self, path: Path | str) -> str | None:
+        """The log line for skipped lines, or None when none were skipped."""
+        if not self.skipped:
+            return None
+        noun = "line" if self.skipped == 1 else "lines"
+        return (
+            f"skipped {self.skipped} malformed {noun} in {Path(path).name} "
+            f"(first: {self.first_errors[0]})"
+        )
+
+
+def to_epoch_ms(raw: str) -> int:
+    """Epoch milliseconds from a Binance time field in milliseconds or microseconds.
+
+    Spot files switched to microseconds on 2025-01-01. A value in [MIN_EPOCH_MS, MAX_EPOCH_MS)
+    is milliseconds, one in [MIN_EPOCH_US, MAX_EPOCH_US) is microseconds (floor-divided by
+    1000, so close time 1778201999999999 becomes 1778201999999); anything else raises
+    ValueError rather than guess.
+    """
+    # isascii+isdigit: int() would also accept " 12", "+12", "1_000" and other digit scripts.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"time {raw!r} is not an integer")
+    value = int(raw)
+    if MIN_EPOCH_MS <= value < MAX_EPOCH_MS:
+        return value
+    if MIN_EPOCH_US <= value < MAX_EPOCH_US:
+        return value // 1000
+    raise ValueError(f"time {raw} is neither epoch ms nor µs between 2009 and 2100")
+
+
+def is_checksum_file(path: Path | str) -> bool:
+    return Path(path).suffix.upper() == ".CHECKSUM"
+
+
+def detect_layout(path: Path | str) -> str:
+    """The layout name ("klines", "aggTrades", "trades"), checked against the file name."""
+    return _detect_layout(Path(path)).name
+
+
+def read_events(
+    path: Path | str, symbol: str | None = None, stats: ReplayStats | None = None
+) -> Iterator[PriceEvent]:
+    """Events of a klines, aggTrades or trades file (CSV or zip), in file order.
+
+    File-level problems (missing, unreadable, unknown layout, no symbol) raise ReplayFileError
+    here, before iterating; a file without a single valid line raises it at the end of the
+    iteration. Memory stays constant whatever the file size.
+    """
+    path = Path(path)
+    layout = _detect_layout(path)
+    resolved_symbol = _resolve_symbol(path, symbol)
+    if stats is None:
+        stats = ReplayStats()
+    return _stream_events(path, resolved_symbol, layout, stats)
+
+
+def count_lines(path: Path | str) -> int:
+    """Number of lines (header included), reading raw bytes: cheap enough for an ETA."""
+    path = Path(path)
+    lines = 0
+    last = b"\n"
+    with _open_binary(path) as stream:
+        while chunk := stream.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")  # a last line without a newline still counts
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _stream_events(
+    path: Path, symbol: str, layout: Layout, stats: ReplayStats
+) -> Iterator[PriceEvent]:
+    columns, price_column, time_column = layout.columns, layout.price_column, layout.time_column
+    # Counted apart from stats, which the caller may share between several files.
+    events_in_file = 0
+    errors_before = len(stats.first_errors)
+    header_allowed = True
+    with _open_text(path) as lines:
+        try:
+            for line_number, line in enumerate(lines, start=1):
+                fields = line.rstrip("\r\n").split(",")
+                if fields == [""]:
+                    continue  # blank line
+                if header_allowed:
+                    header_allowed = False
+                    if _is_header(fields):
+                        continue
+                if len(fields) != columns:
+                    stats.skip(line_number, f"{len(fields)} columns, expected {columns}")
+                    continue
+                try:
+                    time_ms = to_epoch_ms(fields[time_column])
+                    event = make_event(symbol, fields[price_column], time_ms, SOURCE)
+                except ValueError as error:  # ContractError is one
+                    stats.skip(line_number, str(error))
+                    continue
+                events_in_file += 1
+                stats.events += 1
+                yield event
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            # A zip's CRC is only checked while reading: a corrupt download fails here.
+            raise ReplayFileError(f"{path.name} could not be read to the end: {error}.") from None
+    if events_in_file == 0:
+        own_errors = stats.first_errors[errors_before:]
+        first = f" (first: {own_errors[0]})" if own_errors else ""
+        raise ReplayFileError(f"{path.name} has no valid {layout.name} line{first}.")
+
+
+def _is_header(fields: list[str]) -> bool:
+    # Column names (`open_time`, `agg_trade_id`, `id`); a data line starts with a number.
+    return fields[0].strip().replace("_", "").isalpha()
+
+
+def _detect_layout(path: Path) -> Layout:
+    if is_checksum_file(path):
+        raise ReplayFileError(
+            f"{path.name} is a checksum file, not price data: skipped (pass the zip it checks)."
+        )
+    from_name = _layout_from_name(path)
+    column_counts = _first_data_column_counts(path)
+    if not column_counts:
+        raise ReplayFileError(f"{path.name} has no data lines.")
+    known = [count for count in column_counts if count in LAYOUTS_BY_COLUMNS]
+    if not known:
+        raise ReplayFileError(
+            f"{path.name} is not a Binance klines, aggTrades or trades CSV: its first data "
+            f"line has {column_counts[0]} column(s), expected {EXPECTED_COLUMNS}."
+        )
+    from_columns = LAYOUTS_BY_COLUMNS[known[0]]
+    if from_name is not None and from_name != from_columns:
+        raise ReplayFileError(
+            f"{path.name} is named as {from_name.name} ({from_name.columns} columns) but its "
+            f"data lines have {from_columns.columns} columns ({from_columns.name})."
+        )
+    return from_columns
+
+
+def _first_data_column_counts(path: Path) -> list[int]:
+    """Column counts of the first few data lines, with the same blank/header rules as reading."""
+    counts: list[int] = []
+    header_allowed = True
+    with _open_text(path) as lines:
+        try:
+            for line in lines:
+                fields = line.rstrip("\r\n").split(",")
+                if fields == [""]:
+                    continue
+                if header_allowed:
+                    header_allowed = False
+                    if _is_header(fields):
+                        continue
+                counts.append(len(fields))
+                if len(counts) == LAYOUT_PROBE_LINES:
+                    break
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ReplayFileError(f"{path.name} could not be read: {error}.") from None
+    return counts
+
+
+def _layout_from_name(path: Path) -> Layout | None:
+    match = FILE_NAME_PATTERN.match(path.name)
+    if match is None:
+        return None
+    kind = match["kind"]
+    if kind == "aggTrades":
+        return AGG_TRADES
+    if kind == "trades":
+        return TRADES
+    return KLINES  # an interval
+
+
+def _resolve_symbol(path: Path, symbol: str | None) -> str:
+    if symbol is None:
+        match = FILE_NAME_PATTERN.match(path.name)
+        if match is None:
+            raise ReplayFileError(
+                f"{path.name} does not say its symbol: name it like BTCUSDT-1m-2024-03-01.csv "
+                "or pass the symbol explicitly."
+            )
+        symbol = match["symbol"]
+    try:
+        return check_symbol(symbol)
+    except ContractError as error:
+        raise ReplayFileError(f"cannot replay {path.name}: {error}.") from None
+
+
+@contextmanager
+def _open_binary(path: Path) -> Iterator[IO[bytes]]:
+    """The file's bytes, or for a zip those of its CSV, streamed (never extracted to disk)."""
+    with ExitStack() as stack:
+        try:
+            if path.suffix.lower() == ".zip":
+                archive = stack.enter_context(zipfile.ZipFile(path))
+                stream = stack.enter_context(archive.open(_zip_member(path, archive)))
+            else:
+                stream = stack.enter_context(path.open("rb"))
+        except FileNotFoundError:
+            raise ReplayFileError(f"{path} does not exist.") from None
+        except IsADirectoryError:
+            raise ReplayFileError(f"{path} is a directory, not a data file.") from None
+        except zipfile.BadZipFile as error:
+            raise ReplayFileError(f"{path.name} is not a readable zip file: {error}.") from None
+        except OSError as error:
+            reason = error.strerror or error
+            raise ReplayFileError(f"{path.name} cannot be opened: {reason}.") from None
+        yield stream
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[io.TextIOWrapper]:
+    # errors="replace": binary garbage becomes malformed lines, never a UnicodeDecodeError;
+    # utf-8-sig drops a byte-order mark some tools add.
+    with _open_binary(path) as stream:
+        yield io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _zip_member(path: Path, archive: zipfile.ZipFile) -> str:
+    """The CSV inside: the one named like the zip, else the only CSV there is."""
+    csv_names = [name for name in archive.namelist() if name.lower().endswith(".csv")]
+    same_name = [name for name in csv_names if Path(name).stem == path.stem]
+    if same_name:
+        return same_name[0]
+    if len(csv_names) == 1:
+        return csv_names[0]
+    raise ReplayFileError(
+        f"{path.name} should hold one CSV file named {path.stem}.csv, "
+        f"but holds {len(csv_names)} CSV file(s)."
+    )

@@ -1,0 +1,90 @@
+"""Where prices come from. A source's poll() returns the events of one tick."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import ClassVar
+
+from pricefeed.binance import BinanceClient
+from pricefeed.contract import ContractError, PriceEvent, make_event
+
+log = logging.getLogger("producer")
+
+EIGHT_PLACES = Decimal("0.00000001")  # Binance quotes prices with 8 decimals
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BinanceSource:
+    """Live prices, all symbols in one request; an invalid price is logged and skipped."""
+
+    def __init__(self, client: BinanceClient, symbols: Sequence[str]) -> None:
+        self.client = client
+        self.symbols = tuple(symbols)
+
+    def poll(self) -> list[PriceEvent]:
+        pairs = self.client.ticker_prices(self.symbols)
+        # ticker/price has no timestamp: the event time is when the answer arrived.
+        event_time = now_ms()
+        return events_from_pairs(pairs, self.symbols, event_time, "binance")
+
+
+def events_from_pairs(
+    pairs: Sequence[tuple[object, object]], wanted: Sequence[str], event_time: int, source: str
+) -> list[PriceEvent]:
+    events = []
+    for symbol, price in pairs:
+        if symbol not in wanted:
+            log.warning("Skipped: Binance sent %r, which was not asked for", symbol)
+            continue
+        try:
+            events.append(make_event(symbol, price, event_time, source))
+        except ContractError as exc:
+            log.warning("Skipped invalid price for %s: %s", symbol, exc)
+    missing = set(wanted) - {symbol for symbol, _ in pairs}
+    if missing:
+        log.warning("Skipped: no price for %s in Binance's answer", ", ".join(sorted(missing)))
+    return events
+
+
+class SimulatedSource:
+    """A seeded random walk in the same format and cadence, for demos without Binance.
+
+    The prices depend only on the seed and the tick number, so a run can be replayed exactly.
+    """
+
+    START_PRICES: ClassVar[dict[str, Decimal]] = {
+        "BTC": Decimal("43250.75"),
+        "ETH": Decimal("2300.10"),
+    }
+
+    def __init__(
+        self, symbols: Sequence[str], seed: int | None, clock: Callable[[], int] = now_ms
+    ) -> None:
+        self.symbols = tuple(symbols)
+        self._rng = random.Random(seed)
+        self._clock = clock
+        self._prices = {s: self._start_price(s) for s in self.symbols}
+
+    def _start_price(self, symbol: str) -> Decimal:
+        return next(
+            (p for base, p in self.START_PRICES.items() if symbol.startswith(base)),
+            Decimal("100.00"),
+        )
+
+    def poll(self) -> list[PriceEvent]:
+        event_time = self._clock()
+        return [self._step(symbol, event_time) for symbol in self.symbols]
+
+    def _step(self, symbol: str, event_time: int) -> PriceEvent:
+        # A relative step of about 0.05 % per tick, kept strictly positive.
+        factor = Decimal(repr(1 + self._rng.gauss(0, 0.0005)))
+        price = max(self._prices[symbol] * factor, EIGHT_PLACES)
+        self._prices[symbol] = price.quantize(EIGHT_PLACES, rounding=ROUND_HALF_EVEN)
+        return make_event(symbol, format(self._prices[symbol], "f"), event_time, "simulated")

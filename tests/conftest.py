@@ -1,0 +1,45 @@
+"""Shared fixtures: one real broker and one real PostgreSQL server per test session."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The scripts are flat folders of modules, run as `cd producer && python producer.py`; tests
+# import their pure cores the same way.
+for folder in ("producer", "consumer"):
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
+
+from tests.harness import PostgresServer, TansuBroker  # noqa: E402
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[TansuBroker]:
+    with TansuBroker() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    """A new, empty database for one test (the schema is not applied)."""
+    return postgres.create_database(f"test_{next(_names)}")
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name no other test uses (the broker is shared by the session)."""
+    return f"btc_price_{next(_names)}"

