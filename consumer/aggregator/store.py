@@ -24,6 +24,7 @@ REQUIRED_TABLES = (
     "dead_letter_events",
     "rolling_avg_30min",
 )
+SCHEMA_LOCK_ID = 0x6274635F73716C  # any constant shared by all consumers ("btc_sql")
 
 
 class StoreUnavailable(Exception):
@@ -75,6 +76,8 @@ class Store:
         conn = self._connection()
         try:
             with conn, conn.cursor() as cur:
+                # Consumers starting together must not create the same tables at once.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
                 cur.execute(
                     "SELECT count(*) FROM unnest(%s::text[]) AS t(name) "
                     "WHERE to_regclass(t.name) IS NULL",

@@ -1,0 +1,280 @@
+"""Helpers for end-to-end tests and the benchmark: known event streams, their ground truth
+computed offline with Decimal (independently of the consumer's code), and table readers."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
+from typing import Any
+
+import psycopg2
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+
+from tests.harness import PostgresServer, TansuBroker
+from tests.harness.net import wait_until
+from tests.harness.scripts import Script
+
+WINDOW_MS = 300_000
+BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: old but valid history
+
+
+@dataclass(frozen=True)
+class Event:
+    symbol: str
+    price: str
+    event_time: int
+    source: str = "simulated"
+
+    def message(self) -> bytes:
+        return json.dumps(
+            {
+                "symbol": self.symbol,
+                "price": self.price,
+                "event_time": self.event_time,
+                "source": self.source,
+            }
+        ).encode()
+
+
+def random_stream(
+    rng: random.Random,
+    count: int,
+    symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"),
+    start_ms: int = BASE_TIME_MS,
+    step_ms: int = 97,
+    disorder: float = 0.02,
+) -> list[Event]:
+    """`count` events spread over many windows; a fraction arrive out of order (some into
+    windows that have moved on), and some share event times (to pin the tie rules)."""
+    events = []
+    prices = {s: Decimal(rng.randint(100, 90_000)) for s in symbols}
+    time_ms = start_ms
+    for _ in range(count):
+        symbol = rng.choice(symbols)
+        prices[symbol] = max(
+            Decimal("0.00000001"),
+            (prices[symbol] * Decimal(1 + rng.gauss(0, 0.001))).quantize(Decimal("1E-8")),
+        )
+        if rng.random() >= 0.05:  # else: the same event time as the previous event
+            time_ms += rng.randint(0, 2 * step_ms)
+        event_time = time_ms
+        if rng.random() < disorder:
+            event_time -= rng.randint(1, 3 * WINDOW_MS)
+        events.append(Event(symbol, format(prices[symbol], "f"), event_time))
+    return events
+
+
+def expected_windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every column of five_min_bitcoin_event, computed offline. `events` in stream order per
+    symbol: on equal event times the first seen opens and the last seen closes."""
+    windows: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in events:
+        price = Decimal(e.price)
+        key = (e.symbol, e.event_time // WINDOW_MS * WINDOW_MS)
+        w = windows.get(key)
+        if w is None:
+            windows[key] = {
+                "event_count": 1,
+                "price_sum": price,
+                "min_value": price,
+                "max_value": price,
+                "open_value": price,
+                "first_event_at": e.event_time,
+                "close_value": price,
+                "last_event_at": e.event_time,
+            }
+            continue
+        w["event_count"] += 1
+        w["price_sum"] += price
+        w["min_value"] = min(w["min_value"], price)
+        w["max_value"] = max(w["max_value"], price)
+        if e.event_time < w["first_event_at"]:
+            w["open_value"], w["first_event_at"] = price, e.event_time
+        if e.event_time >= w["last_event_at"]:
+            w["close_value"], w["last_event_at"] = price, e.event_time
+    return windows
+
+
+def stored_windows(dsn: str) -> dict[tuple[str, int], dict[str, Any]]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, "
+            "(extract(epoch FROM five_min_end - five_min_start) * 1000)::bigint, event_count, "
+            "price_sum, avg_value, min_value, max_value, open_value, close_value, "
+            "(extract(epoch FROM first_event_at) * 1000)::bigint, "
+            "(extract(epoch FROM last_event_at) * 1000)::bigint FROM five_min_bitcoin_event"
+        )
+        rows = cur.fetchall()
+    conn.close()
+    return {
+        (r[0], r[1]): {
+            "length_ms": r[2],
+            "event_count": r[3],
+            "price_sum": r[4],
+            "avg_value": r[5],
+            "min_value": r[6],
+            "max_value": r[7],
+            "open_value": r[8],
+            "close_value": r[9],
+            "first_event_at": r[10],
+            "last_event_at": r[11],
+        }
+        for r in rows
+    }
+
+
+def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
+    """Every row and every column equals the offline computation, to the last digit."""
+    truth = expected_windows(events)
+    stored = stored_windows(dsn)
+    assert stored.keys() == truth.keys(), (
+        f"windows differ: missing {sorted(truth.keys() - stored.keys())[:5]}, "
+        f"unexpected {sorted(stored.keys() - truth.keys())[:5]}"
+    )
+    for key, want in truth.items():
+        got = stored[key]
+        assert got["length_ms"] == WINDOW_MS, key
+        for column, value in want.items():
+            assert got[column] == value, f"{key} {column}: stored {got[column]}, truth {value}"
+        assert got["avg_value"] == exact_average_at_scale(
+            want["price_sum"], want["event_count"], got["avg_value"]
+        ), key
+
+
+def exact_average_at_scale(total: Decimal, count: int, stored: Decimal) -> Decimal:
+    """sum / count, exactly, rounded (half away from zero, as PostgreSQL does) to the number
+    of decimals PostgreSQL chose for the stored average."""
+    with localcontext(Context(prec=100)):
+        exact = total / Decimal(count)
+    return exact.quantize(Decimal(1).scaleb(stored.as_tuple().exponent), rounding=ROUND_HALF_UP)
+
+
+def total_events(dsn: str) -> int:
+    try:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT coalesce(sum(event_count), 0) FROM five_min_bitcoin_event")
+            (total,) = cur.fetchone()
+        conn.close()
+        return int(total)
+    except psycopg2.Error:  # not created yet, or the server is down right now
+        return -1
+
+
+def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        admin.close()
+
+
+def new_producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> set[int]:
+    """Publish events keyed by symbol, as producer.py does; returns the partitions used."""
+    producer = new_producer(bootstrap)
+    futures = [
+        producer.send(topic, key=e.symbol.encode(), value=e.message(), timestamp_ms=e.event_time)
+        for e in events
+    ]
+    producer.flush()
+    partitions = {f.get(timeout=30).partition for f in futures}
+    producer.close()
+    return partitions
+
+
+def produce_raw(bootstrap: str, topic: str, values: Iterable[bytes | None], key: bytes) -> None:
+    producer = new_producer(bootstrap)
+    for value in values:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+class StreamWriter(threading.Thread):
+    """Publishes events in chunks over time, so that faults can strike mid-stream."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, events: Sequence[Event], chunk: int, pause: float
+    ) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.events = bootstrap, topic, events
+        self.chunk, self.pause = chunk, pause
+        self.sent = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        producer = new_producer(self.bootstrap)
+        try:
+            for start in range(0, len(self.events), self.chunk):
+                for e in self.events[start : start + self.chunk]:
+                    producer.send(
+                        self.topic,
+                        key=e.symbol.encode(),
+                        value=e.message(),
+                        timestamp_ms=e.event_time,
+                    )
+                producer.flush()
+                self.sent = min(len(self.events), start + self.chunk)
+                if self.halt.wait(self.pause):  # paces the stream; not a synchronisation
+                    return
+        finally:
+            producer.close()
+
+
+def consumer_env(
+    broker: TansuBroker,
+    postgres: PostgresServer,
+    database: str,
+    topic: str,
+    group: str | None = None,
+    flush_interval: float = 0.5,
+) -> dict[str, str]:
+    """The consumer's settings for a test: short flushes, a short session timeout so a killed
+    member's partitions move on quickly."""
+    return {
+        **postgres.env(database),
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_CONSUMER_GROUP": group or f"aggregator-{topic}",  # no member left by another test
+        "FLUSH_INTERVAL_SECONDS": str(flush_interval),
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "KAFKA_MAX_POLL_INTERVAL_MS": "5000",
+    }
+
+
+def start_consumer(env: dict[str, str], instance: str = "c1") -> Script:
+    return Script("consumer", env={**env, "CONSUMER_INSTANCE_ID": instance})
+
+
+def wait_for_total(dsn: str, expected: int, timeout: float, consumers: Sequence[Script] = ()):
+    """Wait until the windows hold `expected` events; show consumer output on failure."""
+
+    def done() -> bool:
+        for script in consumers:
+            if script.process.poll() is not None:
+                raise AssertionError(f"consumer exited:\n{script.output()[-3000:]}")
+        return total_events(dsn) == expected
+
+    try:
+        wait_until(done, timeout, f"{expected} events in five_min_bitcoin_event", interval=0.2)
+    except TimeoutError:
+        logs = "\n".join(s.output()[-2000:] for s in consumers)
+        raise AssertionError(f"stored {total_events(dsn)} of {expected} events\n{logs}") from None

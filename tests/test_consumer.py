@@ -1,0 +1,254 @@
+"""The consumer end to end: real broker, real PostgreSQL, consumer.py as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests.harness.net import wait_until
+from tests.harness.scripts import run_script
+from tests.pipeline import (
+    BASE_TIME_MS,
+    WINDOW_MS,
+    Event,
+    StreamWriter,
+    assert_tables_equal_truth,
+    consumer_env,
+    create_topic,
+    produce,
+    produce_raw,
+    query,
+    random_stream,
+    start_consumer,
+    total_events,
+    wait_for_total,
+)
+
+
+@pytest.fixture
+def env(broker, postgres, database, topic):
+    create_topic(broker.bootstrap, topic)
+    return consumer_env(broker, postgres, database, topic)
+
+
+@pytest.fixture
+def dsn(postgres, database):
+    return postgres.dsn(database)
+
+
+def test_windows_equal_ground_truth_in_every_column(broker, env, dsn, topic):
+    rng = random.Random(1)
+    events = random_stream(rng, 3000)
+    # Equal event times inside one window pin the tie rules: first seen opens, last closes.
+    tie = BASE_TIME_MS + 7 * WINDOW_MS + 1234
+    events += [
+        Event("BTCUSDT", "50000.00000001", tie),
+        Event("BTCUSDT", "49999.5", tie),
+        Event("BTCUSDT", "50001.12345678", tie),
+    ]
+    produce(broker.bootstrap, topic, events)
+    with start_consumer(env) as consumer:
+        wait_for_total(dsn, len(events), 60, [consumer])
+        assert consumer.stop() == 0
+        output = consumer.output()
+    assert_tables_equal_truth(dsn, events)
+    assert "Flushed: " in output and "Metrics: " in output
+    # Offsets stored with the windows: all of them, exactly the partition ends.
+    stored = query(dsn, "SELECT sum(next_offset) FROM consumer_offsets WHERE topic = %s", (topic,))
+    assert stored == [(len(events),)]
+    processed = query(
+        dsn, "SELECT sum(events_processed), sum(invalid_events) FROM pipeline_metrics"
+    )
+    assert processed == [(len(events), 0)]
+
+
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, env, dsn, topic):
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    events = random_stream(rng, 50_000)
+    # The stream keeps arriving while the consumer is killed and restarted.
+    writer = StreamWriter(broker.bootstrap, topic, events, chunk=1000, pause=1.0)
+    writer.start()
+    env = {**env, "FLUSH_INTERVAL_SECONDS": "0.2"}  # many flushes: some kills land inside one
+    kills_mid_stream = 0
+    try:
+        for life in range(8):
+            with start_consumer(env, f"crash-{life}") as consumer:
+                consumer.wait_for_output("Resuming from stored offsets", timeout=60)
+                before = total_events(dsn)
+                wait_until(lambda b=before: total_events(dsn) > b, 60, "progress", interval=0.01)
+                time.sleep(rng.uniform(0, 0.5))  # the random moment of the crash, not a sync
+                streaming = writer.is_alive()
+                consumer.signal(signal.SIGKILL)
+                assert consumer.wait() == -signal.SIGKILL
+                kills_mid_stream += streaming
+            if kills_mid_stream >= 5:
+                break
+    finally:
+        if kills_mid_stream < 5:
+            writer.halt.set()  # failing anyway: do not wait for the rest of the stream
+        writer.join()
+    assert kills_mid_stream >= 5, f"only {kills_mid_stream} kills while streaming (seed {seed})"
+    with start_consumer(env, "final") as consumer:
+        wait_for_total(dsn, len(events), 180, [consumer])
+        assert consumer.stop() == 0
+    assert_tables_equal_truth(dsn, events), f"seed {seed}"
+
+
+def test_postgres_outage_mid_stream_pauses_and_resumes_without_loss(
+    broker, postgres, env, dsn, topic
+):
+    events = random_stream(random.Random(2), 12_000)
+    writer = StreamWriter(broker.bootstrap, topic, events, chunk=500, pause=0.5)
+    with start_consumer(env) as consumer:
+        writer.start()
+        wait_until(lambda: total_events(dsn) > 0, 60, "the first flush")
+        postgres.stop()
+        down_at = time.monotonic()
+        consumer.wait_for_output("PostgreSQL unreachable", timeout=30)
+        # Down for at least 10 s while events keep arriving.
+        wait_until(lambda: time.monotonic() - down_at >= 10, 15, "10 s of outage", interval=0.2)
+        assert consumer.process.poll() is None, consumer.output()[-2000:]
+        postgres.start()
+        writer.join()
+        wait_for_total(dsn, len(events), 120, [consumer])
+        output = consumer.wait_for_output("PostgreSQL is back")
+        assert consumer.stop() == 0
+    assert "consumption paused" in output
+    assert_tables_equal_truth(dsn, events)
+
+
+def test_two_consumers_one_killed_midway(broker, env, dsn, topic):
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT")
+    events = random_stream(random.Random(3), 20_000, symbols=symbols)
+    writer = StreamWriter(broker.bootstrap, topic, events, chunk=1000, pause=0.5)
+    with start_consumer(env, "a") as first, start_consumer(env, "b") as second:
+        writer.start()
+        for member in (first, second):
+            member.wait_for_output("Assigned partitions", timeout=60)
+        # Both members share the topic: each has its own partitions.
+        wait_until(lambda: _each_owns_partitions(first, second), 60, "a split assignment")
+        wait_until(lambda: total_events(dsn) > 2000, 60, "progress by both")
+        first.signal(signal.SIGKILL)
+        first.wait()
+        writer.join()
+        wait_for_total(dsn, len(events), 120, [second])
+        output = second.output()
+        assert second.stop() == 0
+    assert "Assigned partitions [0, 1, 2]" in output  # the survivor took over everything
+    assert_tables_equal_truth(dsn, events)
+    instances = {row[0] for row in query(dsn, "SELECT DISTINCT instance_id FROM pipeline_metrics")}
+    assert instances == {"a", "b"}
+
+
+def _each_owns_partitions(first, second) -> bool:
+    def latest_assignment(output: str) -> str:
+        lines = [line for line in output.splitlines() if "Assigned partitions" in line]
+        return lines[-1] if lines else ""
+
+    a, b = latest_assignment(first.output()), latest_assignment(second.output())
+    return bool(a and b) and "[0, 1, 2]" not in a + b
+
+
+def test_late_events_merge_into_flushed_windows_and_are_counted(broker, env, dsn, topic):
+    on_time = [Event("BTCUSDT", "100.5", BASE_TIME_MS + WINDOW_MS + i * 1000) for i in range(5)]
+    late = [
+        Event("BTCUSDT", "90.25", BASE_TIME_MS + 10),
+        Event("BTCUSDT", "200", BASE_TIME_MS + 20),
+    ]
+    with start_consumer(env) as consumer:
+        produce(broker.bootstrap, topic, on_time)
+        wait_for_total(dsn, len(on_time), 60, [consumer])
+        produce(broker.bootstrap, topic, late)
+        wait_for_total(dsn, len(on_time) + len(late), 60, [consumer])
+        output = consumer.output()
+        assert consumer.stop() == 0
+    assert_tables_equal_truth(dsn, on_time + late)
+    assert query(dsn, "SELECT sum(late_events) FROM pipeline_metrics") == [(2,)]
+    assert "Consumed: BTCUSDT = $90.25 (late)" in output
+
+
+def test_idle_consumer_still_flushes_metrics(env, dsn):
+    with start_consumer({**env, "FLUSH_INTERVAL_SECONDS": "0.3"}) as consumer:
+        consumer.wait_for_output("Metrics: 0 events", timeout=60, count=3)
+        assert consumer.stop() == 0
+    rows = query(dsn, "SELECT events_processed, processing_lag_seconds FROM pipeline_metrics")
+    assert len(rows) >= 3
+    assert all(events == 0 and lag is None for events, lag in rows)
+    assert query(dsn, "SELECT count(*) FROM five_min_bitcoin_event") == [(0,)]
+
+
+BAD_MESSAGES: dict[str, bytes | None] = {
+    "invalid JSON": b'{"symbol": "BTCUSDT", "pri',
+    "not an object": b'["BTCUSDT", "43250.75"]',
+    "missing field": json.dumps({"symbol": "BTCUSDT", "price": "1.5", "source": "x"}).encode(),
+    "zero price": Event("BTCUSDT", "0.00000000", BASE_TIME_MS).message(),
+    "negative price": Event("BTCUSDT", "-1.5", BASE_TIME_MS).message(),
+    "NaN price": Event("BTCUSDT", "NaN", BASE_TIME_MS).message(),
+    "infinite price": Event("BTCUSDT", "Infinity", BASE_TIME_MS).message(),
+    "exponent price": Event("BTCUSDT", "1e999999", BASE_TIME_MS).message(),
+    "price as a number": json.dumps(
+        {"symbol": "BTCUSDT", "price": 43250.75, "event_time": BASE_TIME_MS, "source": "x"}
+    ).encode(),
+    "time in seconds": Event("BTCUSDT", "1.5", BASE_TIME_MS // 1000).message(),
+    "time before 2009": Event("BTCUSDT", "1.5", 1_200_000_000_000).message(),
+    "time in the future": Event("BTCUSDT", "1.5", 4_000_000_000_000).message(),
+    "time as a string": json.dumps(
+        {"symbol": "BTCUSDT", "price": "1.5", "event_time": str(BASE_TIME_MS), "source": "x"}
+    ).encode(),
+    "bad symbol": Event("btc/usdt", "1.5", BASE_TIME_MS).message(),
+    "oversized": b'{"symbol": "BTCUSDT", "pad": "' + b"x" * 20_000 + b'"}',
+    "no value (tombstone)": None,
+}
+
+
+def test_each_kind_of_bad_message_goes_to_the_dead_letter_table(broker, env, dsn, topic):
+    good = [Event("BTCUSDT", "43250.75", BASE_TIME_MS + i) for i in range(3)]
+    produce(broker.bootstrap, topic, good[:1])
+    produce_raw(broker.bootstrap, topic, BAD_MESSAGES.values(), key=b"BTCUSDT")
+    produce(broker.bootstrap, topic, good[1:])
+    with start_consumer(env) as consumer:
+        wait_for_total(dsn, len(good), 60, [consumer])
+        wait_until(
+            lambda: (
+                query(dsn, "SELECT sum(invalid_events) FROM pipeline_metrics")
+                == [(len(BAD_MESSAGES),)]
+            ),
+            30,
+            "every bad message counted",
+        )
+        assert consumer.stop() == 0
+    assert_tables_equal_truth(dsn, good)
+    letters = query(
+        dsn, 'SELECT "offset", raw_value, raw_size, error FROM dead_letter_events ORDER BY 1'
+    )
+    assert [row[0] for row in letters] == list(range(1, 1 + len(BAD_MESSAGES)))
+    for (name, sent), (_, raw, size, error) in zip(BAD_MESSAGES.items(), letters, strict=True):
+        assert error, name
+        if sent is None:
+            assert raw is None and size == 0, name
+        else:
+            assert size == len(sent), name
+            assert bytes(raw) == sent[: len(bytes(raw))] and len(bytes(raw)) <= 16 * 1024, name
+    assert (
+        "oversized"
+        in dict(zip(BAD_MESSAGES, (row[3] for row in letters), strict=True))["oversized"]
+        or "exceeds" in letters[list(BAD_MESSAGES).index("oversized")][3]
+    )
+
+
+def test_bad_configuration_stops_with_one_sentence():
+    result = run_script("consumer", ["--flush-interval", "0"])
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "consumer.py: error: FLUSH_INTERVAL_SECONDS must be greater than 0 (got 0)."
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    help_text = run_script("consumer", ["--help"]).stdout
+    for variable in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONSUMER_GROUP", "POSTGRES_DB"):
+        assert variable in help_text
