@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata
 
 from aggregator.batch import Accumulator, PendingFlush
 from aggregator.config import ConfigError, Settings, load_settings
+from aggregator.events import PriceEvent
 from aggregator.kafka_edge import new_consumer
 from aggregator.report import ConsumedLog, report_flush
 from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
@@ -76,18 +77,20 @@ class Aggregator(ConsumerRebalanceListener):
         if self.unresolved:
             self.resolve_positions()
         records = self.consumer.poll(timeout_ms=timeout_ms)
+        self.consumed_log.summarise_if_due()
         if not records:
             return
         received_ms = time.time_ns() // 1_000_000
-        process = self.accumulator.process
-        consumed = self.consumed_log
-        for tp, messages in records.items():
-            partition = tp.partition
-            for m in messages:
-                result = process(partition, m.offset, m.key, m.value, received_ms)
-                if result is not None:
-                    consumed.add(result)
-        consumed.emit()
+        messages = sum(len(batch) for batch in records.values())
+        consumed: list[tuple[PriceEvent, bool]] | None = None
+        if self.consumed_log.wants_each(messages):
+            consumed = []
+        for tp, batch in records.items():
+            self.accumulator.process_batch(tp.partition, batch, received_ms, consumed)
+        if consumed is None:
+            self.consumed_log.count(messages)
+        else:
+            self.consumed_log.each(consumed)
 
     # -- flushing ---------------------------------------------------------------------------
 

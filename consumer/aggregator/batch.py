@@ -7,10 +7,24 @@ to the next: that is the exactly-once unit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from aggregator.events import MAX_MESSAGE_BYTES, InvalidEvent, PriceEvent, decode_event
-from aggregator.windows import WindowDeltas, window_start
+from aggregator.events import (
+    MAX_MESSAGE_BYTES,
+    REPLAY_SOURCE,
+    InvalidEvent,
+    PriceEvent,
+    decode_event,
+)
+from aggregator.windows import WINDOW_MS, WindowDeltas
+
+
+class ConsumerRecord(Protocol):  # what the Kafka client hands us, as far as we use it
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +51,17 @@ class IntervalMetrics:
     late_events: int = 0
     invalid_events: int = 0
 
+    def add(self, size: int, events: int, live: int, lag_sum: int, lag_max: int, late: int) -> None:
+        """Counters of a batch of messages; lag_max -1 when it had no live event."""
+        self.bytes += size
+        self.events += events
+        self.live_events += live
+        self.replayed_events += events - live
+        self.lag_sum_ms += lag_sum
+        if lag_max >= 0 and (self.lag_max_ms is None or lag_max > self.lag_max_ms):
+            self.lag_max_ms = lag_max
+        self.late_events += late
+
     @property
     def lag_avg_seconds(self) -> float | None:
         return self.lag_sum_ms / self.live_events / 1000 if self.live_events else None
@@ -44,14 +69,6 @@ class IntervalMetrics:
     @property
     def lag_max_seconds(self) -> float | None:
         return None if self.lag_max_ms is None else self.lag_max_ms / 1000
-
-
-@dataclass
-class Consumed:
-    """One valid event as the log wants it (`Consumed: BTCUSDT = $43250.75`)."""
-
-    event: PriceEvent
-    late: bool
 
 
 @dataclass
@@ -74,49 +91,56 @@ class Accumulator:
         self.pending = PendingFlush()
         self._current_window: dict[tuple[str, bool], int] = {}
 
-    def process(
+    def process_batch(
         self,
         partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
+        records: Sequence[ConsumerRecord],
         received_ms: int,
-    ) -> Consumed | None:
-        pending = self.pending
-        pending.first_offsets.setdefault(partition, offset)
-        pending.next_offsets[partition] = offset + 1
-        size = (len(key) if key else 0) + (len(value) if value else 0)
-        pending.metrics.bytes += size
-        try:
-            event = decode_event(value, received_ms)
-        except InvalidEvent as exc:
-            self._dead_letter(partition, offset, key, value, str(exc), received_ms)
-            return None
-        late = self._count(event, received_ms)
-        pending.windows.add(event.symbol, event.price, event.event_time)
-        return Consumed(event, late)
+        consumed: list[tuple[PriceEvent, bool]] | None = None,
+    ) -> None:
+        """Fold one partition's records (in offset order) into the pending flush. With
+        `consumed`, also list each valid event and whether it was late, for the log.
 
-    def _count(self, event: PriceEvent, received_ms: int) -> bool:
-        metrics = self.pending.metrics
-        metrics.events += 1
-        if event.is_replay:
-            metrics.replayed_events += 1
-        else:
-            metrics.live_events += 1
-            lag = max(0, received_ms - event.event_time)
-            metrics.lag_sum_ms += lag
-            if metrics.lag_max_ms is None or lag > metrics.lag_max_ms:
-                metrics.lag_max_ms = lag
-        stream = (event.symbol, event.is_replay)
-        start = window_start(event.event_time)
-        current = self._current_window.get(stream)
-        if current is None or start > current:
-            self._current_window[stream] = start
-            return False
-        if start < current:
-            metrics.late_events += 1
-            return True
-        return False
+        The hot path of the consumer: counters live in locals until the batch is done."""
+        if not records:
+            return
+        pending = self.pending
+        pending.first_offsets.setdefault(partition, records[0].offset)
+        pending.next_offsets[partition] = records[-1].offset + 1
+        add_to_window = pending.windows.add
+        newest = self._current_window
+        size = events = live = lag_sum = late_count = 0
+        lag_max = -1
+        for record in records:
+            key, value = record.key, record.value
+            size += (len(key) if key else 0) + (len(value) if value else 0)
+            try:
+                event = decode_event(value, received_ms)
+            except InvalidEvent as exc:
+                self._dead_letter(partition, record.offset, key, value, str(exc), received_ms)
+                continue
+            symbol, price, event_time, source = event
+            events += 1
+            replay = source == REPLAY_SOURCE
+            if not replay:  # replayed history is not processing lag
+                live += 1
+                lag = received_ms - event_time if received_ms > event_time else 0
+                lag_sum += lag
+                if lag > lag_max:
+                    lag_max = lag
+            start = event_time - event_time % WINDOW_MS
+            # Late: older than the newest window seen for this symbol and kind of source.
+            stream = (symbol, replay)
+            current = newest.get(stream)
+            late = current is not None and start < current
+            if late:
+                late_count += 1
+            elif current is None or start > current:
+                newest[stream] = start
+            add_to_window(symbol, start, price, event_time)
+            if consumed is not None:
+                consumed.append((event, late))
+        pending.metrics.add(size, events, live, lag_sum, lag_max, late_count)
 
     def _dead_letter(
         self,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9\-_.]{1,20}")  # Binance's rule for symbol names
 # Plain decimal notation only: no exponent (1e999999 would overflow NUMERIC), no sign, no spaces.
@@ -20,12 +20,15 @@ MAX_MESSAGE_BYTES = 16 * 1024  # a price message is ~100 bytes
 REPLAY_SOURCE = "replay"  # history loaded later: in its windows, but not processing lag
 
 
+# The decoder itself: json.loads(bytes) would sniff the encoding of every message first.
+_decode_json = json.JSONDecoder().decode
+
+
 class InvalidEvent(ValueError):
     """A message that goes to the dead-letter table; the text says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class PriceEvent:
+class PriceEvent(NamedTuple):  # a tuple: the cheapest immutable object per message
     symbol: str
     price: Decimal
     event_time: int  # epoch milliseconds, UTC
@@ -43,9 +46,11 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
     if len(value) > MAX_MESSAGE_BYTES:
         raise InvalidEvent(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        body = json.loads(value)
+        body = _decode_json(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidEvent(f"invalid JSON: {exc}") from None
+    except RecursionError:  # e.g. "[[[[...": well under the size limit, yet too deep to parse
+        raise InvalidEvent("invalid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidEvent("message is not a JSON object")
     try:
@@ -62,9 +67,17 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
     )
 
 
+_valid_symbols: set[str] = set()  # a handful of names, each checked once
+
+
 def _symbol(symbol: object) -> str:
+    # A list or object is unhashable: `in` on the set would raise TypeError, not reject it.
+    if isinstance(symbol, str) and symbol in _valid_symbols:
+        return symbol
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
         raise InvalidEvent(f"symbol {symbol!r:.40} is not a Binance symbol")
+    if len(_valid_symbols) < 10_000:
+        _valid_symbols.add(symbol)
     return symbol
 
 

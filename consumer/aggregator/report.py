@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from aggregator.batch import Consumed, PendingFlush
+from aggregator.batch import PendingFlush
+from aggregator.events import PriceEvent
 from aggregator.store import FlushContext
 from aggregator.windows import WindowStats
 
@@ -28,34 +28,36 @@ def money(price: Decimal) -> str:
 
 
 class ConsumedLog:
-    """One line per message at live rates; a summary every few seconds during a backlog."""
+    """One line per message at live rates; during a backlog, a count every few seconds."""
 
     def __init__(self) -> None:
-        self._batch: list[Consumed] = []
-        self._summary: Counter[str] = Counter()
-        self._summary_since = time.monotonic()
+        self._count = 0
+        self._since = time.monotonic()
 
-    def add(self, consumed: Consumed) -> None:
-        self._batch.append(consumed)
+    def wants_each(self, messages_in_poll: int) -> bool:
+        return messages_in_poll <= PER_MESSAGE_LIMIT and self._count == 0
 
-    def emit(self) -> None:
-        batch, self._batch = self._batch, []
-        if len(batch) <= PER_MESSAGE_LIMIT and not self._summary:
-            for c in batch:
-                late = " (late)" if c.late else ""
-                log.info("Consumed: %s = $%s%s", c.event.symbol, money(c.event.price), late)
-            return
-        self._summary.update(c.event.symbol for c in batch)
-        if time.monotonic() - self._summary_since >= SUMMARY_EVERY_SECONDS:
-            self.emit_summary()
+    def each(self, consumed: list[tuple[PriceEvent, bool]]) -> None:
+        for event, late in consumed:
+            note = " (late)" if late else ""
+            log.info("Consumed: %s = $%s%s", event.symbol, money(event.price), note)
 
-    def emit_summary(self) -> None:
-        if self._summary:
-            total = sum(self._summary.values())
-            top = ", ".join(f"{s} {n}" for s, n in self._summary.most_common(5))
-            log.info("Consumed: %d events (%s)", total, top)
-        self._summary.clear()
-        self._summary_since = time.monotonic()
+    def count(self, messages: int) -> None:
+        if not self._count:
+            self._since = time.monotonic()
+        self._count += messages
+        self.summarise_if_due()
+
+    def summarise_if_due(self) -> None:
+        elapsed = time.monotonic() - self._since
+        if self._count and elapsed >= SUMMARY_EVERY_SECONDS:
+            log.info(
+                "Consumed: %d messages in %.0f s (%.0f/s)",
+                self._count,
+                elapsed,
+                self._count / elapsed,
+            )
+            self._count = 0
 
 
 def _window_line(symbol: str, start_ms: int, stats: WindowStats) -> str:

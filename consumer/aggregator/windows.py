@@ -17,9 +17,12 @@ event times follow the order of the partition, which a replay after a crash repe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 
 WINDOW_MS = 5 * 60 * 1000
+# Sums must stay exact: the default context (28 digits) would round them, and the contract
+# admits prices of up to 20 + 20 digits. 100 digits hold any sum of 2**63 such prices.
+EXACT = Context(prec=100)
 
 
 def window_start(event_time_ms: int) -> int:
@@ -45,7 +48,7 @@ class WindowStats:
     def merge(self, later: WindowStats) -> None:
         """Fold in statistics of events that came after ours in the stream."""
         self.count += later.count
-        self.price_sum += later.price_sum
+        self.price_sum = EXACT.add(self.price_sum, later.price_sum)
         self.min = min(self.min, later.min)
         self.max = max(self.max, later.max)
         if later.open_time < self.open_time:
@@ -56,7 +59,7 @@ class WindowStats:
     def add(self, price: Decimal, event_time: int) -> None:
         """merge(WindowStats.of(price, event_time)) without building the object (hot path)."""
         self.count += 1
-        self.price_sum += price
+        self.price_sum = EXACT.add(self.price_sum, price)
         if price < self.min:
             self.min = price
         if price > self.max:
@@ -128,8 +131,9 @@ class WindowDeltas:
     def __init__(self) -> None:
         self.deltas: dict[WindowKey, WindowStats] = {}
 
-    def add(self, symbol: str, price: Decimal, event_time: int) -> None:
-        key = (symbol, window_start(event_time))
+    def add(self, symbol: str, start: int, price: Decimal, event_time: int) -> None:
+        """Fold an event into its window's delta; `start` is window_start(event_time)."""
+        key = (symbol, start)
         stats = self.deltas.get(key)
         if stats is None:
             self.deltas[key] = WindowStats.of(price, event_time)

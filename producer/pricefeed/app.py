@@ -20,6 +20,8 @@ from pricefeed.binance import (
     Restricted,
 )
 from pricefeed.config import ConfigError, Settings, load_settings
+from pricefeed.replay import open_replay, run_replay
+from pricefeed.replay_files import ReplayFileError
 from pricefeed.sink import KafkaSink
 from pricefeed.sources import BinanceSource, SimulatedSource
 from pricefeed.timing import Backoff, FixedRateSchedule
@@ -37,7 +39,7 @@ def run_polling(
     """Poll on the fixed grid; on failure retry with backoff, then rejoin the grid."""
     schedule = FixedRateSchedule(clock(), settings.poll_interval, settings.poll_jitter)
     backoff = Backoff(settings.backoff_base, settings.backoff_max)
-    _, due = schedule.next_tick(clock())
+    _, due = schedule.next_tick(schedule.start)  # tick 0 fires at once, not an interval late
     while not stop.wait(max(0.0, due - clock())):
         try:
             sink.publish(source.poll())
@@ -112,6 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"producer.py: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    replay = None
+    if settings.source == "replay":
+        try:
+            replay = open_replay(settings.replay_files)
+        except ReplayFileError as exc:
+            print(f"producer.py: error: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     install_signal_handlers(stop)
     sink = KafkaSink(
@@ -124,10 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sink.connect():
         return 0  # stopped before Kafka was reachable: nothing to flush
     try:
-        if settings.source == "replay":
-            from pricefeed.replay import run_replay
-
-            run_replay(settings, sink, stop)
+        if replay is not None:
+            run_replay(replay, settings, sink, stop)
         else:
             log.info(
                 "Polling %s every %g s for %s",
@@ -136,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ", ".join(settings.symbols),
             )
             run_polling(build_source(settings), sink, settings, stop)
+    except ReplayFileError as exc:
+        log.error("Replay stopped: %s", exc)
+        return 2
     finally:
         sink.close()
         log.info("Producer stopped: %d messages delivered", sink.delivered)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Everything the tests and the benchmark need on a fresh machine: PostgreSQL server binaries
+# (the harness starts its own throwaway cluster) and .venv with the pinned dependencies.
+# Idempotent and quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ -z "${PG_BINDIR:-}" ]; then
+    echo "Installing PostgreSQL server binaries..."
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.requirements.sha
+want=$(cat producer/requirements.txt consumer/requirements.txt tests/requirements.txt | sha256sum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    echo "$want" > "$stamp"
+fi
