@@ -1,0 +1,145 @@
+"""Backfill end to end: producer.py --source replay -> Kafka -> consumer.py -> PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pricefeed.contract import make_event
+from pricefeed.replay import Progress, paced
+from tests.harness.scripts import run_script
+from tests.pipeline import (
+    Event,
+    assert_tables_equal_truth,
+    consumer_env,
+    create_topic,
+    query,
+    start_consumer,
+    wait_for_total,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "binance-data"
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real Binance sample files not found in {SHARED_DATA}"
+)
+
+
+def truth_from_csv(path: Path) -> list[Event]:
+    """The events a replay of this file must produce, read independently of the producer:
+    klines at their close (column 6) with their close price (column 4); trades at their time
+    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms."""
+    symbol = path.name.split("-")[0]
+    events = []
+    with path.open(newline="") as rows:
+        for row in csv.reader(rows):
+            price, raw_time = (row[4], row[6]) if len(row) == 12 else (row[1], row[5])
+            time_ms = int(raw_time) // 1000 if int(raw_time) >= 10**15 else int(raw_time)
+            events.append(Event(symbol, price, time_ms, "replay"))
+    return events
+
+
+@needs_shared_data
+def test_replayed_history_lands_in_its_windows_exactly_and_is_not_lag(
+    broker, postgres, database, topic
+):
+    files = [
+        SHARED_DATA / "BTCUSDT-1m-2020-01-01.csv",  # milliseconds
+        SHARED_DATA / "BTCUSDT-1h-2026-05-08.csv",  # microseconds
+        SHARED_DATA / "BTCUSDT-aggTrades-2026-01-01.head5000.csv",  # microseconds
+    ]
+    events = [event for path in files for event in truth_from_csv(path)]
+    assert len(events) == 1440 + 24 + 5000
+    create_topic(broker.bootstrap, topic)
+    dsn = postgres.dsn(database)
+    replay = run_script(
+        "producer",
+        ["--source", "replay", "--bootstrap-servers", broker.bootstrap, "--topic", topic]
+        + [str(path) for path in files],
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert f"Replay done: {len(events)} events" in replay.stdout
+    with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
+        wait_for_total(dsn, len(events), 90, [consumer])
+        assert consumer.stop() == 0
+    assert_tables_equal_truth(dsn, events)
+    replayed, live, lag = query(
+        dsn,
+        "SELECT sum(replayed_events), sum(live_events), max(processing_lag_seconds) "
+        "FROM pipeline_metrics",
+    )[0]
+    assert (replayed, live, lag) == (len(events), 0, None)
+
+
+def test_a_file_of_another_layout_stops_the_replay_with_one_sentence(tmp_path):
+    wrong = tmp_path / "BTCUSDT-1m-2024-01-01.csv"
+    wrong.write_text("1,2,3,4,5\n6,7,8,9,10\n")
+    result = run_script(
+        "producer",
+        ["--source", "replay", "--no-check-hosts", "--bootstrap-servers", "x:1", str(wrong)],
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("producer.py: error: ")
+    assert wrong.name in lines[0]
+
+
+def test_replay_with_malformed_lines_skips_and_counts_them(broker, tmp_path, topic):
+    good = "1577836800000,7195.24,7196.25,7183.14,{close},51.6,{close_time},3.5,493,19.5,140.4,0"
+    lines = [
+        good.format(close="7186.68000000", close_time=1577836859999),
+        "garbage line",
+        good.format(close="-5", close_time=1577836919999),
+        good.format(close="7184.03000000", close_time=1577836979999),
+    ]
+    path = tmp_path / "BTCUSDT-1m-2020-01-01.csv"
+    path.write_text("\n".join(lines) + "\n")
+    create_topic(broker.bootstrap, topic)
+    result = run_script(
+        "producer",
+        [
+            "--source",
+            "replay",
+            "--bootstrap-servers",
+            broker.bootstrap,
+            "--topic",
+            topic,
+            str(path),
+        ],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Replay done: 2 events" in result.stdout
+    assert "skipped 2 malformed lines" in result.stdout
+
+
+def test_speed_paces_events_by_their_event_time():
+    start = 1_778_198_400_000
+    hourly = [make_event("BTCUSDT", "1.5", start + k * 3_600_000, "replay") for k in range(6)]
+    began = time.monotonic()
+    replayed = list(paced(iter(hourly), speed=36_000.0, stop=threading.Event()))  # 1 h -> 0.1 s
+    elapsed = time.monotonic() - began
+    assert replayed == hourly
+    assert elapsed >= 0.5  # five hours of event time at 36,000x: no event ahead of its time
+
+
+def test_stop_interrupts_a_paced_replay():
+    far = [
+        make_event("BTCUSDT", "1.5", 1_778_198_400_000 + k * 86_400_000, "replay") for k in range(3)
+    ]
+    stop = threading.Event()
+    stop.set()
+    assert list(paced(iter(far), speed=1.0, stop=stop)) == far[:1]
+
+
+def test_long_replays_show_progress_with_rate_and_eta(caplog):
+    progress = Progress(total=10_000, started=100.0, last_shown=100.0)
+    with caplog.at_level(logging.INFO, logger="producer"):
+        progress.update(1_000, now=101.0)  # too soon after the last line: nothing shown
+        progress.update(4_000, now=102.0)
+    assert caplog.messages == ["Replayed 4,000/~10,000 events (40%), 2,000/s, ETA 3 s"]
