@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import logging
+import random
 import threading
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from pricefeed.contract import make_event
 from pricefeed.replay import Progress, paced
+from pricefeed.replay_files import read_events
+from tests.harness.sample_files import write_agg_trades, write_klines
 from tests.harness.scripts import run_script
 from tests.pipeline import (
     Event,
@@ -143,3 +148,20 @@ def test_long_replays_show_progress_with_rate_and_eta(caplog):
         progress.update(1_000, now=101.0)  # too soon after the last line: nothing shown
         progress.update(4_000, now=102.0)
     assert caplog.messages == ["Replayed 4,000/~10,000 events (40%), 2,000/s, ETA 3 s"]
+
+
+@pytest.mark.parametrize(
+    "day", [datetime(2024, 3, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)]
+)
+def test_generated_sample_files_read_like_binance_files(tmp_path, day):
+    """The demo files (ms before 2025, µs after) replay to what their columns say."""
+    rng = random.Random(5)
+    klines = tmp_path / f"BTCUSDT-1m-{day:%Y-%m-%d}.csv"
+    trades = tmp_path / f"BTCUSDT-aggTrades-{day:%Y-%m-%d}.csv"
+    write_klines(klines, day, rng, Decimal("43000"))
+    write_agg_trades(trades, day, rng, Decimal("43000"))
+    for path in (klines, trades):
+        replayed = [Event(e.symbol, e.price, e.event_time, e.source) for e in read_events(path)]
+        assert replayed == truth_from_csv(path)
+    first_close = truth_from_csv(klines)[0].event_time
+    assert first_close == int(day.timestamp() * 1000) + 59_999
