@@ -151,7 +151,7 @@ def exact_average_at_scale(total: Decimal, count: int, stored: Decimal) -> Decim
     of decimals PostgreSQL chose for the stored average."""
     with localcontext(Context(prec=100)):
         exact = total / Decimal(count)
-    return exact.quantize(Decimal(1).scaleb(stored.as_tuple().exponent), rounding=ROUND_HALF_UP)
+        return exact.quantize(Decimal(1).scaleb(stored.as_tuple().exponent), rounding=ROUND_HALF_UP)
 
 
 def total_events(dsn: str) -> int:

@@ -129,7 +129,10 @@ def _convert(field: str, var: str, text: str) -> object:
             return float(text)
     except ValueError:
         raise ConfigError(f"{var}={text!r} is not a number.") from None
-    return Path(text) if field == "schema_file" else text.strip()
+    if field == "schema_file":
+        return Path(text)
+    # A password is taken as given: spaces may be part of it.
+    return text if field == "postgres_password" else text.strip()
 
 
 def _validate(s: Settings) -> None:

@@ -1,0 +1,587 @@
+"""The PostgreSQL edge against a real server: the SQL merge equals the Python merge, the flush
+is one compare-and-set transaction, the schema, the reader role and the rolling view."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Iterator
+from decimal import Context, Decimal, localcontext
+from typing import Any
+
+import psycopg2
+import pytest
+
+from aggregator.batch import DeadLetter, IntervalMetrics, PendingFlush
+from aggregator.config import DEFAULT_SCHEMA, psycopg_dsn
+from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from aggregator.windows import (
+    MERGE_INTO_ROW_SQL,
+    WINDOW_MS,
+    WindowKey,
+    WindowStats,
+    merge_params,
+    window_start,
+)
+from tests.harness import PostgresServer
+from tests.harness.net import free_port, wait_until
+from tests.pipeline import (
+    BASE_TIME_MS,
+    Event,
+    exact_average_at_scale,
+    expected_windows,
+    query,
+    random_stream,
+    stored_windows,
+)
+
+GROUP, TOPIC = "test-group", "btc_price"
+LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
+
+
+@pytest.fixture
+def dsn(postgres: PostgresServer, database: str) -> str:
+    return postgres.dsn(database)
+
+
+@pytest.fixture
+def store(dsn: str) -> Iterator[Store]:
+    store = Store(dsn, DEFAULT_SCHEMA)
+    assert store.ensure_schema() is True
+    yield store
+    store.close()
+
+
+# -- building flushes ------------------------------------------------------------------------
+
+
+def window_deltas(events: list[Event]) -> dict[WindowKey, WindowStats]:
+    """The Python merge: events folded in stream order, per (symbol, window)."""
+    deltas: dict[WindowKey, WindowStats] = {}
+    for e in events:
+        key = (e.symbol, window_start(e.event_time))
+        if key in deltas:
+            deltas[key].add(Decimal(e.price), e.event_time)
+        else:
+            deltas[key] = WindowStats.of(Decimal(e.price), e.event_time)
+    return deltas
+
+
+def pending_flush(
+    windows: dict[WindowKey, WindowStats] | None = None,
+    next_offsets: dict[int, int] | None = None,
+    metrics: IntervalMetrics | None = None,
+    dead_letters: list[DeadLetter] | None = None,
+) -> PendingFlush:
+    pending = PendingFlush()
+    pending.windows.deltas.update(windows or {})
+    pending.next_offsets.update(next_offsets or {})
+    pending.first_offsets.update(next_offsets or {})
+    if metrics is not None:
+        pending.metrics = metrics
+    pending.dead_letters.extend(dead_letters or [])
+    return pending
+
+
+def context(
+    expected: dict[int, int | None],
+    instance: str = "test",
+    interval: float = 1.0,
+    offset_lag: int | None = None,
+) -> FlushContext:
+    return FlushContext(GROUP, TOPIC, instance, interval, offset_lag, expected)
+
+
+def tie_heavy_stream(rng: random.Random, count: int) -> list[Event]:
+    """Events on a few instants over three windows (equal event times, out of order, window
+    edges), prices of mixed scale ("3.5" vs "3.50") and now and then the longest price."""
+    instants = [0, WINDOW_MS - 1, WINDOW_MS, *rng.sample(range(3 * WINDOW_MS), 5)]
+    events = []
+    for _ in range(count):
+        if rng.random() < 0.02:
+            price = LONG_PRICE
+        else:
+            price = str(rng.randint(1, 4)) + rng.choice(["", ".5", ".50", ".500", ".00000001"])
+        symbol = rng.choice(("BTCUSDT", "ETHUSDT"))
+        events.append(Event(symbol, price, BASE_TIME_MS + rng.choice(instants)))
+    return events
+
+
+def split_at_random(rng: random.Random, events: list[Event], parts: int) -> list[list[Event]]:
+    cuts = sorted(rng.sample(range(1, len(events)), min(parts - 1, len(events) - 1)))
+    bounds = [0, *cuts, len(events)]
+    return [events[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def exact_truth(events: list[Event]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The offline ground truth with enough precision that no sum is rounded."""
+    with localcontext(Context(prec=100)):
+        return expected_windows(events)
+
+
+def as_columns(stats: WindowStats) -> dict[str, Any]:
+    return {
+        "event_count": stats.count,
+        "price_sum": stats.price_sum,
+        "min_value": stats.min,
+        "max_value": stats.max,
+        "open_value": stats.open,
+        "first_event_at": stats.open_time,
+        "close_value": stats.close,
+        "last_event_at": stats.close_time,
+    }
+
+
+def assert_rows_equal(
+    stored: dict[tuple[str, int], dict[str, Any]],
+    want: dict[tuple[str, int], dict[str, Any]],
+    label: str,
+) -> None:
+    """Every column, to the last digit and in the same written form (3.5 is not 3.50)."""
+    assert stored.keys() == want.keys(), label
+    for key, columns in want.items():
+        got = stored[key]
+        assert got["length_ms"] == WINDOW_MS, (label, key)
+        for column, value in columns.items():
+            assert got[column] == value, f"{label} {key} {column}: {got[column]} != {value}"
+            if isinstance(value, Decimal):
+                assert str(got[column]) == str(value), f"{label} {key} {column} written form"
+        with localcontext(Context(prec=100)):  # quantize() of a 40-digit average needs it
+            average = exact_average_at_scale(
+                columns["price_sum"], columns["event_count"], got["avg_value"]
+            )
+        assert got["avg_value"] == average, (label, key)
+
+
+def execute(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """One statement without a result, committed."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+    conn.close()
+
+
+def clear_tables(dsn: str) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "TRUNCATE five_min_bitcoin_event, consumer_offsets, pipeline_metrics, "
+            "dead_letter_events"
+        )
+    conn.close()
+
+
+# -- the key property: the SQL merge equals the Python merge ---------------------------------
+
+
+def test_flushes_merged_in_sql_equal_the_python_merge_and_the_ground_truth(store, dsn):
+    cases = 0
+    for seed in range(120):
+        rng = random.Random(seed)
+        if seed % 4 == 0:  # the end-to-end tests' stream: many windows, some late events
+            events = random_stream(rng, rng.randint(20, 200), step_ms=3000, disorder=0.2)
+        else:
+            events = tie_heavy_stream(rng, rng.randint(2, 40))
+        flushes = split_at_random(rng, events, rng.randint(1, 6))
+        clear_tables(dsn)
+        stored_offset: int | None = None
+        offset = 0
+        for flush in flushes:
+            offset += len(flush)
+            store.write(
+                pending_flush(window_deltas(flush), {0: offset}), context({0: stored_offset})
+            )
+            stored_offset = offset
+        stored = stored_windows(dsn)
+        python = {key: as_columns(stats) for key, stats in window_deltas(events).items()}
+        label = f"seed {seed}, flushes of {[len(f) for f in flushes]}"
+        assert_rows_equal(stored, python, label)
+        assert_rows_equal(stored, exact_truth(events), label)
+        cases += 1
+    assert cases == 120
+
+
+def test_a_row_merged_with_a_delta_at_any_split_equals_the_whole(dsn):
+    """MERGE_INTO_ROW_SQL alone: the row holds a prefix of the stream, the delta the rest."""
+    store = Store(dsn, DEFAULT_SCHEMA)
+    store.ensure_schema()
+    store.close()
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            for seed in range(40):
+                rng = random.Random(seed)
+                events = tie_heavy_stream(rng, rng.randint(2, 16))
+                whole = {k: as_columns(s) for k, s in window_deltas(events).items()}
+                for split in range(1, len(events)):
+                    cur.execute("DELETE FROM five_min_bitcoin_event")
+                    cur.execute(MERGE_INTO_ROW_SQL, merge_params(window_deltas(events[:split])))
+                    cur.execute(MERGE_INTO_ROW_SQL, merge_params(window_deltas(events[split:])))
+                    conn.commit()
+                    assert_rows_equal(stored_windows(dsn), whole, f"seed {seed} split {split}")
+    finally:
+        conn.close()
+
+
+def test_equal_event_times_across_flushes_first_seen_opens_last_seen_closes(store, dsn):
+    t = BASE_TIME_MS + 60_000
+    flushes = [
+        [Event("BTCUSDT", "10", t), Event("BTCUSDT", "20", t + 5)],
+        [Event("BTCUSDT", "11", t), Event("BTCUSDT", "21", t + 5)],  # ties with the row
+        [Event("BTCUSDT", "22", t + 5), Event("BTCUSDT", "9", t - 1)],
+    ]
+    for number, flush in enumerate(flushes):
+        expected = None if number == 0 else 2 * number
+        store.write(
+            pending_flush(window_deltas(flush), {0: 2 * number + 2}), context({0: expected})
+        )
+    row = stored_windows(dsn)[("BTCUSDT", window_start(t))]
+    assert (row["open_value"], row["first_event_at"]) == (Decimal("9"), t - 1)
+    assert (row["close_value"], row["last_event_at"]) == (Decimal("22"), t + 5)
+    assert row["event_count"] == 6 and row["price_sum"] == Decimal("93")
+
+
+# -- one transaction, compare-and-set offsets ------------------------------------------------
+
+
+def table_counts(dsn: str) -> tuple[int, int, int, int]:
+    (counts,) = query(
+        dsn,
+        "SELECT (SELECT count(*) FROM five_min_bitcoin_event), "
+        "(SELECT coalesce(sum(event_count), 0) FROM five_min_bitcoin_event), "
+        "(SELECT count(*) FROM pipeline_metrics), (SELECT count(*) FROM dead_letter_events)",
+    )
+    return tuple(int(n) for n in counts)  # type: ignore[return-value]
+
+
+def letter(partition: int, offset: int, value: bytes | None = b"{bad") -> DeadLetter:
+    size = 0 if value is None else len(value)
+    return DeadLetter(partition, offset, b"BTCUSDT", value, size, "invalid JSON", BASE_TIME_MS)
+
+
+def some_windows(symbol: str = "BTCUSDT") -> dict[WindowKey, WindowStats]:
+    return window_deltas([Event(symbol, "100.5", BASE_TIME_MS), Event(symbol, "99", BASE_TIME_MS)])
+
+
+def test_offsets_advance_by_compare_and_set(store, dsn):
+    store.write(pending_flush(some_windows(), {0: 5, 1: 3}), context({0: None, 1: None}))
+    assert store.stored_offsets(GROUP, TOPIC, [0, 1, 2]) == {0: 5, 1: 3}
+    store.write(pending_flush(some_windows(), {0: 9}), context({0: 5, 1: 3}))
+    assert store.stored_offsets(GROUP, TOPIC, [0, 1]) == {0: 9, 1: 3}
+    assert store.stored_offsets("other-group", TOPIC, [0, 1]) == {}
+    assert table_counts(dsn) == (1, 4, 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("stored_before", "stale_expected"),
+    [
+        ({0: 5, 1: 3}, {0: 4, 1: 3}),  # partition 0 moved on under us; 1 did not
+        ({0: 5, 1: 3}, {0: 5, 1: None}),  # we think 1 has no row: another consumer wrote one
+        ({0: 5}, {0: 5, 1: 3}),  # we think 1 has a row: it is gone
+    ],
+)
+def test_stale_offsets_raise_and_write_nothing(store, dsn, stored_before, stale_expected):
+    store.write(pending_flush(some_windows(), stored_before), context(dict.fromkeys(stored_before)))
+    before = table_counts(dsn)
+    windows_before = stored_windows(dsn)
+    stale = pending_flush(
+        some_windows() | some_windows("ETHUSDT"),
+        {0: 20, 1: 20},
+        IntervalMetrics(events=4, live_events=4, bytes=400),
+        [letter(0, 7), letter(1, 8)],
+    )
+    with pytest.raises(OffsetsMoved, match="another consumer"):
+        store.write(stale, context(stale_expected))
+    assert table_counts(dsn) == before  # no window, no metrics row, no dead letter
+    assert stored_windows(dsn) == windows_before
+    assert store.stored_offsets(GROUP, TOPIC, [0, 1]) == stored_before
+    # The connection is still good, and the right expectation succeeds.
+    store.write(stale, context({0: stored_before[0], 1: stored_before.get(1)}))
+    assert store.stored_offsets(GROUP, TOPIC, [0, 1]) == {0: 20, 1: 20}
+
+
+def blocked_backends(dsn: str) -> int:
+    (count,) = query(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'",
+    )[0]
+    return int(count)
+
+
+@pytest.mark.parametrize("expected", [None, 10])
+def test_two_writers_racing_for_a_partition_exactly_one_wins(dsn, expected):
+    setup = Store(dsn, DEFAULT_SCHEMA)
+    setup.ensure_schema()
+    if expected is not None:
+        setup.write(pending_flush({}, {0: expected}), context({0: None}))
+    setup.close()
+    before = table_counts(dsn)
+    writers = {"A": Store(dsn, DEFAULT_SCHEMA), "B": Store(dsn, DEFAULT_SCHEMA)}
+    outcome: dict[str, str] = {}
+
+    def write(name: str) -> None:
+        pending = pending_flush(some_windows(f"{name}USDT"), {0: 100}, dead_letters=[letter(0, 50)])
+        try:
+            writers[name].write(pending, context({0: expected}, instance=name))
+            outcome[name] = "won"
+        except OffsetsMoved:
+            outcome[name] = "moved"
+
+    # Hold pipeline_metrics locked, so that both flushes are inside their transaction at once:
+    # the first holds the offsets row and waits here; the second waits for that row.
+    gate = psycopg2.connect(dsn)
+    threads = [threading.Thread(target=write, args=(name,)) for name in writers]
+    try:
+        with gate.cursor() as cur:
+            cur.execute("LOCK TABLE pipeline_metrics IN ACCESS EXCLUSIVE MODE")
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: blocked_backends(dsn) == 2, 10, "both writers inside their flush")
+        gate.commit()
+        for thread in threads:
+            thread.join(timeout=20)
+    finally:
+        gate.close()
+        for writer in writers.values():
+            writer.close()
+    assert sorted(outcome.values()) == ["moved", "won"], outcome
+    (winner,) = (name for name, result in outcome.items() if result == "won")
+    assert {symbol for symbol, _ in stored_windows(dsn)} == {f"{winner}USDT"}
+    windows, events, metrics, letters = table_counts(dsn)
+    assert (windows, events, metrics - before[2], letters) == (1, 2, 1, 1)
+    assert query(dsn, "SELECT instance_id FROM pipeline_metrics WHERE instance_id <> 'test'") == [
+        (winner,)
+    ]
+    assert query(dsn, "SELECT next_offset FROM consumer_offsets") == [(100,)]
+
+
+# -- what a flush writes besides windows -----------------------------------------------------
+
+
+def test_metrics_row(store, dsn):
+    live = IntervalMetrics(
+        events=12,
+        live_events=3,
+        replayed_events=9,
+        lag_sum_ms=4_500,
+        lag_max_ms=2_501,
+        bytes=64,
+        late_events=2,
+        invalid_events=1,
+    )
+    windows = some_windows() | some_windows("ETHUSDT")
+    store.write(pending_flush(windows, {0: 13}, live), context({0: None}, "live", 4.0, 77))
+    replay_only = IntervalMetrics(events=5, replayed_events=5, bytes=2047)
+    store.write(pending_flush({}, {0: 18}, replay_only), context({0: 13}, "replay", 2.0))
+    idle = IntervalMetrics(bytes=1)
+    store.write(pending_flush({}, {}, idle), context({}, "idle", 0.0))
+    rows = query(
+        dsn,
+        "SELECT instance_id, interval_seconds, events_processed, live_events, replayed_events, "
+        "events_per_second, processing_lag_seconds, max_processing_lag_seconds, data_size_kb, "
+        "consumer_offset_lag, late_events, invalid_events, windows_updated, "
+        "flush_duration_ms >= 0 FROM pipeline_metrics ORDER BY metric_timestamp",
+    )
+    assert rows == [
+        ("live", 4.0, 12, 3, 9, 3.0, 1.5, 2.501, Decimal("0.063"), 77, 2, 1, 2, True),
+        ("replay", 2.0, 5, 0, 5, 2.5, None, None, Decimal("1.999"), None, 0, 0, 0, True),
+        ("idle", 0.0, 0, 0, 0, 0.0, None, None, Decimal("0.001"), None, 0, 0, 0, True),
+    ]
+
+
+def test_dead_letters_keep_their_bytes(store, dsn):
+    every_byte = bytes(range(256))
+    odd = "price '５'".encode()
+    letters = [
+        DeadLetter(0, 10, b"\x00key\xff", every_byte, 256, "invalid JSON: x", BASE_TIME_MS),
+        DeadLetter(2, 11, None, None, 0, "message has no value", BASE_TIME_MS + 1),
+        DeadLetter(0, 12, b"", b"\x00" * 16384, 20_000, "message of 20000 bytes", BASE_TIME_MS),
+        DeadLetter(1, 13, b"k", odd, len(odd), "price '５' is not…", BASE_TIME_MS),
+    ]
+    store.write(pending_flush({}, {0: 13, 1: 14, 2: 12}, None, letters), context({}))
+    rows = query(
+        dsn,
+        'SELECT topic, partition, "offset", raw_key, raw_value, raw_size, error, '
+        "(extract(epoch FROM received_at) * 1000)::bigint FROM dead_letter_events "
+        'ORDER BY "offset"',
+    )
+    stored = [
+        DeadLetter(p, o, None if k is None else bytes(k), None if v is None else bytes(v), s, e, r)
+        for topic, p, o, k, v, s, e, r in rows
+        if topic == TOPIC
+    ]
+    assert stored == letters
+
+
+# -- schema and roles ------------------------------------------------------------------------
+
+
+def test_ensure_schema_applies_once(dsn):
+    store = Store(dsn, DEFAULT_SCHEMA)
+    try:
+        assert store.ensure_schema() is True
+        store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
+        assert store.ensure_schema() is False
+        execute(dsn, "DROP VIEW rolling_avg_30min")
+        assert store.ensure_schema() is True  # a missing view: applied again, data kept
+        assert table_counts(dsn)[:2] == (1, 2)
+        assert store.stored_offsets(GROUP, TOPIC, [0]) == {0: 2}
+    finally:
+        store.close()
+
+
+def test_init_db_sql_runs_twice(dsn):
+    sql = DEFAULT_SCHEMA.read_text()
+    for _ in range(2):
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+        conn.close()
+    tables = query(
+        dsn,
+        "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
+        (
+            [
+                "five_min_bitcoin_event",
+                "pipeline_metrics",
+                "consumer_offsets",
+                "dead_letter_events",
+                "rolling_avg_30min",
+            ],
+        ),
+    )
+    assert tables == [(5,)]
+
+
+def as_reader(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run one statement as grafana_reader (SET ROLE: privileges are the role's alone)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET ROLE grafana_reader")
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_grafana_reader_reads_the_dashboard_tables_and_nothing_else(store, dsn):
+    store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
+    assert as_reader(dsn, "SELECT event_count FROM five_min_bitcoin_event") == [(2,)]
+    assert as_reader(dsn, "SELECT events_processed FROM pipeline_metrics") == [(0,)]
+    assert as_reader(dsn, "SELECT rolling_event_count FROM rolling_avg_30min") == [(2,)]
+    forbidden = [
+        "SELECT * FROM consumer_offsets",
+        "INSERT INTO five_min_bitcoin_event (symbol, five_min_start, five_min_end, event_count, "
+        "price_sum, min_value, max_value, open_value, close_value, first_event_at, "
+        "last_event_at) SELECT symbol, five_min_start + interval '1 day', five_min_end + "
+        "interval '1 day', event_count, price_sum, min_value, max_value, open_value, "
+        "close_value, first_event_at, last_event_at FROM five_min_bitcoin_event",
+        "UPDATE five_min_bitcoin_event SET event_count = 1",
+        "DELETE FROM pipeline_metrics",
+        "UPDATE consumer_offsets SET next_offset = 0",
+    ]
+    for sql in forbidden:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            as_reader(dsn, sql)
+    assert table_counts(dsn)[:3] == (1, 2, 1)
+
+
+# -- the rolling view ------------------------------------------------------------------------
+
+
+def test_rolling_average_covers_thirty_minutes_of_time_not_six_rows(store, dsn):
+    rng = random.Random(30)
+    # Window numbers with gaps: a gap shrinks the rolling window instead of reaching back.
+    numbers = {"BTCUSDT": [0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 20, 26, 27, 40], "ETHUSDT": [3, 9]}
+    windows: dict[WindowKey, WindowStats] = {}
+    for symbol, starts in numbers.items():
+        for n in starts:
+            start = BASE_TIME_MS + n * WINDOW_MS
+            stats = WindowStats.of(Decimal(f"{rng.randint(20_000, 90_000)}.{n:08d}"), start)
+            for _ in range(rng.randint(0, 6)):
+                price = Decimal(rng.randint(1, 10**13)) / 10**8
+                stats.add(price, start + rng.randint(0, WINDOW_MS - 1))
+            windows[(symbol, start)] = stats
+    store.write(pending_flush(windows, {0: 1}), context({0: None}))
+    rows = query(
+        dsn,
+        "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, "
+        "(extract(epoch FROM five_min_end) * 1000)::bigint, rolling_avg_price, "
+        "rolling_event_count, rolling_window_count FROM rolling_avg_30min",
+    )
+    assert len(rows) == len(windows)
+    for symbol, start, end, average, event_count, window_count in rows:
+        assert end == start + WINDOW_MS
+        covered = [
+            stats
+            for (other, other_start), stats in windows.items()
+            if other == symbol and start - 30 * 60_000 < other_start <= start
+        ]
+        total = sum((s.price_sum for s in covered), Decimal(0))
+        count = sum(s.count for s in covered)
+        assert (window_count, event_count) == (len(covered), count), (symbol, start)
+        assert average == exact_average_at_scale(total, count, average), (symbol, start)
+    counts = {(s, start): n for s, start, _, _, _, n in rows}
+    assert counts[("BTCUSDT", BASE_TIME_MS + 12 * WINDOW_MS)] == 6  # 7..12
+    assert counts[("BTCUSDT", BASE_TIME_MS + 20 * WINDOW_MS)] == 1  # 15..19 are empty
+    assert counts[("BTCUSDT", BASE_TIME_MS + 26 * WINDOW_MS)] == 1  # 20 is 30 minutes back
+    assert counts[("BTCUSDT", BASE_TIME_MS + 27 * WINDOW_MS)] == 2  # 26, 27
+    assert counts[("ETHUSDT", BASE_TIME_MS + 9 * WINDOW_MS)] == 1  # 3 is 30 minutes back
+
+
+# -- PostgreSQL unreachable ------------------------------------------------------------------
+
+
+def test_unreachable_store_raises_store_unavailable_in_one_line():
+    dead = psycopg_dsn(
+        host="127.0.0.1", port=str(free_port()), dbname="eventsdb", user="x", password="y"
+    )
+    store = Store(dead, DEFAULT_SCHEMA)
+    calls = [
+        store.ensure_schema,
+        lambda: store.stored_offsets(GROUP, TOPIC, [0]),
+        lambda: store.write(pending_flush(some_windows(), {0: 1}), context({0: None})),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable) as caught:
+            call()
+        text = str(caught.value)
+        assert text and "\n" not in text, text
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    store.close()
+
+
+def test_a_connection_cut_mid_session_fails_one_flush_then_reconnects(store, dsn):
+    store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
+    (pid,) = query(
+        dsn,
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND datname = current_database() AND backend_type = 'client backend'",
+    )[0]
+    query(dsn, "SELECT pg_terminate_backend(%s)", (pid,))
+    pending = pending_flush(some_windows(), {0: 4})
+    with pytest.raises(StoreUnavailable):
+        store.write(pending, context({0: 2}))
+    assert table_counts(dsn)[:3] == (1, 2, 1)  # nothing of the failed flush
+    store.write(pending, context({0: 2}))  # the same flush again, on a new connection
+    assert table_counts(dsn)[:3] == (1, 4, 2)
+    assert store.stored_offsets(GROUP, TOPIC, [0]) == {0: 4}
+
+
+def test_a_password_with_spaces_and_quotes_connects(postgres: PostgresServer, database: str):
+    user, password = f"odd_user_{database}", "a b 'c' \"d\" \\e "
+    execute(postgres.dsn(database), f'CREATE ROLE "{user}" LOGIN PASSWORD %s', (password,))
+    dsn = psycopg_dsn(
+        host=postgres.host,
+        port=str(postgres.port),
+        dbname=database,
+        user=user,
+        password=password,
+    )
+    assert query(dsn, "SELECT current_user") == [(user,)]
+    wrong = psycopg_dsn(
+        host=postgres.host, port=str(postgres.port), dbname=database, user=user, password="a b"
+    )
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        query(wrong, "SELECT 1")
