@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.topic_partitions,
         stop,
         Backoff(settings.backoff_base, settings.backoff_max, random.Random()),
+        stall_warning=max(5.0, 2 * settings.poll_interval),  # a couple of silent ticks
     )
     if not sink.connect():
         return 0  # stopped before Kafka was reachable: nothing to flush

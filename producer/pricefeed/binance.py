@@ -54,7 +54,7 @@ def parse_ticker_prices(payload: object) -> list[tuple[object, object]]:
     items = payload if isinstance(payload, list) else [payload]
     pairs = []
     for item in items:
-        if not isinstance(item, dict) or "symbol" not in item:
+        if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
             raise InvalidResponse(f"unexpected item in ticker/price response: {item!r:.200}")
         pairs.append((item["symbol"], item.get("price")))
     return pairs

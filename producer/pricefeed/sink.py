@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -33,6 +34,7 @@ class KafkaSink:
         stop: threading.Event,
         backoff: Backoff,
         echo: bool = True,
+        stall_warning: float = 20.0,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
@@ -44,6 +46,10 @@ class KafkaSink:
         self._retry: deque[PriceEvent] = deque()
         self._lock = threading.Lock()
         self.delivered = 0
+        self._unacked = 0  # sent, neither acknowledged nor failed yet
+        self._last_ack = time.monotonic()
+        self._stall_warned: float | None = None
+        self.stall_warning = stall_warning  # no acknowledgement this long while messages wait
 
     def connect(self) -> bool:
         """Connect and make sure the topic exists, retrying until it works or we are stopped."""
@@ -97,6 +103,7 @@ class KafkaSink:
 
     def publish(self, events: Iterable[PriceEvent]) -> None:
         """Send events (after any waiting for a retry), without waiting for acknowledgements."""
+        self._warn_if_stalled()
         with self._lock:
             pending = [*self._retry, *events]
             self._retry.clear()
@@ -112,16 +119,48 @@ class KafkaSink:
         future = self._producer.send(
             self.topic, key=event.key(), value=event.to_json_bytes(), timestamp_ms=event.event_time
         )
+        with self._lock:
+            if not self._unacked:
+                self._last_ack = time.monotonic()  # a stall is measured from the first wait
+            self._unacked += 1
         future.add_callback(self._on_delivered, event)
         future.add_errback(self._on_failed, event)
 
     def _on_delivered(self, event: PriceEvent, _metadata: object) -> None:
+        with self._lock:
+            self._unacked -= 1
+            self._last_ack = time.monotonic()
+            recovered, self._stall_warned = self._stall_warned is not None, None
         self.delivered += 1
+        if recovered:
+            log.info("Kafka is acknowledging messages again")
         if self.echo:
             log.info("Produced: %s", event.to_json_bytes().decode())
 
     def _on_failed(self, event: PriceEvent, exc: Exception) -> None:
+        with self._lock:
+            self._unacked -= 1
         self._requeue([event], exc)
+
+    def _warn_if_stalled(self) -> None:
+        """The client retries on its own for delivery_timeout_ms (idempotently, so without
+        duplicates); meanwhile say that Kafka has stopped answering, once a minute."""
+        now = time.monotonic()
+        with self._lock:
+            stalled_for = now - self._last_ack if self._unacked else 0.0
+            waiting = self._unacked
+            due = self._stall_warned is None or now - self._stall_warned >= 60
+            if stalled_for >= self.stall_warning and due:
+                self._stall_warned = now
+            else:
+                return
+        log.warning(
+            "Kafka at %s has acknowledged nothing for %.0f s (%d messages waiting); "
+            "the client keeps retrying",
+            self.bootstrap_servers,
+            stalled_for,
+            waiting,
+        )
 
     def _requeue(self, events: list[PriceEvent], exc: Exception) -> None:
         with self._lock:
@@ -134,10 +173,6 @@ class KafkaSink:
             waiting,
         )
 
-    def waiting(self) -> int:
-        with self._lock:
-            return len(self._retry)
-
     def flush(self, timeout: float) -> None:
         if self._producer is not None:
             try:
@@ -145,16 +180,31 @@ class KafkaSink:
             except KafkaError as exc:
                 log.warning("Kafka flush incomplete: %s", exc)
 
+    def undelivered(self) -> int:
+        """Events waiting to be sent again, or sent and not yet acknowledged."""
+        with self._lock:
+            return len(self._retry) + self._unacked
+
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is pending (within `timeout`), then disconnect."""
         if self._producer is not None:
             self.publish(())  # one more try for events waiting to be sent again
         self.flush(timeout)
-        if self.waiting():
-            log.error("Stopping with %d events Kafka did not accept", self.waiting())
-        self._close_producer(timeout)
+        if self.undelivered():
+            log.error("Stopping with %d events Kafka did not accept", self.undelivered())
+        self._close_producer()
 
-    def _close_producer(self, timeout: float = 0.0) -> None:
+    def _close_producer(self) -> None:
+        """Disconnect without waiting: close() has already given delivery its time."""
         if self._producer is not None:
-            self._producer.close(timeout=timeout)
+            try:
+                self._producer.close(timeout=0)
+            except KafkaError as exc:
+                # kafka-python 3.0 flushes inside close() and gives up half-way when records
+                # are stuck (broker gone); finish the close so its __del__ does not retry it.
+                log.debug("Kafka producer close: %s", exc)
+                sender = getattr(self._producer, "_sender", None)
+                if sender is not None:
+                    sender.force_close()
+                self._producer._closed = True
             self._producer = None
