@@ -9,9 +9,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
+from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
@@ -20,6 +22,10 @@ from tests.harness.net import wait_until
 from tests.harness.scripts import Script
 
 WINDOW_MS = 300_000
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "binance-data"
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real Binance sample files not found in {SHARED_DATA}"
+)
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: old but valid history
 
 
@@ -71,7 +77,13 @@ def random_stream(
 
 def expected_windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
     """Every column of five_min_bitcoin_event, computed offline. `events` in stream order per
-    symbol: on equal event times the first seen opens and the last seen closes."""
+    symbol: on equal event times the first seen opens and the last seen closes. Sums are
+    exact (100 digits), whatever the caller's decimal context."""
+    with localcontext(Context(prec=100)):
+        return _windows(events)
+
+
+def _windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
     windows: dict[tuple[str, int], dict[str, Any]] = {}
     for e in events:
         price = Decimal(e.price)
@@ -278,3 +290,17 @@ def wait_for_total(dsn: str, expected: int, timeout: float, consumers: Sequence[
     except TimeoutError:
         logs = "\n".join(s.output()[-2000:] for s in consumers)
         raise AssertionError(f"stored {total_events(dsn)} of {expected} events\n{logs}") from None
+
+
+def stats_columns(stats: Any) -> dict[str, Any]:
+    """The consumer's WindowStats under the column names expected_windows uses."""
+    return {
+        "event_count": stats.count,
+        "price_sum": stats.price_sum,
+        "min_value": stats.min,
+        "max_value": stats.max,
+        "open_value": stats.open,
+        "first_event_at": stats.open_time,
+        "close_value": stats.close,
+        "last_event_at": stats.close_time,
+    }

@@ -8,7 +8,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from aggregator.events import (
 )
 from aggregator.report import ConsumedLog, money
 from aggregator.windows import WINDOW_MS, WindowStats, window_start
-from tests.pipeline import BASE_TIME_MS, Event, expected_windows, random_stream
+from tests.pipeline import BASE_TIME_MS, Event, expected_windows, random_stream, stats_columns
 
 NOW_MS = BASE_TIME_MS + 10 * WINDOW_MS  # "now" for validation: after every test event
 LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
@@ -73,26 +73,6 @@ def exactly(stats: WindowStats) -> tuple[Any, ...]:
         str(stats.close),
         stats.close_time,
     )
-
-
-def as_columns(stats: WindowStats) -> dict[str, Any]:
-    """WindowStats named as expected_windows names the columns."""
-    return {
-        "event_count": stats.count,
-        "price_sum": stats.price_sum,
-        "min_value": stats.min,
-        "max_value": stats.max,
-        "open_value": stats.open,
-        "first_event_at": stats.open_time,
-        "close_value": stats.close,
-        "last_event_at": stats.close_time,
-    }
-
-
-def exact_truth(events: list[Event]) -> dict[tuple[str, int], dict[str, Any]]:
-    """The offline ground truth, with enough precision that no sum is rounded."""
-    with localcontext(Context(prec=100)):
-        return expected_windows(events)
 
 
 # -- window_start ----------------------------------------------------------------------------
@@ -206,8 +186,8 @@ def test_window_stats_equal_the_offline_ground_truth() -> None:
                 windows[key].add(Decimal(e.price), e.event_time)
             else:
                 windows[key] = WindowStats.of(Decimal(e.price), e.event_time)
-        got = {key: as_columns(stats) for key, stats in windows.items()}
-        assert got == exact_truth(events), f"seed {seed}"
+        got = {key: stats_columns(stats) for key, stats in windows.items()}
+        assert got == expected_windows(events), f"seed {seed}"
 
 
 # -- decode_event ----------------------------------------------------------------------------
@@ -468,8 +448,8 @@ def test_accumulated_windows_equal_the_offline_ground_truth() -> None:
             batch = [record(offset + i, e) for i, e in enumerate(events[offset : offset + size])]
             acc.process_batch(0, batch, NOW_MS)
             offset += size
-        got = {key: as_columns(stats) for key, stats in acc.pending.windows.deltas.items()}
-        assert got == exact_truth(events), f"seed {seed}"
+        got = {key: stats_columns(stats) for key, stats in acc.pending.windows.deltas.items()}
+        assert got == expected_windows(events), f"seed {seed}"
 
 
 # -- report ----------------------------------------------------------------------------------

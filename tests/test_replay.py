@@ -19,18 +19,15 @@ from pricefeed.replay_files import read_events
 from tests.harness.sample_files import write_agg_trades, write_klines
 from tests.harness.scripts import run_script
 from tests.pipeline import (
+    SHARED_DATA,
     Event,
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    needs_shared_data,
     query,
     start_consumer,
     wait_for_total,
-)
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "binance-data"
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real Binance sample files not found in {SHARED_DATA}"
 )
 
 

@@ -18,11 +18,7 @@ from pricefeed.replay_files import (
     read_events,
     to_epoch_ms,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "binance-data"
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real Binance sample files not found in {SHARED_DATA}"
-)
+from tests.pipeline import SHARED_DATA, needs_shared_data
 
 KLINES_HEADER = (
     "open_time,open,high,low,close,volume,close_time,quote_volume,count,"
