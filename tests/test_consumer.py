@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.harness.net import wait_until
+from tests.harness.net import free_port, wait_until
 from tests.harness.scripts import run_script
 from tests.pipeline import (
     BASE_TIME_MS,
@@ -240,6 +240,15 @@ def test_each_kind_of_bad_message_goes_to_the_dead_letter_table(broker, env, dsn
         in dict(zip(BAD_MESSAGES, (row[3] for row in letters), strict=True))["oversized"]
         or "exceeds" in letters[list(BAD_MESSAGES).index("oversized")][3]
     )
+
+
+def test_kafka_unreachable_at_start_is_retried_and_sigterm_exits_0(env):
+    env = {**env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    with start_consumer(env) as consumer:
+        consumer.wait_for_output("Kafka unreachable at 127.0.0.1:", timeout=30)
+        assert consumer.stop() == 0
+        output = consumer.output()
+    assert "retrying in" in output and "Traceback" not in output
 
 
 def test_bad_configuration_stops_with_one_sentence():

@@ -307,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             aggregator.run()
         except KafkaError as exc:
+            if stop.is_set():
+                break
             log.error(
                 "Kafka unreachable at %s (%s); retrying in 5 s", settings.bootstrap_servers, exc
             )
