@@ -242,6 +242,28 @@ def test_each_kind_of_bad_message_goes_to_the_dead_letter_table(broker, env, dsn
     )
 
 
+def test_offsets_moved_under_the_consumer_are_followed_not_fought(broker, env, dsn, topic):
+    """When the stored offsets change under a running consumer (a lost commit answer, a
+    zombie, an operator's reset), PostgreSQL is the truth: drop what is pending, carry on
+    from the stored offsets. Here an operator rewinds to 0 and empties the windows."""
+    rng = random.Random(4)
+    first, second = random_stream(rng, 400), random_stream(rng, 300)
+    with start_consumer(env) as consumer:
+        produce(broker.bootstrap, topic, first)
+        wait_for_total(dsn, len(first), 60, [consumer])
+        query(
+            dsn,
+            "WITH w AS (DELETE FROM five_min_bitcoin_event RETURNING 1) "
+            "UPDATE consumer_offsets SET next_offset = 0 RETURNING 1",
+        )
+        produce(broker.bootstrap, topic, second)
+        wait_for_total(dsn, len(first) + len(second), 60, [consumer])
+        output = consumer.wait_for_output("were stored by another consumer")
+        assert consumer.stop() == 0
+    assert_tables_equal_truth(dsn, first + second)
+    assert "Resuming from stored offsets" in output.split("were stored by another consumer")[1]
+
+
 def test_kafka_unreachable_at_start_is_retried_and_sigterm_exits_0(env):
     env = {**env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
     with start_consumer(env) as consumer:

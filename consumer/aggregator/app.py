@@ -101,8 +101,13 @@ class Aggregator(ConsumerRebalanceListener):
             self.on_store_down(exc)
             return
         except OffsetsMoved as exc:
+            # Another member wrote our partitions' offsets, or our own last commit went through
+            # although its answer was lost: either way PostgreSQL holds the truth. Drop what is
+            # pending and carry on from the offsets stored there.
             log.warning("%s", exc)
             self.drop_pending()
+            self.unresolved.update(tp.partition for tp in self.consumer.assignment())
+            self.resolve_positions()
         self.next_flush = time.monotonic() + self.settings.flush_interval
 
     def flush(self) -> PendingFlush:
