@@ -31,7 +31,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 GRAFANA_DIR = ROOT / "grafana"
 PROVIDER_FILE = GRAFANA_DIR / "dashboards" / "dashboard.yml"
 
-# The variables the scripts read. TODO(lead): read these from the scripts' config modules.
 # The variables each script reads, from its own configuration table: a renamed setting
 # that compose still sets under the old name fails here.
 SCRIPT_ENV = {

@@ -1,9 +1,11 @@
 """Grafana provisioning: file structure, macro expansion, and every query against PostgreSQL.
 
 No Grafana server runs here. Instead every panel and alert query is expanded exactly as Grafana
-would (tests/grafana_sql.py) and run, as the read-only grafana_reader role, against a fresh
-database built from infra/init_db.sql; the results are checked for the shape Grafana needs and
-for values computed independently in Python from the rows that were loaded.
+would (tests/grafana_sql.py) and run, as the read-only grafana_reader role, against databases
+filled by the real pipeline: history replayed by producer.py and live messages in the message
+contract, published to a real Kafka-protocol broker and aggregated by consumer.py. Expected
+values are computed independently in Python: windows from the published events
+(tests.pipeline.expected_windows), metrics from the pipeline_metrics rows the consumer wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import random
 import re
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -26,9 +29,9 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-import psycopg2.extras
 import pytest
 
+from aggregator.report import PER_MESSAGE_LIMIT  # consumer/ is on sys.path (conftest.py)
 from tests.grafana_sql import (
     ALERT_RULES_FILE,
     CONTACT_POINTS_FILE,
@@ -54,7 +57,24 @@ from tests.grafana_sql import (
     load_yaml,
     strip_sql_comments,
 )
-from tests.harness import PostgresServer
+from tests.harness import PostgresServer, TansuBroker
+from tests.harness.net import wait_until
+from tests.harness.scripts import Script, run_script
+from tests.pipeline import (
+    WINDOW_MS,
+    Event,
+    assert_tables_equal_truth,
+    consumer_env,
+    create_topic,
+    expected_windows,
+    produce,
+    produce_raw,
+    start_consumer,
+    wait_for_total,
+)
+from tests.pipeline import (
+    query as superuser_query,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT_SQL = ROOT / "infra" / "init_db.sql"
@@ -419,202 +439,6 @@ def test_template_variables_are_substituted_before_macros() -> None:
 
 
 # =============================================================================================
-# Data: realistic pipeline output
-# =============================================================================================
-
-SYMBOLS = {
-    "BTCUSDT": Decimal("67250.00"),
-    "ETHUSDT": Decimal("3480.00"),
-    "SOLUSDT": Decimal("152.40"),
-}
-INSTANCES = {"consumer-a": timedelta(0), "consumer-b": timedelta(seconds=11)}
-WINDOW = timedelta(minutes=5)
-POLL = timedelta(seconds=10)
-FLUSH = timedelta(seconds=30)
-PRICE_HISTORY = timedelta(hours=8)
-METRIC_HISTORY = timedelta(hours=2)
-
-
-@dataclass(frozen=True)
-class Window:
-    symbol: str
-    start: datetime
-    prices: tuple[Decimal, ...]
-    event_times: tuple[datetime, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.prices)
-
-    @property
-    def price_sum(self) -> Decimal:
-        return sum(self.prices, Decimal(0))
-
-    @property
-    def low(self) -> Decimal:
-        return min(self.prices)
-
-    @property
-    def high(self) -> Decimal:
-        return max(self.prices)
-
-    @property
-    def last_event_at(self) -> datetime:
-        return self.event_times[-1]
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    timestamp: datetime
-    instance_id: str
-    events_processed: int
-    live_events: int
-    lag: float | None
-    max_lag: float | None
-    data_size_kb: Decimal
-    consumer_offset_lag: int | None
-    late_events: int
-    invalid_events: int
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events_processed / FLUSH.total_seconds()
-
-
-@dataclass(frozen=True)
-class Scenario:
-    silence: timedelta = timedelta(seconds=20)  # age of the newest event
-    recent_lag_seconds: float | None = None  # lag of every live flush in the last 5 minutes
-    latest_flush_replay_only: bool = False  # each instance's newest flush: replayed events only
-
-
-@dataclass
-class PipelineData:
-    windows: list[Window] = field(default_factory=list)
-    metrics: list[MetricRow] = field(default_factory=list)
-
-
-def floor_time(moment: datetime, step: timedelta) -> datetime:
-    return EPOCH + (moment - EPOCH) // step * step
-
-
-def load_pipeline_data(dsn: str, now: datetime, scenario: Scenario | None = None) -> PipelineData:
-    """Fill the pipeline's tables as a few hours of the running pipeline would have.
-
-    Three symbols (one with a 30-minute gap, one starting later), an event every 10 s, and two
-    consumer instances flushing metrics every 30 s (one replaying history for a while).
-    Returns what was written, for the expected values.
-    """
-    # TODO(lead): replace with a real producer->Kafka->consumer run
-    scenario = scenario or Scenario()
-    rng = random.Random(20240412)
-    last_event = now - scenario.silence
-    data = PipelineData(price_windows(rng, last_event), metric_rows(rng, now, last_event, scenario))
-    with closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
-        insert_rows(cur, "five_min_bitcoin_event", [window_values(w) for w in data.windows])
-        insert_rows(cur, "pipeline_metrics", [metric_values(m, rng) for m in data.metrics])
-    return data
-
-
-def insert_rows(cur: Any, table: str, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        columns = ", ".join(rows[0])
-        values = [tuple(row.values()) for row in rows]
-        psycopg2.extras.execute_values(cur, f"INSERT INTO {table} ({columns}) VALUES %s", values)
-
-
-def window_values(window: Window) -> dict[str, Any]:
-    return {
-        "symbol": window.symbol,
-        "five_min_start": window.start,
-        "five_min_end": window.start + WINDOW,
-        "event_count": window.count,
-        "price_sum": window.price_sum,
-        "min_value": window.low,
-        "max_value": window.high,
-        "open_value": window.prices[0],
-        "close_value": window.prices[-1],
-        "first_event_at": window.event_times[0],
-        "last_event_at": window.last_event_at,
-    }
-
-
-def metric_values(row: MetricRow, rng: random.Random) -> dict[str, Any]:
-    return {
-        "metric_timestamp": row.timestamp,
-        "instance_id": row.instance_id,
-        "interval_seconds": FLUSH.total_seconds(),
-        "events_processed": row.events_processed,
-        "live_events": row.live_events,
-        "replayed_events": row.events_processed - row.live_events,
-        "events_per_second": row.events_per_second,
-        "processing_lag_seconds": row.lag,
-        "max_processing_lag_seconds": row.max_lag,
-        "data_size_kb": row.data_size_kb,
-        "consumer_offset_lag": row.consumer_offset_lag,
-        "late_events": row.late_events,
-        "invalid_events": row.invalid_events,
-        "windows_updated": min(row.events_processed, 3),
-        "flush_duration_ms": rng.uniform(4.0, 40.0),
-    }
-
-
-def price_windows(rng: random.Random, last_event: datetime) -> list[Window]:
-    gap = (last_event - timedelta(hours=3), last_event - timedelta(hours=2, minutes=30))
-    windows: list[Window] = []
-    for index, (symbol, start_price) in enumerate(SYMBOLS.items()):
-        price = start_price
-        history = PRICE_HISTORY if symbol != "ETHUSDT" else timedelta(hours=5)
-        newest = last_event - timedelta(seconds=3 * index)  # BTCUSDT holds the newest event
-        times = [newest - k * POLL for k in range(int(history / POLL))][::-1]
-        if symbol == "SOLUSDT":
-            times = [t for t in times if not gap[0] <= t < gap[1]]
-        by_window: dict[datetime, list[tuple[datetime, Decimal]]] = defaultdict(list)
-        for moment in times:
-            price = (price * Decimal(1 + rng.gauss(0, 0.0006))).quantize(Decimal("0.01"))
-            by_window[floor_time(moment, WINDOW)].append((moment, price))
-        for start, events in sorted(by_window.items()):
-            windows.append(
-                Window(symbol, start, tuple(p for _, p in events), tuple(t for t, _ in events))
-            )
-    return windows
-
-
-def metric_rows(
-    rng: random.Random, now: datetime, last_event: datetime, scenario: Scenario
-) -> list[MetricRow]:
-    replay = (now - timedelta(minutes=40), now - timedelta(minutes=30))  # on the 1 h dashboard
-    rows: list[MetricRow] = []
-    for instance, phase in INSTANCES.items():
-        stamps = [now - phase - k * FLUSH for k in range(int(METRIC_HISTORY / FLUSH))][::-1]
-        for number, stamp in enumerate(stamps):
-            has_events = stamp - FLUSH < last_event
-            events = rng.randint(12, 20) if has_events else 0
-            replay_only = (instance == "consumer-a" and replay[0] <= stamp <= replay[1]) or (
-                scenario.latest_flush_replay_only and stamp == stamps[-1]
-            )
-            live = 0 if replay_only else events
-            lag = round(rng.uniform(0.4, 3.0), 3) if live else None
-            if live and scenario.recent_lag_seconds is not None and stamp > now - WINDOW:
-                lag = scenario.recent_lag_seconds
-            rows.append(
-                MetricRow(
-                    timestamp=stamp,
-                    instance_id=instance,
-                    events_processed=events,
-                    live_events=live,
-                    lag=lag,
-                    max_lag=None if lag is None else round(lag + rng.uniform(0.0, 4.0), 3),
-                    data_size_kb=(Decimal("0.231") * events).quantize(Decimal("0.001")),
-                    consumer_offset_lag=None if number % 40 == 0 else rng.randint(0, 6),
-                    late_events=int(rng.random() < 0.05),
-                    invalid_events=int(rng.random() < 0.03),
-                )
-            )
-    return rows
-
-
-# =============================================================================================
 # Running queries as grafana_reader
 # =============================================================================================
 
@@ -651,9 +475,9 @@ def set_reader_password(postgres: PostgresServer, database: str, password: str |
     )
 
 
-@pytest.fixture
-def reader(
-    postgres: PostgresServer, database: str, schema_dsn: str
+@contextmanager
+def reader_connection(
+    postgres: PostgresServer, database: str
 ) -> Iterator[psycopg2.extensions.connection]:
     """A connection as grafana_reader, with the password set by the deployment's script."""
     set_reader_password(postgres, database, READER_PASSWORD)
@@ -667,6 +491,15 @@ def reader(
     )
     conn.autocommit = True  # like Grafana: one statement, no surrounding transaction
     with closing(conn):
+        yield conn
+
+
+@pytest.fixture
+def reader(
+    postgres: PostgresServer, database: str, schema_dsn: str
+) -> Iterator[psycopg2.extensions.connection]:
+    """grafana_reader on a database with the schema only."""
+    with reader_connection(postgres, database) as conn:
         yield conn
 
 
@@ -735,7 +568,441 @@ def check_alert_frame(result: QueryResult) -> None:
 
 
 # =============================================================================================
-# Expected panel values, computed from the loaded rows
+# Data: what the real pipeline writes (producer.py / Kafka / consumer.py)
+# =============================================================================================
+
+SYMBOLS = {
+    "BTCUSDT": Decimal("67250.00"),
+    "ETHUSDT": Decimal("3480.00"),
+    "SOLUSDT": Decimal("152.40"),
+}
+LIVE = "binance"  # the producer's source for live prices
+REPLAY = "replay"  # replayed history: in its windows and in throughput, never processing lag
+WINDOW = timedelta(minutes=5)
+MINUTE = timedelta(minutes=1)
+MILLISECOND = timedelta(milliseconds=1)
+POLL = timedelta(seconds=10)  # the producer's poll interval: one live event per symbol
+BUCKET = timedelta(seconds=30)  # the KPI panels group pipeline_metrics rows by 30 s
+FAST_FLUSH = 0.5  # seconds: many metrics rows in little time
+# No timer flush: everything a consumer reads is written by its final flush on SIGTERM, as ONE
+# pipeline_metrics row, which is then that instance's latest flush.
+HELD_FLUSH = 3600.0
+HELD_LIMIT = PER_MESSAGE_LIMIT  # the consumer logs one `Consumed:` line per message up to this
+IDLE_FLUSHES = 2
+
+
+@dataclass(frozen=True)
+class Window:
+    """One row of five_min_bitcoin_event, as computed offline from the published events."""
+
+    symbol: str
+    start: datetime
+    count: int
+    price_sum: Decimal
+    low: Decimal
+    high: Decimal
+    open: Decimal
+    close: Decimal
+    last_event_at: datetime
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One row of pipeline_metrics, read back as written by consumer.py."""
+
+    timestamp: datetime
+    instance_id: str
+    events_processed: int
+    live_events: int
+    replayed_events: int
+    events_per_second: float
+    lag: float | None
+    max_lag: float | None
+    data_size_kb: Decimal
+    consumer_offset_lag: int | None
+    late_events: int
+    invalid_events: int
+
+
+METRIC_COLUMNS = (
+    "metric_timestamp, instance_id, events_processed, live_events, replayed_events, "
+    "events_per_second, processing_lag_seconds, max_processing_lag_seconds, data_size_kb, "
+    "consumer_offset_lag, late_events, invalid_events"
+)
+
+
+@dataclass
+class PipelineData:
+    windows: list[Window] = field(default_factory=list)
+    metrics: list[MetricRow] = field(default_factory=list)
+
+
+def from_ms(epoch_ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=epoch_ms)
+
+
+def to_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // MILLISECOND
+
+
+def floor_time(moment: datetime, step: timedelta) -> datetime:
+    return EPOCH + (moment - EPOCH) // step * step
+
+
+def truth_windows(events: Sequence[Event]) -> list[Window]:
+    """The windows of `events` from tests.pipeline.expected_windows (independent of the
+    consumer's code)."""
+    return [
+        Window(
+            symbol=symbol,
+            start=from_ms(start),
+            count=w["event_count"],
+            price_sum=w["price_sum"],
+            low=w["min_value"],
+            high=w["max_value"],
+            open=w["open_value"],
+            close=w["close_value"],
+            last_event_at=from_ms(w["last_event_at"]),
+        )
+        for (symbol, start), w in sorted(expected_windows(events).items())
+    ]
+
+
+def stored_metrics(dsn: str) -> list[MetricRow]:
+    """pipeline_metrics as the consumer wrote it, read as the superuser."""
+    rows = superuser_query(dsn, f"SELECT {METRIC_COLUMNS} FROM pipeline_metrics ORDER BY 1, 2")
+    return [MetricRow(*row) for row in rows]
+
+
+def count_late(events: Sequence[Event]) -> int:
+    """Events one consumer process must count as late: older than the newest window it has
+    already read for the same symbol and kind of source (live or replayed)."""
+    newest: dict[tuple[str, bool], int] = {}
+    late = 0
+    for event in events:
+        stream = (event.symbol, event.source == REPLAY)
+        start = event.event_time - event.event_time % WINDOW_MS
+        if stream in newest and start < newest[stream]:
+            late += 1
+        else:
+            newest[stream] = start
+    return late
+
+
+def price_walk(rng: random.Random, start: Decimal, steps: int, places: int) -> list[str]:
+    prices, price, quantum = [], start, Decimal(1).scaleb(-places)
+    for _ in range(steps):
+        price = (price * Decimal(repr(1 + rng.gauss(0, 0.0006)))).quantize(quantum)
+        prices.append(format(price, "f"))
+    return prices
+
+
+def klines(rng: random.Random, symbol: str, opens: Sequence[datetime]) -> list[Event]:
+    """Replayed 1-minute klines: one event per kline at its close time with its close price,
+    as producer.py --source replay reads them (8 decimals, like Binance's files)."""
+    prices = price_walk(rng, SYMBOLS[symbol], len(opens), 8)
+    return [
+        Event(symbol, price, to_ms(start + MINUTE) - 1, REPLAY)
+        for start, price in zip(opens, prices, strict=True)
+    ]
+
+
+def minutes(first: datetime, last: datetime) -> list[datetime]:
+    """Kline open times from `first` to `last` (both floored to the minute)."""
+    first, last = floor_time(first, MINUTE), floor_time(last, MINUTE)
+    return [first + k * MINUTE for k in range((last - first) // MINUTE + 1)]
+
+
+def live_events(rng: random.Random, times: Mapping[str, Sequence[int]]) -> list[Event]:
+    """Live prices (2 decimals, like Binance's ticker) at the given event times per symbol,
+    in event-time order across symbols, as the producer publishes them poll by poll."""
+    events = []
+    for symbol, stamps in times.items():
+        prices = price_walk(rng, SYMBOLS[symbol], len(stamps), 2)
+        events += [Event(symbol, p, t, LIVE) for t, p in zip(stamps, prices, strict=True)]
+    return sorted(events, key=lambda e: e.event_time)
+
+
+def polls(last: datetime, span: timedelta, offset: timedelta = timedelta(0)) -> list[int]:
+    """Event times of polls every POLL up to `last` - `offset`, over `span`. Live times end
+    in .500 s, kline close times in .999 s: no two events share an event time."""
+    newest = to_ms(floor_time(last - offset, timedelta(seconds=1))) + 500
+    return [newest - k * (POLL // MILLISECOND) for k in range(span // POLL + 1)][::-1]
+
+
+def write_klines_file(folder: Path, events: Sequence[Event]) -> Path:
+    """A Binance spot 1-minute klines CSV of one symbol (12 columns, no header, times in µs as
+    since 2025): close price in column 4, close time in column 6."""
+    symbol = events[0].symbol
+    path = folder / f"{symbol}-1m-{from_ms(events[0].event_time):%Y-%m-%d}.csv"
+    with path.open("w") as out:
+        for e in events:
+            open_us, close_us = (e.event_time - 59_999) * 1000, e.event_time * 1000 + 999
+            out.write(
+                f"{open_us},{e.price},{e.price},{e.price},{e.price},1.50000000,{close_us},"
+                f"{Decimal(e.price) * Decimal('1.5')},42,0.75000000,0.75,0\n"
+            )
+    return path
+
+
+@dataclass
+class Pipeline:
+    """One deployment of the pipeline for a test: its own topic and database, the real
+    producer.py (for replays) and consumer.py. Remembers what it published, for expectations."""
+
+    broker: TansuBroker
+    postgres: PostgresServer
+    database: str
+    topic: str
+    workdir: Path
+    events: list[Event] = field(default_factory=list)  # valid events published, in order
+    invalid: int = 0  # messages published that fail validation
+    late: int = 0  # events the consumers must have counted as late
+    unread: list[Event] = field(default_factory=list)  # published, not yet read by a consumer
+    replays: int = 0
+
+    @classmethod
+    def create(
+        cls, broker: TansuBroker, postgres: PostgresServer, database: str, topic: str, workdir: Path
+    ) -> Pipeline:
+        create_topic(broker.bootstrap, topic)
+        return cls(broker, postgres, database, topic, workdir)
+
+    @property
+    def dsn(self) -> str:
+        return self.postgres.dsn(self.database)
+
+    def _published(self, events: Sequence[Event]) -> None:
+        self.events += events
+        self.unread += events
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Live messages in the contract, keyed by symbol, as the producer sends them."""
+        produce(self.broker.bootstrap, self.topic, events)
+        self._published(events)
+
+    def publish_invalid(self, values: Sequence[bytes], symbol: str) -> None:
+        produce_raw(self.broker.bootstrap, self.topic, values, key=symbol.encode())
+        self.invalid += len(values)
+
+    def replay(self, events: Sequence[Event]) -> None:
+        """Write `events` as Binance klines files (one per symbol) and publish them with
+        `producer.py --source replay`, which sends them in file order."""
+        self.replays += 1
+        folder = self.workdir / f"replay-{self.replays}"
+        folder.mkdir()
+        by_symbol: dict[str, list[Event]] = defaultdict(list)
+        for event in events:
+            by_symbol[event.symbol].append(event)
+        files = [write_klines_file(folder, batch) for batch in by_symbol.values()]
+        result = run_script(
+            "producer",
+            [
+                *("--source", REPLAY, "--bootstrap-servers", self.broker.bootstrap),
+                *("--topic", self.topic, *map(str, files)),
+            ],
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"Replay done: {len(events)} events" in result.stdout, result.stdout
+        self._published([event for batch in by_symbol.values() for event in batch])
+
+    def consumer(self, instance: str, flush_interval: float) -> Script:
+        env = consumer_env(
+            self.broker, self.postgres, self.database, self.topic, flush_interval=flush_interval
+        )
+        return start_consumer(env, instance)
+
+    def _read(self) -> None:
+        self.late += count_late(self.unread)
+        self.unread = []
+
+    def metrics_of(self, instance: str) -> list[MetricRow]:
+        return [row for row in stored_metrics(self.dsn) if row.instance_id == instance]
+
+    def run_until_idle(self, instance: str, publish: Callable[[], None] = lambda: None) -> None:
+        """consumer.py flushing every FAST_FLUSH s; `publish` runs while it joins the group.
+        Once every published message is accounted for in pipeline_metrics and IDLE_FLUSHES
+        more flushes found nothing, SIGTERM: the consumer must exit with 0."""
+        with self.consumer(instance, FAST_FLUSH) as consumer:
+            publish()
+            wait_for_total(self.dsn, len(self.events), 60, [consumer])
+
+            def accounted() -> list[MetricRow] | None:
+                if consumer.process.poll() is not None:
+                    raise AssertionError(f"consumer exited:\n{consumer.output()[-3000:]}")
+                try:
+                    rows = stored_metrics(self.dsn)
+                except psycopg2.Error:  # the consumer has not created the schema yet
+                    return None
+                processed = sum(row.events_processed for row in rows)
+                invalid = sum(row.invalid_events for row in rows)
+                return rows if (processed, invalid) == (len(self.events), self.invalid) else None
+
+            busy = len(wait_until(accounted, 30, "every message in pipeline_metrics"))
+            wait_until(
+                lambda: len(stored_metrics(self.dsn)) >= busy + IDLE_FLUSHES,
+                30,
+                f"{IDLE_FLUSHES} idle flushes of {instance}",
+            )
+            assert consumer.stop() == 0, consumer.output()[-3000:]
+        self._read()
+        newest = self.metrics_of(instance)[-1]
+        assert newest.events_processed == 0 and newest.lag is None, newest
+
+    def run_held(self, instance: str, publish: Callable[[], None]) -> MetricRow:
+        """consumer.py without timer flushes: `publish` runs once it owns the partitions;
+        when it has read every message, SIGTERM makes its final flush write them all as ONE
+        pipeline_metrics row (returned), which is then that instance's latest flush."""
+        before = len(self.events)
+        with self.consumer(instance, HELD_FLUSH) as consumer:
+            consumer.wait_for_output("Resuming from stored offsets")
+            publish()
+            sent = len(self.events) - before
+            assert 0 < sent <= HELD_LIMIT
+            consumer.wait_for_output("Consumed: ", count=sent)
+            assert consumer.stop() == 0, consumer.output()[-3000:]
+        self._read()
+        flush = self.metrics_of(instance)[-1]
+        assert flush.events_processed == sent, (flush, consumer.output()[-3000:])
+        return flush
+
+    def data(self) -> PipelineData:
+        return PipelineData(truth_windows(self.events), stored_metrics(self.dsn))
+
+    def assert_stored_exactly_what_was_published(self) -> None:
+        assert not self.unread
+        assert_tables_equal_truth(self.dsn, self.events)
+        rows = stored_metrics(self.dsn)
+        replayed = sum(event.source == REPLAY for event in self.events)
+        assert (
+            sum(r.events_processed for r in rows),
+            sum(r.live_events for r in rows),
+            sum(r.replayed_events for r in rows),
+            sum(r.invalid_events for r in rows),
+            sum(r.late_events for r in rows),
+        ) == (len(self.events), len(self.events) - replayed, replayed, self.invalid, self.late)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def fresh(rng: random.Random, age: timedelta = timedelta(0)) -> list[Event]:
+    """One live event per symbol, `age` old right now."""
+    stamp = now_ms() - age // MILLISECOND
+    return live_events(rng, {symbol: [stamp] for symbol in SYMBOLS})
+
+
+# =============================================================================================
+# Pipeline runs
+# =============================================================================================
+
+HISTORY = {  # how far back each symbol's replayed history starts
+    "BTCUSDT": timedelta(hours=7),  # before the price dashboard's 6 h range
+    "ETHUSDT": timedelta(hours=3),  # starts later
+    "SOLUSDT": timedelta(hours=6),  # with a gap, see GAP
+}
+GAP = timedelta(minutes=30)  # SOLUSDT's history has no klines for 30 minutes, 3 h ago
+LIVE_SPAN = timedelta(minutes=4)  # minutes of the live feed after the history ...
+NEWEST_AGE = timedelta(seconds=20)  # ... up to this long ago
+LATE_AGE = timedelta(minutes=9)  # a live ETHUSDT price that arrives after newer ones
+INVALID = [b"not json", b'{"symbol": "BTCUSDT", "price": "67250.00"}']  # no event_time
+LAG = timedelta(seconds=90)
+
+
+def history_events(rng: random.Random, now: datetime) -> list[Event]:
+    """Hours of 1-minute klines per symbol, up to 5 minutes ago."""
+    last = now - WINDOW
+    gap = floor_time(now - timedelta(hours=3), WINDOW)
+    events = []
+    for symbol, span in HISTORY.items():
+        opens = minutes(last - span, last)
+        if symbol == "SOLUSDT":
+            opens = [start for start in opens if not gap <= start < gap + GAP]
+        events += klines(rng, symbol, opens)
+    return events
+
+
+def live_feed(rng: random.Random, newest: datetime, span: timedelta) -> list[Event]:
+    """A poll of every symbol every POLL over `span` up to `newest`; BTCUSDT polled last."""
+    offsets = {symbol: k * timedelta(seconds=3) for k, symbol in enumerate(SYMBOLS)}
+    return live_events(rng, {s: polls(newest, span, offset) for s, offset in offsets.items()})
+
+
+@dataclass(frozen=True)
+class HealthyRun:
+    pipeline: Pipeline
+    data: PipelineData
+    fresh: MetricRow  # consumer-b's one flush: a poll of every symbol, read at once
+    fresh_bound: float  # seconds from before that poll was published to after it was flushed
+
+
+@pytest.fixture(scope="module")
+def healthy(broker: TansuBroker, postgres: PostgresServer, tmp_path_factory) -> HealthyRun:
+    """A healthy pipeline: hours of history replayed by producer.py, then minutes of the live
+    feed (with a late event and invalid messages), read by consumer-a, which flushes every
+    FAST_FLUSH s until it idles and stops; then consumer-b reads a fresh poll of every
+    symbol the moment it is published (its only flush)."""
+    rng = random.Random(20240412)
+    now = datetime.now(UTC)
+    pipeline = Pipeline.create(
+        broker,
+        postgres,
+        postgres.create_database("grafana_healthy"),
+        "btc_price_grafana_healthy",
+        tmp_path_factory.mktemp("healthy"),
+    )
+    late_price = price_walk(rng, SYMBOLS["ETHUSDT"], 1, 2)[0]
+    late = Event("ETHUSDT", late_price, to_ms(floor_time(now - LATE_AGE, MINUTE)) + 250, LIVE)
+
+    def publish() -> None:
+        pipeline.replay(history_events(rng, now))
+        pipeline.publish_invalid(INVALID, "BTCUSDT")
+        pipeline.publish(live_feed(rng, now - NEWEST_AGE, LIVE_SPAN - NEWEST_AGE))
+        pipeline.publish([late])
+
+    pipeline.run_until_idle("consumer-a", publish)
+    started = now_ms()
+    flush = pipeline.run_held("consumer-b", lambda: pipeline.publish(fresh(rng)))
+    return HealthyRun(pipeline, pipeline.data(), flush, (now_ms() - started) / 1000)
+
+
+@pytest.fixture(scope="module")
+def healthy_reader(
+    healthy: HealthyRun, postgres: PostgresServer
+) -> Iterator[psycopg2.extensions.connection]:
+    with reader_connection(postgres, healthy.pipeline.database) as conn:
+        yield conn
+
+
+@pytest.fixture
+def pipeline(
+    broker: TansuBroker, postgres: PostgresServer, database: str, topic: str, tmp_path: Path
+) -> Pipeline:
+    """A pipeline of its own for one scenario; consumer.py creates the schema."""
+    return Pipeline.create(broker, postgres, database, topic, tmp_path)
+
+
+def test_late_events_panel_says_they_are_merged_not_rejected() -> None:
+    """The consumer merges a late event into its window and counts it (see the healthy run)."""
+    (panel,) = [t.panel for t in iter_panel_targets() if t.panel_title == "Late and invalid events"]
+    assert "merged into their window" in panel["description"]
+    assert "rejected as too late" not in panel["description"]
+
+
+def test_the_pipeline_stored_exactly_what_was_published(healthy: HealthyRun) -> None:
+    """The premise of every expectation below: the consumer's windows are the offline truth
+    of the published events, and its metrics account for every message."""
+    pipeline = healthy.pipeline
+    pipeline.assert_stored_exactly_what_was_published()
+    assert pipeline.late == 1 and pipeline.invalid == len(INVALID)
+    assert {row.instance_id for row in healthy.data.metrics} == {"consumer-a", "consumer-b"}
+    assert {e.source for e in pipeline.events} == {LIVE, REPLAY}
+
+
+# =============================================================================================
+# Expected panel values, computed from the published events and the consumer's metrics rows
 # =============================================================================================
 
 Row = tuple[Any, ...]
@@ -768,7 +1035,7 @@ def metrics_in(data: PipelineData, span: TimeRange) -> list[MetricRow]:
 def by_bucket(rows: Sequence[MetricRow]) -> dict[int, list[MetricRow]]:
     buckets: dict[int, list[MetricRow]] = defaultdict(list)
     for row in rows:
-        buckets[(row.timestamp - EPOCH) // FLUSH * int(FLUSH.total_seconds())].append(row)
+        buckets[(row.timestamp - EPOCH) // BUCKET * int(BUCKET.total_seconds())].append(row)
     return dict(sorted(buckets.items()))
 
 
@@ -823,7 +1090,7 @@ EXPECTED: dict[tuple[str, str], Expectation] = {
         (w.start, w.symbol, float(w.low), float(w.high)) for w in windows_in(d, s, sym)
     ],
     (PRICE, "Open / close (5-minute)"): lambda d, s, sym: [
-        (w.start, w.symbol, float(w.prices[0]), float(w.prices[-1])) for w in windows_in(d, s, sym)
+        (w.start, w.symbol, float(w.open), float(w.close)) for w in windows_in(d, s, sym)
     ],
     (KPI, "Current processing rate"): lambda d, s, _: [(current_rate(d, s),)],
     (KPI, "Seconds since last event"): lambda d, s, _: [(seconds_since_last_event(d, s),)],
@@ -893,7 +1160,7 @@ def run_panel(
 ) -> QueryResult:
     (board,) = [b for b in load_dashboards() if b["uid"] == target.dashboard_uid]
     variables = dashboard_variables(board, {"symbol": list(symbols)})
-    result = run_query(conn, expand(target.raw_sql, span, variables, interval=FLUSH))
+    result = run_query(conn, expand(target.raw_sql, span, variables, interval=BUCKET))
     (check_time_series if target.format == "time_series" else check_table)(result)
     return result
 
@@ -905,32 +1172,44 @@ def all_symbols(conn: psycopg2.extensions.connection) -> tuple[str, ...]:
     return tuple(row[0] for row in run_query(conn, variable["query"]).rows)
 
 
-def test_every_panel_query_returns_the_expected_values(
-    reader: psycopg2.extensions.connection, schema_dsn: str
-) -> None:
+def assert_panels_show(
+    conn: psycopg2.extensions.connection, data: PipelineData, symbols: Sequence[str]
+) -> dict[str, QueryResult]:
+    """Every panel over its dashboard's default range ending now: the expected rows."""
     now = datetime.now(UTC)
-    data = load_pipeline_data(schema_dsn, now)
-    symbols = all_symbols(reader)
-    assert symbols == tuple(sorted(SYMBOLS))
+    results = {}
     for target in iter_panel_targets():
         span = dashboard_range(target, now)
-        result = run_panel(reader, target, span, symbols)
-        expected = EXPECTED[target.dashboard_uid, target.panel_title](data, span, symbols)
-        assert expected, f"{target.name}: the loaded data should show in this panel"
+        result = run_panel(conn, target, span, symbols)
+        expected = EXPECTED[target.dashboard_uid, target.panel_title](data, span, tuple(symbols))
         assert_rows_match(result.rows, expected, target.name)
+        results[target.panel_title] = result
+    return results
+
+
+def test_every_panel_query_returns_the_expected_values(
+    healthy: HealthyRun, healthy_reader: psycopg2.extensions.connection
+) -> None:
+    symbols = all_symbols(healthy_reader)
+    assert symbols == tuple(sorted(SYMBOLS))
+    results = assert_panels_show(healthy_reader, healthy.data, symbols)
+    for target in iter_panel_targets():
+        assert results[target.panel_title].rows, f"{target.name}: the run should show here"
+    # The history reaches back beyond the 6 h range: the time filter is what keeps it out.
+    assert min(w.start for w in healthy.data.windows) < datetime.now(UTC) - timedelta(hours=6)
 
 
 def test_symbol_selection_filters_the_price_panels(
-    reader: psycopg2.extensions.connection, schema_dsn: str
+    healthy: HealthyRun, healthy_reader: psycopg2.extensions.connection
 ) -> None:
     now = datetime.now(UTC)
-    data = load_pipeline_data(schema_dsn, now)
     for target in iter_panel_targets():
         if target.dashboard_uid != PRICE:
             continue
         span = dashboard_range(target, now)
-        result = run_panel(reader, target, span, ["ETHUSDT"])
-        expected = EXPECTED[PRICE, target.panel_title](data, span, ("ETHUSDT",))
+        result = run_panel(healthy_reader, target, span, ["ETHUSDT"])
+        expected = EXPECTED[PRICE, target.panel_title](healthy.data, span, ("ETHUSDT",))
+        assert expected, target.name
         assert_rows_match(result.rows, expected, target.name)
         assert "BTCUSDT" not in str(result.rows)
 
@@ -949,14 +1228,16 @@ def test_panels_work_on_an_empty_database(reader: psycopg2.extensions.connection
 
 
 def test_rolling_average_spans_only_the_last_30_minutes(
-    reader: psycopg2.extensions.connection, schema_dsn: str
+    healthy: HealthyRun, healthy_reader: psycopg2.extensions.connection
 ) -> None:
     """The gap in SOLUSDT: right after it the average restarts instead of reaching back."""
-    data = load_pipeline_data(schema_dsn, datetime.now(UTC))
-    sol = sorted((w for w in data.windows if w.symbol == "SOLUSDT"), key=lambda w: w.start)
-    after_gap = next(b for a, b in itertools.pairwise(sol) if b.start - a.start > WINDOW)
+    sol = [w for w in healthy.data.windows if w.symbol == "SOLUSDT"]
+    ((before_gap, after_gap),) = [
+        (a, b) for a, b in itertools.pairwise(sol) if b.start - a.start > WINDOW
+    ]
+    assert after_gap.start - before_gap.start > timedelta(minutes=25)  # the average's reach
     (value,) = run_query(
-        reader,
+        healthy_reader,
         "SELECT rolling_avg_price::float8 FROM rolling_avg_30min "
         f"WHERE symbol = 'SOLUSDT' AND five_min_start = '{format_rfc3339(after_gap.start)}'",
     ).rows[0]
@@ -967,15 +1248,15 @@ def test_rolling_average_spans_only_the_last_30_minutes(
 # Alert rules: evaluated as Grafana would (SQL -> reduce -> threshold -> state)
 # =============================================================================================
 
+Series = dict[frozenset[tuple[str, str]], float | None]
+
 
 @dataclass(frozen=True)
 class RuleOutcome:
     state: str  # Normal, Alerting, NoData, KeepLast
+    values: Series  # the reduced value of each instance (the threshold's input)
     firing: dict[frozenset[tuple[str, str]], float]
     rows: int
-
-
-Series = dict[frozenset[tuple[str, str]], float | None]
 
 
 def frame_to_series(result: QueryResult) -> Series:
@@ -1033,94 +1314,227 @@ def evaluate_rule(
         else:
             raise NotImplementedError(model["type"])
     condition = results[rule["condition"]]
+    value_ref = next(
+        q["model"]["expression"] for q in rule["data"] if q["refId"] == rule["condition"]
+    )
     if not condition:  # no rows, or only nulls
         state = {"OK": "Normal", "Alerting": "Alerting"}.get(
             rule["noDataState"], rule["noDataState"]
         )
-        return RuleOutcome(state, {}, rows)
-    value_ref = next(
-        q["model"]["expression"] for q in rule["data"] if q["refId"] == rule["condition"]
-    )
+        return RuleOutcome(state, results[value_ref], {}, rows)
     firing = {k: results[value_ref][k] or 0.0 for k, met in condition.items() if met}
-    return RuleOutcome("Alerting" if firing else "Normal", firing, rows)
+    return RuleOutcome("Alerting" if firing else "Normal", results[value_ref], firing, rows)
 
 
-def evaluate_rules(conn: psycopg2.extensions.connection) -> dict[str, RuleOutcome]:
-    now = datetime.now(UTC)
-    return {rule["title"]: evaluate_rule(rule, conn, now) for rule in load_alert_rules()}
+@dataclass(frozen=True)
+class Evaluation:
+    outcomes: dict[str, RuleOutcome]
+    started: datetime  # the queries' now() lies between these two
+    ended: datetime
+
+    def __getitem__(self, title: str) -> RuleOutcome:
+        return self.outcomes[title]
+
+
+def evaluate_rules(conn: psycopg2.extensions.connection) -> Evaluation:
+    started = datetime.now(UTC)
+    outcomes = {rule["title"]: evaluate_rule(rule, conn, started) for rule in load_alert_rules()}
+    return Evaluation(outcomes, started, datetime.now(UTC))
+
+
+def evaluate_pipeline_rules(postgres: PostgresServer, pipeline: Pipeline) -> Evaluation:
+    with reader_connection(postgres, pipeline.database) as conn:
+        return evaluate_rules(conn)
+
+
+def threshold(title: str) -> float:
+    """The threshold of a rule's condition, from alerts.yml."""
+    (rule,) = [r for r in load_alert_rules() if r["title"] == title]
+    (condition,) = [q["model"] for q in rule["data"] if q["refId"] == rule["condition"]]
+    return condition["conditions"][0]["evaluator"]["params"][0]
+
+
+LAG_RULE, NO_DATA_RULE = "High processing lag", "No data received"
+
+
+def instance(name: str) -> frozenset[tuple[str, str]]:
+    return frozenset({("instance_id", name)})
+
+
+def latest_lags(data: PipelineData, evaluation: Evaluation) -> Series:
+    """Per consumer instance, the lag of its newest flush in the lag rule's range, if measured:
+    what the lag rule must see, computed from the rows the consumer wrote."""
+    (lag_query,) = [q for q in iter_alert_queries() if q.rule_title == LAG_RULE]
+    since = lag_query.time_range(evaluation.started).start
+    newest: dict[str, MetricRow] = {}
+    for row in data.metrics:  # in metric_timestamp order
+        if row.timestamp >= since:
+            newest[row.instance_id] = row
+    return {instance(name): row.lag for name, row in newest.items() if row.lag is not None}
+
+
+def assert_seconds_since_last_event(
+    outcome: RuleOutcome, data: PipelineData, ev: Evaluation
+) -> None:
+    """The no-data rule's value: now() minus the newest event time of the published events."""
+    (value,) = outcome.values.values()
+    if not data.windows:
+        assert value == 1e9
+        return
+    newest = max(w.last_event_at for w in data.windows)
+    low, high = ev.started - newest, ev.ended - newest
+    assert low.total_seconds() - 0.001 <= value <= high.total_seconds() + 0.001
 
 
 @pytest.mark.parametrize("query", list(iter_alert_queries()), ids=lambda q: q.name)
 def test_alert_query_shape_on_a_loaded_database(
-    query: AlertQuery, reader: psycopg2.extensions.connection, schema_dsn: str
+    query: AlertQuery, healthy_reader: psycopg2.extensions.connection
 ) -> None:
-    load_pipeline_data(schema_dsn, datetime.now(UTC))
-    result = run_query(reader, expand(query.raw_sql, query.time_range(datetime.now(UTC))))
+    result = run_query(healthy_reader, expand(query.raw_sql, query.time_range(datetime.now(UTC))))
     check_alert_frame(result)
     assert result.rows
 
 
-def instances(*names: str) -> set[frozenset[tuple[str, str]]]:
-    return {frozenset({("instance_id", name)}) for name in names}
-
-
 def test_healthy_pipeline_fires_nothing(
-    reader: psycopg2.extensions.connection, schema_dsn: str
+    healthy: HealthyRun, healthy_reader: psycopg2.extensions.connection
 ) -> None:
-    load_pipeline_data(schema_dsn, datetime.now(UTC))
-    outcome = evaluate_rules(reader)
-    assert outcome["High processing lag"].state == "Normal"
-    assert outcome["High processing lag"].rows == len(INSTANCES)  # both measured, both fine
-    assert outcome["No data received"].state == "Normal"
-    assert outcome["No data received"].rows == 1
+    evaluation = evaluate_rules(healthy_reader)
+    lag = evaluation[LAG_RULE]
+    assert lag.state == "Normal"
+    # consumer-a's newest flush read nothing (NULL lag); consumer-b measured its live poll.
+    assert lag.values == latest_lags(healthy.data, evaluation)
+    assert lag.values == {instance("consumer-b"): healthy.fresh.lag}
+    assert 0 <= healthy.fresh.lag <= healthy.fresh_bound < threshold(LAG_RULE)
+    no_data = evaluation[NO_DATA_RULE]
+    assert no_data.state == "Normal" and no_data.rows == 1
+    assert_seconds_since_last_event(no_data, healthy.data, evaluation)
 
 
-def test_processing_lag_of_90_seconds_fires_the_lag_alert(
-    reader: psycopg2.extensions.connection, schema_dsn: str
-) -> None:
-    load_pipeline_data(schema_dsn, datetime.now(UTC), Scenario(recent_lag_seconds=90.0))
-    outcome = evaluate_rules(reader)
-    lag = outcome["High processing lag"]
-    assert lag.state == "Alerting"
-    assert set(lag.firing) == instances(*INSTANCES)
-    assert set(lag.firing.values()) == {90.0}
-    assert outcome["No data received"].state == "Normal"
-
-
-def test_null_lag_of_replayed_history_does_not_fire(
-    reader: psycopg2.extensions.connection, schema_dsn: str
-) -> None:
-    """High lag before, but the newest flushes carried replayed events only (lag NULL)."""
-    scenario = Scenario(recent_lag_seconds=90.0, latest_flush_replay_only=True)
-    load_pipeline_data(schema_dsn, datetime.now(UTC), scenario)
-    lag = evaluate_rules(reader)["High processing lag"]
-    assert lag.rows == 0 and lag.state == "Normal"
-
-
-def test_no_events_for_4_minutes_fires_no_data(
-    reader: psycopg2.extensions.connection, schema_dsn: str
-) -> None:
-    load_pipeline_data(schema_dsn, datetime.now(UTC), Scenario(silence=timedelta(minutes=4)))
-    outcome = evaluate_rules(reader)
-    no_data = outcome["No data received"]
+def assert_no_data_fires_on_empty_tables(evaluation: Evaluation) -> None:
+    no_data = evaluation[NO_DATA_RULE]
     assert no_data.state == "Alerting" and no_data.rows == 1
-    (seconds,) = no_data.firing.values()
-    assert 240 <= seconds < 250
-    # The consumer kept flushing empty intervals: lag is NULL there and must not fire.
-    assert outcome["High processing lag"].state == "Normal"
-
-
-def test_no_events_for_2_and_a_half_minutes_is_still_fine(
-    reader: psycopg2.extensions.connection, schema_dsn: str
-) -> None:
-    scenario = Scenario(silence=timedelta(minutes=2, seconds=30))
-    load_pipeline_data(schema_dsn, datetime.now(UTC), scenario)
-    assert evaluate_rules(reader)["No data received"].state == "Normal"
+    assert list(no_data.firing.values()) == [1e9]
+    lag = evaluation[LAG_RULE]  # noDataState OK: nothing to measure
+    assert lag.state == "Normal" and lag.rows == 0
 
 
 def test_empty_tables_fire_no_data(reader: psycopg2.extensions.connection) -> None:
-    outcome = evaluate_rules(reader)
-    no_data = outcome["No data received"]
-    assert no_data.state == "Alerting" and no_data.rows == 1
-    assert list(no_data.firing.values()) == [1e9]
-    assert outcome["High processing lag"].state == "Normal"  # noDataState OK: nothing to measure
+    """The schema alone, as on a new deployment before the consumer has run."""
+    assert_no_data_fires_on_empty_tables(evaluate_rules(reader))
+
+
+def test_a_consumer_that_never_reads_an_event_fires_no_data(
+    pipeline: Pipeline, postgres: PostgresServer
+) -> None:
+    """consumer.py creates the schema and keeps flushing empty intervals: no window at all."""
+    pipeline.run_until_idle("consumer-a")
+    rows = stored_metrics(pipeline.dsn)
+    assert len(rows) > IDLE_FLUSHES and not any(row.events_processed for row in rows)
+    assert superuser_query(pipeline.dsn, "SELECT count(*) FROM five_min_bitcoin_event") == [(0,)]
+    assert_no_data_fires_on_empty_tables(evaluate_pipeline_rules(postgres, pipeline))
+
+
+def test_processing_lag_of_90_seconds_fires_the_lag_alert(
+    pipeline: Pipeline, postgres: PostgresServer
+) -> None:
+    rng = random.Random(90)
+    started = now_ms()
+    flush = pipeline.run_held("consumer-a", lambda: pipeline.publish(fresh(rng, LAG)))
+    bound = LAG.total_seconds() + (now_ms() - started) / 1000
+    assert LAG.total_seconds() <= flush.lag <= flush.max_lag <= bound
+    evaluation = evaluate_pipeline_rules(postgres, pipeline)
+    lag = evaluation[LAG_RULE]
+    assert lag.state == "Alerting"
+    assert (
+        lag.firing
+        == {instance("consumer-a"): flush.lag}
+        == latest_lags(pipeline.data(), evaluation)
+    )
+    assert evaluation[NO_DATA_RULE].state == "Normal"
+
+
+def test_backfill_is_not_lag_but_a_live_feed_falling_behind_fires(
+    pipeline: Pipeline, postgres: PostgresServer
+) -> None:
+    """A restarting consumer-a reads, one flush each: history together with the live feed;
+    history alone; history together with a live feed 90 s behind."""
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+
+    def history(hours_ago: int, symbols: Sequence[str], count: int) -> list[Event]:
+        start = now - timedelta(hours=hours_ago)
+        return [
+            event
+            for symbol in symbols
+            for event in klines(rng, symbol, minutes(start, start + (count - 1) * MINUTE))
+        ]
+
+    def run(replayed: list[Event], live: Callable[[], list[Event]]) -> tuple[MetricRow, float]:
+        started = now_ms()
+
+        def publish() -> None:
+            pipeline.replay(replayed)
+            if events := live():
+                pipeline.publish(events)
+
+        flush = pipeline.run_held("consumer-a", publish)
+        assert flush.replayed_events == len(replayed)
+        return flush, (now_ms() - started) / 1000
+
+    # 1. History loads while the live feed is current: the lag is that of the live events.
+    flush, elapsed = run(history(3, ["BTCUSDT", "ETHUSDT"], 3), lambda: fresh(rng))
+    assert flush.live_events == len(SYMBOLS)
+    assert 0 <= flush.lag <= flush.max_lag <= elapsed < threshold(LAG_RULE)
+    evaluation = evaluate_pipeline_rules(postgres, pipeline)
+    assert evaluation[LAG_RULE].state == "Normal"
+    assert evaluation[LAG_RULE].values == {instance("consumer-a"): flush.lag}
+    assert evaluation[NO_DATA_RULE].state == "Normal"
+
+    # 2. A flush of history only: nothing to measure, not an outage either.
+    flush, _ = run(history(4, ["SOLUSDT"], 8), list)
+    assert (flush.live_events, flush.lag, flush.max_lag) == (0, None, None)
+    evaluation = evaluate_pipeline_rules(postgres, pipeline)
+    assert evaluation[LAG_RULE].state == "Normal" and evaluation[LAG_RULE].rows == 0
+    assert evaluation[NO_DATA_RULE].state == "Normal"
+    assert_seconds_since_last_event(evaluation[NO_DATA_RULE], pipeline.data(), evaluation)
+
+    # 3. History still loading, and the live feed falls behind: the lag alert fires, at the
+    #    lag of the live events alone.
+    flush, elapsed = run(history(2, ["BTCUSDT", "SOLUSDT"], 3), lambda: fresh(rng, LAG))
+    assert LAG.total_seconds() <= flush.lag <= flush.max_lag <= LAG.total_seconds() + elapsed
+    evaluation = evaluate_pipeline_rules(postgres, pipeline)
+    assert evaluation[LAG_RULE].state == "Alerting"
+    assert evaluation[LAG_RULE].firing == {instance("consumer-a"): flush.lag}
+    assert evaluation[NO_DATA_RULE].state == "Normal"
+
+    # Replayed events landed in their windows and count in throughput.
+    pipeline.assert_stored_exactly_what_was_published()
+    with reader_connection(postgres, pipeline.database) as conn:
+        results = assert_panels_show(conn, pipeline.data(), all_symbols(conn))
+    throughput = results["Throughput per 30 s flush"].rows
+    live = sum(event.source == LIVE for event in pipeline.events)
+    assert sum(value for _, value in throughput) == len(pipeline.events) > live
+
+
+@pytest.mark.parametrize(
+    ("silence", "state"),
+    [(timedelta(minutes=4), "Alerting"), (timedelta(minutes=2, seconds=30), "Normal")],
+    ids=["4min", "2.5min"],
+)
+def test_minutes_without_events_fire_no_data_after_3(
+    pipeline: Pipeline, postgres: PostgresServer, silence: timedelta, state: str
+) -> None:
+    """Two minutes of the live feed, the newest event `silence` ago; the consumer keeps
+    flushing empty intervals after it."""
+    rng = random.Random(4)
+    feed = live_feed(rng, datetime.now(UTC) - silence, timedelta(minutes=2))
+    pipeline.run_until_idle("consumer-a", lambda: pipeline.publish(feed))
+    data = pipeline.data()
+    evaluation = evaluate_pipeline_rules(postgres, pipeline)
+    no_data = evaluation[NO_DATA_RULE]
+    assert no_data.state == state and no_data.rows == 1
+    assert_seconds_since_last_event(no_data, data, evaluation)
+    # Reading minutes-old events measured a lag far above the threshold, but the newest
+    # flushes read nothing: NULL lag, which must not fire.
+    assert max(row.lag for row in data.metrics if row.lag is not None) > threshold(LAG_RULE)
+    assert evaluation[LAG_RULE].state == "Normal" and evaluation[LAG_RULE].rows == 0
