@@ -75,6 +75,25 @@ def random_stream(
     return events
 
 
+LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
+
+
+def tie_heavy_stream(rng: random.Random, count: int, windows: int = 3) -> list[Event]:
+    """Events on a few instants (many equal event times, out of order, on window edges) with
+    prices of mixed scale ("3.5" and "3.50" are equal numbers written differently) and now
+    and then the longest price."""
+    instants = [0, WINDOW_MS - 1, WINDOW_MS, *rng.sample(range(windows * WINDOW_MS), 5)]
+    events = []
+    for _ in range(count):
+        if rng.random() < 0.02:
+            price = LONG_PRICE
+        else:
+            price = str(rng.randint(1, 4)) + rng.choice(["", ".5", ".50", ".500", ".00000001"])
+        symbol = rng.choice(("BTCUSDT", "ETHUSDT"))
+        events.append(Event(symbol, price, BASE_TIME_MS + rng.choice(instants)))
+    return events
+
+
 def expected_windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
     """Every column of five_min_bitcoin_event, computed offline. `events` in stream order per
     symbol: on equal event times the first seen opens and the last seen closes. Sums are

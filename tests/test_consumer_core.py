@@ -28,28 +28,19 @@ from aggregator.events import (
 )
 from aggregator.report import ConsumedLog, money
 from aggregator.windows import WINDOW_MS, WindowStats, window_start
-from tests.pipeline import BASE_TIME_MS, Event, expected_windows, random_stream, stats_columns
+from tests.pipeline import (
+    BASE_TIME_MS,
+    LONG_PRICE,
+    Event,
+    expected_windows,
+    random_stream,
+    stats_columns,
+    tie_heavy_stream,
+)
 
 NOW_MS = BASE_TIME_MS + 10 * WINDOW_MS  # "now" for validation: after every test event
-LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
 
 # -- streams ---------------------------------------------------------------------------------
-
-
-def tie_heavy_stream(rng: random.Random, count: int, windows: int = 3) -> list[Event]:
-    """Events on a few instants (many equal event times, out of order, on window edges) with
-    prices of mixed scale ("3.5" and "3.50" are equal numbers written differently)."""
-    instants = [0, WINDOW_MS - 1, WINDOW_MS, *rng.sample(range(windows * WINDOW_MS), 5)]
-    symbols = ("BTCUSDT", "ETHUSDT")
-    events = []
-    for _ in range(count):
-        if rng.random() < 0.02:
-            price = LONG_PRICE
-        else:
-            price = str(rng.randint(1, 4)) + rng.choice(["", ".5", ".50", ".500", ".00000001"])
-        time_ms = BASE_TIME_MS + rng.choice(instants)
-        events.append(Event(rng.choice(symbols), price, time_ms))
-    return events
 
 
 def stats_of(events: list[Event]) -> WindowStats:

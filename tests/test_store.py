@@ -35,10 +35,10 @@ from tests.pipeline import (
     random_stream,
     stats_columns,
     stored_windows,
+    tie_heavy_stream,
 )
 
 GROUP, TOPIC = "test-group", "btc_price"
-LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
 
 
 @pytest.fixture
@@ -92,21 +92,6 @@ def context(
     offset_lag: int | None = None,
 ) -> FlushContext:
     return FlushContext(GROUP, TOPIC, instance, interval, offset_lag, expected)
-
-
-def tie_heavy_stream(rng: random.Random, count: int) -> list[Event]:
-    """Events on a few instants over three windows (equal event times, out of order, window
-    edges), prices of mixed scale ("3.5" vs "3.50") and now and then the longest price."""
-    instants = [0, WINDOW_MS - 1, WINDOW_MS, *rng.sample(range(3 * WINDOW_MS), 5)]
-    events = []
-    for _ in range(count):
-        if rng.random() < 0.02:
-            price = LONG_PRICE
-        else:
-            price = str(rng.randint(1, 4)) + rng.choice(["", ".5", ".50", ".500", ".00000001"])
-        symbol = rng.choice(("BTCUSDT", "ETHUSDT"))
-        events.append(Event(symbol, price, BASE_TIME_MS + rng.choice(instants)))
-    return events
 
 
 def split_at_random(rng: random.Random, events: list[Event], parts: int) -> list[list[Event]]:

@@ -19,7 +19,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from aggregator.batch import Accumulator, PendingFlush
+from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
 from aggregator.kafka_edge import new_consumer
@@ -110,7 +110,7 @@ class Aggregator(ConsumerRebalanceListener):
             self.resolve_positions()
         self.next_flush = time.monotonic() + self.settings.flush_interval
 
-    def flush(self) -> PendingFlush:
+    def flush(self) -> None:
         """Write what is pending in one transaction, then tell Kafka (for lag tooling)."""
         pending = self.accumulator.pending
         now = time.monotonic()
@@ -136,7 +136,6 @@ class Aggregator(ConsumerRebalanceListener):
             self.store_down_since = None
             self.retry_attempts = 0
             self.consumer.resume(*self.consumer.assignment())
-        return pending
 
     def on_store_down(self, exc: StoreUnavailable) -> None:
         """Keep what is pending, stop reading more, and try again with backoff."""
