@@ -18,7 +18,7 @@ from aggregator.events import (
     PriceEvent,
     decode_event,
 )
-from aggregator.windows import WINDOW_MS, WindowDeltas
+from aggregator.windows import WINDOW_MS, WindowDeltas, WindowStats
 
 
 class ConsumerRecord(Protocol):  # what the Kafka client hands us, as far as we use it
@@ -107,28 +107,35 @@ class Accumulator:
         pending = self.pending
         pending.first_offsets.setdefault(partition, records[0].offset)
         pending.next_offsets[partition] = records[-1].offset + 1
-        add_to_window = pending.windows.add
+        # Names bound once per batch: global and attribute lookups add up per message.
+        deltas, new_stats = pending.windows.deltas, WindowStats.of
         newest = self._current_window
+        decode, invalid, replay_source, window_ms = (
+            decode_event,
+            InvalidEvent,
+            REPLAY_SOURCE,
+            WINDOW_MS,
+        )
         size = events = live = lag_sum = late_count = 0
         lag_max = -1
         for record in records:
             key, value = record.key, record.value
             size += (len(key) if key else 0) + (len(value) if value else 0)
             try:
-                event = decode_event(value, received_ms)
-            except InvalidEvent as exc:
+                event = decode(value, received_ms)
+            except invalid as exc:
                 self._dead_letter(partition, record.offset, key, value, str(exc), received_ms)
                 continue
             symbol, price, event_time, source = event
             events += 1
-            replay = source == REPLAY_SOURCE
+            replay = source == replay_source
             if not replay:  # replayed history is not processing lag
                 live += 1
                 lag = received_ms - event_time if received_ms > event_time else 0
                 lag_sum += lag
                 if lag > lag_max:
                     lag_max = lag
-            start = event_time - event_time % WINDOW_MS
+            start = event_time - event_time % window_ms
             # Late: older than the newest window seen for this symbol and kind of source.
             stream = (symbol, replay)
             current = newest.get(stream)
@@ -137,7 +144,12 @@ class Accumulator:
                 late_count += 1
             elif current is None or start > current:
                 newest[stream] = start
-            add_to_window(symbol, start, price, event_time)
+            # WindowDeltas.add, inlined: one call less per message.
+            stats = deltas.get((symbol, start))
+            if stats is None:
+                deltas[symbol, start] = new_stats(price, event_time)
+            else:
+                stats.add(price, event_time)
             if consumed is not None:
                 consumed.append((event, late))
         pending.metrics.add(size, events, live, lag_sum, lag_max, late_count)
