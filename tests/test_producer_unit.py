@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import pytest
+from kafka.partitioner import DefaultPartitioner
 
 from pricefeed.app import retry_delay, run_polling
 from pricefeed.binance import (
@@ -25,6 +26,7 @@ from pricefeed.binance import (
 )
 from pricefeed.config import ConfigError, Settings, load_settings
 from pricefeed.contract import ContractError, PriceEvent, check_price, make_event
+from pricefeed.sink import KeyPartitionCache
 from pricefeed.sources import SimulatedSource, events_from_pairs
 from pricefeed.timing import Backoff, FixedRateSchedule
 from tests.harness.fake_binance import SYMBOLS_PATTERN
@@ -619,3 +621,29 @@ def test_retry_delay_says_what_happened(caplog: pytest.LogCaptureFixture) -> Non
         assert "check SYMBOLS" in caplog.text
         assert retry_delay(Unavailable("no answer within 5 s"), backoff) == 8.0
         assert "unavailable" in caplog.text
+
+
+class FakeCluster:
+    """What a partitioner reads of kafka-python's cluster metadata."""
+
+    def __init__(self, partitions: int) -> None:
+        self.count = partitions
+
+    def topics(self) -> set[str]:
+        return {"btc_price"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.count))
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.count))
+
+
+def test_key_partition_cache_places_every_key_as_kafkas_default_partitioner() -> None:
+    cache, default, cluster = KeyPartitionCache(), DefaultPartitioner(), FakeCluster(3)
+    keys = [f"S{i}USDT".encode() for i in range(300)]
+    for count in (3, 7, 3):  # the topic grows, and (another topic of that name) shrinks
+        cluster.count = count
+        for key in keys * 2:  # the second time from the cache
+            want = default.partition("btc_price", key, key, b"v", b"v", cluster)
+            assert cache.partition("btc_price", key, key, b"v", b"v", cluster) == want, key
