@@ -16,6 +16,7 @@ from kafka.partitioner import DefaultPartitioner
 
 from pricefeed.app import retry_delay, run_polling
 from pricefeed.binance import (
+    ALL_SYMBOLS,
     InvalidResponse,
     RateLimited,
     Rejected,
@@ -171,6 +172,33 @@ def test_fifty_symbols_stay_one_parameter_binance_accepts() -> None:
     assert json.loads(params["symbols"]) == FIFTY_SYMBOLS
     assert " " not in params["symbols"]
     assert re.fullmatch(SYMBOLS_PATTERN, params["symbols"])
+
+
+def test_all_symbols_is_the_request_without_parameters() -> None:
+    assert ticker_price_params(ALL_SYMBOLS) == {}
+
+
+def test_symbols_all_in_any_case_means_every_pair_binance_lists() -> None:
+    assert load_settings([OFFLINE], env={"SYMBOLS": "all"}).symbols == ALL_SYMBOLS
+    assert load_settings([OFFLINE, "--symbols", "ALL"]).symbols == ALL_SYMBOLS
+
+
+@pytest.mark.parametrize(
+    "args", [["--symbols", "ALL,BTCUSDT"], ["--symbols", "ALL", "--source", "simulated"]]
+)
+def test_symbols_all_stands_alone_with_binance(args: list[str]) -> None:
+    with pytest.raises(ConfigError, match="SYMBOLS=ALL"):
+        load_settings([OFFLINE, *args])
+
+
+def test_events_from_pairs_with_all_symbols_takes_every_valid_pair(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pairs = [(f"C{i}USDT", f"{i + 1}.5") for i in range(3000)] + [("BADUSDT", "-1")]
+    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, "binance")
+    assert [(e.symbol, e.price) for e in events] == pairs[:-1]
+    assert "Skipped invalid price for BADUSDT" in caplog.text
+    assert "not asked for" not in caplog.text and "no price for" not in caplog.text
 
 
 def test_parse_one_object_and_a_list() -> None:

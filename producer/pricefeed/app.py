@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from pricefeed.binance import (
+    ALL_SYMBOLS,
     RESTRICTED_FIX,
     BinanceClient,
     BinanceError,
@@ -28,6 +29,12 @@ from pricefeed.timing import Backoff, FixedRateSchedule
 
 log = logging.getLogger("producer")
 
+ECHO_MAX_SYMBOLS = 20  # beyond this, one `Produced:` line per tick instead of one per price
+
+
+def echoes_each_price(settings: Settings) -> bool:
+    return settings.symbols != ALL_SYMBOLS and len(settings.symbols) <= ECHO_MAX_SYMBOLS
+
 
 def run_polling(
     source: BinanceSource | SimulatedSource,
@@ -40,9 +47,15 @@ def run_polling(
     schedule = FixedRateSchedule(clock(), settings.poll_interval, settings.poll_jitter)
     backoff = Backoff(settings.backoff_base, settings.backoff_max)
     _, due = schedule.next_tick(schedule.start)  # tick 0 fires at once, not an interval late
+    summarise = not echoes_each_price(settings)
     while not stop.wait(max(0.0, due - clock())):
         try:
-            sink.publish(source.poll())
+            started = clock()
+            events = source.poll()
+            sink.publish(events)
+            if summarise:  # the tick's duration: request, parsing, hand-over to the client
+                took_ms = (clock() - started) * 1000
+                log.info("Produced: %d prices in %.0f ms", len(events), took_ms)
             backoff.reset()
             _, due = schedule.next_tick(clock())
         except BinanceError as exc:
@@ -130,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop,
         Backoff(settings.backoff_base, settings.backoff_max, random.Random()),
         stall_warning=max(5.0, 2 * settings.poll_interval),  # a couple of silent ticks
+        echo=echoes_each_price(settings),
     )
     if not sink.connect():
         return 0  # stopped before Kafka was reachable: nothing to flush
@@ -141,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Polling %s every %g s for %s",
                 settings.source,
                 settings.poll_interval,
-                ", ".join(settings.symbols),
+                "every pair Binance lists"
+                if settings.symbols == ALL_SYMBOLS
+                else ", ".join(settings.symbols),
             )
             run_polling(build_source(settings), sink, settings, stop)
     except ReplayFileError as exc:

@@ -44,7 +44,7 @@ _OPTIONS = [
     ("--bootstrap-servers", "KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "Kafka brokers"),
     ("--topic", "KAFKA_TOPIC", "topic", "topic to publish to"),
     ("--partitions", "KAFKA_TOPIC_PARTITIONS", "topic_partitions", "partitions if it is created"),
-    ("--symbols", "SYMBOLS", "symbols", "comma-separated Binance symbols"),
+    ("--symbols", "SYMBOLS", "symbols", "comma-separated Binance symbols, or ALL pairs"),
     ("--interval", "POLL_INTERVAL_SECONDS", "poll_interval", "seconds between polls"),
     ("--jitter", "POLL_JITTER_SECONDS", "poll_jitter", "random extra delay per tick, seconds"),
     ("--binance-url", "BINANCE_BASE_URL", "binance_base_url", "Binance REST base URL"),
@@ -130,6 +130,8 @@ def _validate(s: Settings) -> None:
             ) from None
     if len(set(s.symbols)) != len(s.symbols):
         raise ConfigError(f"SYMBOLS={','.join(s.symbols)} names a symbol twice.")
+    if "ALL" in s.symbols and (len(s.symbols) > 1 or s.source == "simulated"):
+        raise ConfigError("SYMBOLS=ALL (every pair Binance lists) stands alone, with Binance.")
     _require_positive("POLL_INTERVAL_SECONDS", s.poll_interval)
     _require_positive("HTTP_TIMEOUT_SECONDS", s.http_timeout)
     _require_positive("BACKOFF_BASE_SECONDS", s.backoff_base)

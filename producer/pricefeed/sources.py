@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import ClassVar
 
-from pricefeed.binance import BinanceClient
+from pricefeed.binance import ALL_SYMBOLS, BinanceClient
 from pricefeed.contract import ContractError, PriceEvent, make_event
 
 log = logging.getLogger("producer")
@@ -38,16 +38,18 @@ class BinanceSource:
 def events_from_pairs(
     pairs: Sequence[tuple[object, object]], wanted: Sequence[str], event_time: int, source: str
 ) -> list[PriceEvent]:
+    # A set: thousands of pairs with SYMBOLS=ALL, where whatever Binance sent was asked for.
+    asked = {symbol for symbol, _ in pairs} if tuple(wanted) == ALL_SYMBOLS else set(wanted)
     events = []
     for symbol, price in pairs:
-        if symbol not in wanted:
+        if symbol not in asked:
             log.warning("Skipped: Binance sent %r, which was not asked for", symbol)
             continue
         try:
             events.append(make_event(symbol, price, event_time, source))
         except ContractError as exc:
             log.warning("Skipped invalid price for %s: %s", symbol, exc)
-    missing = set(wanted) - {symbol for symbol, _ in pairs}
+    missing = asked - {symbol for symbol, _ in pairs}
     if missing:
         log.warning("Skipped: no price for %s in Binance's answer", ", ".join(sorted(missing)))
     return events
