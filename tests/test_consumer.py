@@ -110,7 +110,7 @@ def test_postgres_outage_mid_stream_pauses_and_resumes_without_loss(
         wait_until(lambda: total_events(dsn) > 0, 60, "the first flush")
         postgres.stop()
         down_at = time.monotonic()
-        consumer.wait_for_output("PostgreSQL unreachable", timeout=30)
+        consumer.wait_for_output("PostgreSQL unavailable", timeout=30)
         # Down for at least 10 s while events keep arriving.
         wait_until(lambda: time.monotonic() - down_at >= 10, 15, "10 s of outage", interval=0.2)
         assert consumer.process.poll() is None, consumer.output()[-2000:]
