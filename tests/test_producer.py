@@ -517,6 +517,30 @@ def test_kafka_going_away_mid_run_is_said_and_sigterm_still_exits_0(
 
 # --- the command line ------------------------------------------------------------------------
 
+
+def test_a_bad_setting_stops_before_the_topic_is_created(broker: TansuBroker, topic: str) -> None:
+    """POLL_INTERVAL_SECONDS=inf once published a message, then died with a traceback; now it
+    stops at start, and the broker never hears of the topic."""
+    args = ["--source", "simulated", "--bootstrap-servers", broker.bootstrap, "--topic", topic]
+    result = run_script("producer", args, env={"POLL_INTERVAL_SECONDS": "inf"})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("producer.py: error: POLL_INTERVAL_SECONDS (--interval)")
+    assert topic not in broker_topics(broker)
+    # The same run with a good interval creates it: the check above could have seen it.
+    with Script("producer", [*args, "--interval", "0.2"]) as producer:
+        producer.wait_for_output("Produced:", timeout=30)
+        assert producer.stop() == 0
+    assert topic in broker_topics(broker)
+
+
+def broker_topics(broker: TansuBroker) -> set[str]:
+    watcher = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    try:
+        return watcher.topics()
+    finally:
+        watcher.close()
+
+
 ENVIRONMENT_VARIABLES = [
     "PRODUCER_SOURCE",
     "KAFKA_BOOTSTRAP_SERVERS",
@@ -551,8 +575,23 @@ def test_help_lists_every_environment_variable() -> None:
         (["--interval", "soon"], {}, "POLL_INTERVAL_SECONDS"),
         (["--binance-url", "https://nothing.invalid"], {}, "BINANCE_BASE_URL"),
         ([], {"KAFKA_BOOTSTRAP_SERVERS": "nothing.invalid:9092"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        ([], {"POLL_INTERVAL_SECONDS": "inf"}, "POLL_INTERVAL_SECONDS"),
+        ([], {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        (["--topic", "bad topic!"], {}, "KAFKA_TOPIC"),
+        (["--source", "simulated", "--replay-symbol", "BTCUSDT"], {}, "REPLAY_SYMBOL"),
     ],
-    ids=["symbol", "interval-0", "interval-negative", "interval-text", "binance-dns", "kafka-dns"],
+    ids=[
+        "symbol",
+        "interval-0",
+        "interval-negative",
+        "interval-text",
+        "binance-dns",
+        "kafka-dns",
+        "interval-inf",
+        "kafka-port",
+        "topic",
+        "replay-symbol-live",
+    ],
 )
 def test_bad_config_stops_with_one_sentence_and_exit_2(
     args: list[str], env: dict[str, str], named: str

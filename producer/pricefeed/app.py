@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = None
     if settings.source == "replay":
         try:
-            replay = open_replay(settings.replay_files)
+            replay = open_replay(settings.replay_files, settings.replay_symbol)
         except ReplayFileError as exc:
             print(f"producer.py: error: {exc}", file=sys.stderr)
             return 2
