@@ -354,8 +354,8 @@ def test_rate_limit_and_ban_wait_for_retry_after(
     for earlier, later in ((limited, banned), (banned, after)):
         waited = later.monotonic - earlier.monotonic
         assert 1.0 <= waited <= 1.0 + 0.2 + GRID_TOLERANCE  # Retry-After, then the next tick
-    assert re.search(r"rate limit: HTTP 429.*waiting 1 s as Retry-After asks", output)
-    assert re.search(r"IP banned: HTTP 418.*waiting 1 s as Retry-After asks", output)
+    assert re.search(r"rate limit: HTTP 429.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
+    assert re.search(r"IP banned: HTTP 418.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(answered(binance)) >= 2
 
@@ -396,6 +396,11 @@ def test_server_errors_back_off_exponentially_then_recover(
     for status in statuses:
         assert f"Binance unavailable: HTTP {status}" in output
     assert output.count("Binance unavailable") == 4
+    # Each line announces when the next poll really came (the grid tick after the backoff).
+    announced = [
+        float(s) for s in re.findall(r"Binance unavailable.*next poll in ([0-9.]+) s", output)
+    ]
+    assert announced == pytest.approx(waits, abs=0.05 + GRID_TOLERANCE)
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(answered(binance)) >= 3
 

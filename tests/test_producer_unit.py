@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import pytest
 
-from pricefeed.app import retry_delay, run_polling
+from pricefeed.app import report_failure, retry_delay, run_polling
 from pricefeed.binance import (
     InvalidResponse,
     RateLimited,
@@ -690,20 +690,58 @@ def test_loop_backs_off_exponentially_then_resets() -> None:
     assert all((t * 4).is_integer() for t in times)  # every poll on the grid
 
 
-def test_retry_delay_says_what_happened(caplog: pytest.LogCaptureFixture) -> None:
+def test_retry_delay_is_retry_after_or_the_backoff() -> None:
     backoff = Backoff(1.0, 60.0, Highest())
+    assert retry_delay(RateLimited(429, 4.0, "HTTP 429: slow down"), backoff) == 4.0
+    assert retry_delay(RateLimited(418, 120.0, "HTTP 418: banned"), backoff) == 120.0
+    assert retry_delay(RateLimited(429, None, "HTTP 429"), backoff) == 1.0
+    assert retry_delay(InvalidResponse("body is not JSON"), backoff) == 0.0
+    assert retry_delay(Restricted("HTTP 451: restricted location"), backoff) == 2.0
+    assert retry_delay(Rejected("HTTP 400: Invalid symbol."), backoff) == 4.0
+    assert retry_delay(Unavailable("no answer within 5 s"), backoff) == 8.0
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (RateLimited(429, 4.0, "HTTP 429: slow down"), "rate limit: HTTP 429: slow down; "),
+        (RateLimited(418, 120.0, "HTTP 418: banned"), "IP banned: HTTP 418: banned; "),
+        (RateLimited(429, None, "HTTP 429"), "rate limit: HTTP 429, no Retry-After; "),
+        (InvalidResponse("body is not JSON"), "invalid body (body is not JSON); "),
+        (Restricted("HTTP 451: restricted location"), "data-api.binance.vision"),
+        (Rejected("HTTP 400: Invalid symbol."), "check SYMBOLS. Next poll in 7.5 s"),
+        (Unavailable("no answer within 5 s"), "Binance unavailable: no answer within 5 s; "),
+    ],
+)
+def test_report_failure_says_what_happened_and_when_the_next_poll_comes(
+    caplog: pytest.LogCaptureFixture, error: Exception, words: str
+) -> None:
     with caplog.at_level(logging.INFO, logger="producer"):
-        assert retry_delay(RateLimited(429, 4.0, "HTTP 429: slow down"), backoff) == 4.0
-        assert "rate limit" in caplog.text and "Retry-After" in caplog.text
-        assert retry_delay(RateLimited(418, 120.0, "HTTP 418: banned"), backoff) == 120.0
-        assert "IP banned" in caplog.text
-        assert retry_delay(RateLimited(429, None, "HTTP 429"), backoff) == 1.0
-        assert retry_delay(InvalidResponse("body is not JSON"), backoff) == 0.0
-        assert "invalid body" in caplog.text
-        caplog.clear()
-        assert retry_delay(Restricted("HTTP 451: restricted location"), backoff) == 2.0
-        assert "BINANCE_BASE_URL" in caplog.text and "data-api.binance.vision" in caplog.text
-        assert retry_delay(Rejected("HTTP 400: Invalid symbol."), backoff) == 4.0
-        assert "check SYMBOLS" in caplog.text
-        assert retry_delay(Unavailable("no answer within 5 s"), backoff) == 8.0
-        assert "unavailable" in caplog.text
+        report_failure(error, next_poll_in=7.46)  # type: ignore[arg-type]
+    [record] = caplog.records
+    assert words in record.message
+    assert record.message.lower().endswith("next poll in 7.5 s")
+    assert "retrying in" not in record.message.lower()
+
+
+# (the failure, the poll interval, the gap to the next poll it must announce)
+ANNOUNCED = [
+    # 0.4-0.8 s backoff on a 10 s grid: the next tick, not the backoff, decides.
+    (Unavailable("HTTP 503: overloaded"), 10.0, 10.0),
+    (Restricted("HTTP 451: restricted location"), 10.0, 10.0),
+    (RateLimited(429, 2.5, "HTTP 429"), 1.0, 3.0),  # Retry-After, then the next grid point
+    (RateLimited(418, 25.0, "HTTP 418"), 10.0, 30.0),
+    (InvalidResponse("body is not JSON"), 10.0, 10.0),
+]
+
+
+@pytest.mark.parametrize(("error", "interval", "gap"), ANNOUNCED)
+def test_the_announced_next_poll_is_when_the_loop_polls_again(
+    caplog: pytest.LogCaptureFixture, error: Exception, interval: float, gap: float
+) -> None:
+    with caplog.at_level(logging.INFO, logger="producer"):
+        rig = run_loop([Step(), Step(error=error), Step()], poll_interval=interval)
+    failed_at, next_poll = rig.poll_times[1:]
+    assert next_poll - failed_at == pytest.approx(gap, abs=0.001)
+    [announced] = re.findall(r"next poll in ([0-9.]+) s", caplog.text, re.IGNORECASE)
+    assert float(announced) == pytest.approx(next_poll - failed_at, abs=0.05)
