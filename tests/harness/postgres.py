@@ -111,6 +111,12 @@ class PostgresServer:
         self.stop()
         shutil.rmtree(self.datadir, ignore_errors=True)
 
+    def pid(self) -> int:
+        """The postmaster's pid. Each of its children (a backend per connection, the
+        checkpointer...) leads a process group of its own, so freezing the whole server takes
+        `kill -STOP PID && pkill -STOP -P PID` (postmaster first: it then forks no more)."""
+        return int((self.datadir / "data" / "postmaster.pid").read_text().split()[0])
+
     def log_text(self) -> str:
         path = self.datadir / "server.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""

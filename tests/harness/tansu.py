@@ -48,6 +48,13 @@ class TansuBroker:
         wait_until(self._ready, 30, f"Tansu to listen on {url} (log: {self._log_path})")
         return self
 
+    @property
+    def pid(self) -> int:
+        """The broker's process (one process: `kill -STOP` of it freezes the broker)."""
+        if self._process is None:
+            raise RuntimeError("Tansu is not running")
+        return self._process.pid
+
     def _ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise RuntimeError(f"Tansu exited with {self._process.returncode}: {self.log_text()}")
