@@ -26,6 +26,7 @@ MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow ti
 MAX_PARTITIONS = 2**31 - 1  # Kafka's int32
 TOPIC_PATTERN = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # Kafka's own rule (clients' Topic.java)
 HOST_PATTERN = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")  # name, IPv4 or [IPv6]
+PORT_PATTERN = re.compile(r"[0-9]{1,5}")  # ASCII digits: int() also reads other scripts
 
 
 class ConfigError(ValueError):
@@ -128,7 +129,8 @@ def kafka_hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
     hosts = []
     for server in bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
-        if not HOST_PATTERN.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        valid_port = PORT_PATTERN.fullmatch(port) and 0 < int(port) < 65536
+        if not HOST_PATTERN.fullmatch(host) or not valid_port:
             raise Invalid("a comma-separated list of host:port, each port 1-65535")
         hosts.append((host.strip("[]"), int(port)))
     return hosts
