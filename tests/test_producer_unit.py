@@ -346,6 +346,15 @@ PRECEDENCE = [
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "0.3", "0.4", "backoff_base", 0.3, 0.4),
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "9", "8", "backoff_max", 9.0, 8.0),
     ("--seed", "SIMULATION_SEED", "11", "12", "seed", 11, 12),
+    (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "5000",
+        "6000",
+        "delivery_timeout_ms",
+        5000,
+        6000,
+    ),
     ("--log-level", "LOG_LEVEL", "DEBUG", "WARNING", "log_level", "DEBUG", "WARNING"),
 ]
 
@@ -445,6 +454,13 @@ BAD_VALUES = [
         "BACKOFF_MAX_SECONDS",
         "must not be below BACKOFF_BASE_SECONDS (5)",
     ),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "999"}, "KAFKA_DELIVERY_TIMEOUT_MS", "from 1000 to"),
+    (
+        {"KAFKA_DELIVERY_TIMEOUT_MS": "soon"},
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "whole number of milliseconds",
+    ),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "2147483648"}, "KAFKA_DELIVERY_TIMEOUT_MS", "2,147,483,647"),
     ({"SIMULATION_SEED": "lucky"}, "SIMULATION_SEED", "a whole number"),
     ({"REPLAY_SPEED": "0"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
     ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
@@ -501,6 +517,7 @@ ACCEPTED = [
     ({"POLL_JITTER_SECONDS": "9.999"}, "poll_jitter", 9.999),
     ({"BINANCE_BASE_URL": "http://127.0.0.1:65535"}, "binance_base_url", None),
     ({"BACKOFF_BASE_SECONDS": "60"}, "backoff_base", 60.0),  # equal to the maximum
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "1000"}, "delivery_timeout_ms", 1000),
     ({"SIMULATION_SEED": "-7"}, "seed", -7),
     ({"LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
 ]

@@ -50,6 +50,7 @@ class Settings:
     http_timeout: float = 5.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    delivery_timeout_ms: int = 120_000
     seed: int | None = None
     replay_files: tuple[Path, ...] = ()
     replay_speed: float | None = None  # None: as fast as the broker takes it
@@ -70,6 +71,12 @@ _OPTIONS = [
     ("--timeout", "HTTP_TIMEOUT_SECONDS", "http_timeout", "HTTP timeout per request, seconds"),
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "backoff_base", "first retry delay, seconds"),
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "backoff_max", "longest retry delay, seconds"),
+    (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "delivery_timeout_ms",
+        "how long Kafka may take to acknowledge a message before it is sent again",
+    ),
     ("--seed", "SIMULATION_SEED", "seed", "random seed of --source simulated"),
     ("--speed", "REPLAY_SPEED", "replay_speed", "replay N times real time, or 'max'"),
     (
@@ -201,6 +208,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "http_timeout": seconds,
     "backoff_base": seconds,
     "backoff_max": seconds,
+    "delivery_timeout_ms": number(int, "a whole number of milliseconds", 1000, 2**31 - 1),
     "seed": whole_number,
     "replay_speed": replay_speed,
     "replay_symbol": binance_symbol,

@@ -38,7 +38,7 @@ def main() -> None:
             # Not read by the scripts: handles for breaking things by hand.
             "HARNESS_CONTROL_URL": binance.base_url + CONTROL_PREFIX,
             "HARNESS_BROKER_PID": str(broker.pid),
-            "HARNESS_POSTGRES_PID": str(postgres.pid()),
+            "HARNESS_POSTGRES_PID": str(postgres.pid),
         }
         lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
         if args.env_file:

@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.harness.freeze import freeze, thaw
 from tests.harness.net import free_port, port_open, wait_until
 
 
@@ -48,23 +49,29 @@ class TansuBroker:
         wait_until(self._ready, 30, f"Tansu to listen on {url} (log: {self._log_path})")
         return self
 
-    @property
-    def pid(self) -> int:
-        """The broker's process (one process: `kill -STOP` of it freezes the broker)."""
-        if self._process is None:
-            raise RuntimeError("Tansu is not running")
-        return self._process.pid
-
     def _ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise RuntimeError(f"Tansu exited with {self._process.returncode}: {self.log_text()}")
         return port_open(self.port)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    def freeze(self) -> None:
+        """Hang the broker (SIGSTOP): connections stay open, nothing answers."""
+        freeze([self.pid])
+
+    def thaw(self) -> None:
+        thaw([self.pid])
 
     def log_text(self) -> str:
         return self._log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            thaw([self._process.pid])  # a frozen process cannot act on SIGTERM
             self._process.terminate()
             try:
                 self._process.wait(10)
