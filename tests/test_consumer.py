@@ -20,6 +20,8 @@ from tests.pipeline import (
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    execute,
+    group_member,
     produce,
     produce_raw,
     query,
@@ -306,14 +308,68 @@ def test_kafka_unreachable_at_start_is_retried_and_sigterm_exits_0(env):
             "KAFKA_TOPIC (--topic) must be a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, "
             "but not . or ..), not 'bad topic!'.",
         ),
+        (
+            [],
+            {"KAFKA_BOOTSTRAP_SERVERS": "no-such-broker.invalid:9092"},
+            "KAFKA_BOOTSTRAP_SERVERS names host 'no-such-broker.invalid', which cannot be "
+            "resolved.",
+        ),
+        (
+            [],
+            {"POSTGRES_HOST": "no-such-db.invalid"},
+            "POSTGRES_HOST names host 'no-such-db.invalid', which cannot be resolved.",
+        ),
     ],
-    ids=["flush-0", "flush-inf", "session-1ms", "kafka-port", "topic"],
+    ids=["flush-0", "flush-inf", "session-1ms", "kafka-port", "topic", "kafka-host", "pg-host"],
 )
 def test_bad_configuration_stops_with_one_sentence(args, env, sentence):
     result = run_script("consumer", args, env)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == f"consumer.py: error: {sentence}\n"
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"POSTGRES_PASSWORD": "wrong"}, "password authentication failed"),
+        ({"POSTGRES_DB": "no_such_database"}, 'database "no_such_database" does not exist'),
+        ({"POSTGRES_USER": "nobody"}, "nobody"),
+    ],
+    ids=["password", "database", "user"],
+)
+def test_permanent_postgres_errors_stop_at_once_with_exit_2(env, setting, said):
+    """No retry can fix a wrong password, database or user: one sentence, exit 2."""
+    with start_consumer({**env, **setting}) as consumer:
+        assert consumer.wait(30) == 2
+        output = consumer.output()
+    (line,) = [line for line in output.splitlines() if "ERROR" in line]
+    assert "Cannot use PostgreSQL:" in line and said in line, output
+    assert "Fix the POSTGRES_* settings" in line
+    assert "retrying" not in output and "Traceback" not in output
+
+
+def test_refused_flush_before_a_rebalance_stops_with_its_real_cause(broker, env, dsn, topic):
+    """A database error that is not an outage (here: a trigger refuses offset writes) hit in
+    the flush before a rebalance is named in PostgreSQL's own words, not as 'Kafka
+    unreachable', and stops the consumer instead of looping."""
+    produce(broker.bootstrap, topic, random_stream(random.Random(4), 200))
+    with start_consumer({**env, "FLUSH_INTERVAL_SECONDS": "600"}) as consumer:
+        consumer.wait_for_output("Resuming from stored offsets", timeout=60)
+        execute(
+            dsn,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'offsets are read-only today'; END$$; "
+            "CREATE TRIGGER refuse BEFORE UPDATE OR INSERT ON consumer_offsets "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()",
+        )
+        consumer.wait_for_output("Consumed:", timeout=30)  # pending, not flushed
+        exited = lambda: consumer.process.poll() is not None  # noqa: E731
+        with group_member(broker.bootstrap, topic, env["KAFKA_CONSUMER_GROUP"], until=exited):
+            assert consumer.wait(60) == 1
+        output = consumer.output()
+    assert "PostgreSQL refused the work: RaiseException: offsets are read-only today" in output
+    assert "Kafka unreachable" not in output and "Traceback" not in output
 
 
 def test_help_lists_the_settings():

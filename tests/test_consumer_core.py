@@ -507,7 +507,7 @@ def test_consumed_log_goes_from_each_message_to_summaries_and_back(monkeypatch, 
 
 
 def test_defaults_without_environment_or_flags() -> None:
-    settings = load_settings([], {})
+    settings = load_settings(["--no-check-hosts"], {})
     assert settings.bootstrap_servers == "localhost:9092"
     assert settings.topic == "btc_price"
     assert settings.flush_interval == 30.0
@@ -525,14 +525,14 @@ def test_environment_then_flags_over_it() -> None:
         "POSTGRES_DB": "fromenv",
         "KAFKA_AUTO_OFFSET_RESET": "latest",
     }
-    settings = load_settings([], env)
+    settings = load_settings(["--no-check-hosts"], env)
     assert settings.bootstrap_servers == "kafka:29092"
     assert settings.flush_interval == 10.0
     assert settings.postgres_port == 5433
     assert settings.postgres_db == "fromenv"
     assert settings.auto_offset_reset == "latest"
     flags = ["--flush-interval", "0.5", "--postgres-port", "6000", "--bootstrap-servers", "a:1"]
-    settings = load_settings(flags, env)
+    settings = load_settings([*flags, "--no-check-hosts"], env)
     assert settings.flush_interval == 0.5
     assert settings.postgres_port == 6000
     assert settings.bootstrap_servers == "a:1"
@@ -540,7 +540,9 @@ def test_environment_then_flags_over_it() -> None:
 
 
 def test_an_empty_variable_means_the_default() -> None:
-    assert load_settings([], {"FLUSH_INTERVAL_SECONDS": ""}).flush_interval == 30.0
+    assert (
+        load_settings(["--no-check-hosts"], {"FLUSH_INTERVAL_SECONDS": ""}).flush_interval == 30.0
+    )
 
 
 MS = "a whole number of milliseconds"
@@ -587,7 +589,7 @@ VARIABLE_FLAGS = {var: flag for flag, var, _, _ in CONFIG_OPTIONS}
 @pytest.mark.parametrize(("env", "allowed"), BAD_VALUES, ids=[str(e)[:60] for e, _ in BAD_VALUES])
 def test_bad_values_stop_with_one_sentence(env: dict[str, str], allowed: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings([], env)
+        load_settings(["--no-check-hosts"], env)
     [(var, value)] = env.items()
     text = str(caught.value)
     assert text.startswith(f"{var} ({VARIABLE_FLAGS[var]}) must be "), text
@@ -598,7 +600,7 @@ def test_bad_values_stop_with_one_sentence(env: dict[str, str], allowed: str) ->
 
 def test_kafka_session_timeout_of_1_ms_is_one_sentence() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings([], {"KAFKA_SESSION_TIMEOUT_MS": "1"})
+        load_settings(["--no-check-hosts"], {"KAFKA_SESSION_TIMEOUT_MS": "1"})
     assert str(caught.value) == (
         "KAFKA_SESSION_TIMEOUT_MS (--session-timeout-ms) must be a whole number of milliseconds "
         "(a default broker's range) from 6000 to 1,800,000, not '1'."
@@ -635,14 +637,14 @@ ACCEPTED = [
 def test_values_at_the_edge_of_each_rule_are_accepted(
     env: dict[str, str], field: str, expected: object
 ) -> None:
-    value = getattr(load_settings([], env), field)
+    value = getattr(load_settings(["--no-check-hosts"], env), field)
     assert value == (next(iter(env.values())) if expected is None else expected)
     assert type(value) is type(getattr(Settings(), field))  # converted, never left as text
 
 
 def test_a_bad_flag_is_as_bad_as_a_bad_variable() -> None:
     with pytest.raises(ConfigError, match="--postgres-port"):
-        load_settings(["--postgres-port", "70000"], {"POSTGRES_PORT": "5432"})
+        load_settings(["--postgres-port", "70000", "--no-check-hosts"], {"POSTGRES_PORT": "5432"})
 
 
 @pytest.mark.parametrize(
@@ -663,7 +665,7 @@ def test_settings_dsn_carries_every_connection_setting(tmp_path: Path) -> None:
     schema = tmp_path / "schema.sql"
     schema.write_text("SELECT 1;")
     settings = load_settings(
-        ["--postgres-password", "p w'd"],
+        ["--postgres-password", "p w'd", "--no-check-hosts"],
         {"POSTGRES_HOST": "pg", "POSTGRES_PORT": "5433", "SCHEMA_FILE": str(schema)},
     )
     assert isinstance(settings, Settings) and settings.schema_file == schema

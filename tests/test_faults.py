@@ -6,10 +6,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from kafka import KafkaConsumer
 
 from tests.harness import FakeBinance, PostgresServer, TansuBroker, wait_until
 from tests.harness.freeze import cpu_seconds
@@ -20,6 +18,7 @@ from tests.pipeline import (
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    group_member,
     produce,
     random_stream,
     start_consumer,
@@ -169,28 +168,3 @@ def test_consumer_holds_its_interval_through_a_hung_postgres_and_a_rebalance(bro
         assert_tables_equal_truth(dsn, before + during)
     assert said_after < 20
     assert "Lost partitions" not in output, "evicted: heartbeats were held up"
-
-
-@contextmanager
-def group_member(bootstrap: str, topic: str, group: str) -> Iterator[None]:
-    """A plain member of the group that takes partitions (rebalancing the others) and reads
-    nothing, then leaves."""
-    member = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        session_timeout_ms=6000,
-        max_poll_interval_ms=30000,
-    )
-    member.subscribe([topic])
-    try:
-        wait_until(
-            lambda: member.poll(timeout_ms=100, max_records=1) is not None and member.assignment(),
-            30,
-            "the member to get partitions",
-            interval=0,
-        )
-        member.pause(*member.assignment())
-        yield
-    finally:
-        member.close()

@@ -212,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         if field == "schema_file":
             shown = "../infra/init_db.sql"
         parser.add_argument(flag, dest=field, metavar=env, help=f"{text} [{env}={shown}]")
+    parser.add_argument(
+        "--check-hosts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resolve the Kafka and PostgreSQL host names at start [on]",
+    )
     return parser
 
 
@@ -227,4 +233,21 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> S
             values[field] = _PARSERS[field](text)
         except Invalid as rule:
             raise ConfigError(f"{var} ({flag}) must be {rule}, not {text!r}.") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if args.check_hosts:
+        _check_hosts_resolve(settings)
+    return settings
+
+
+def _check_hosts_resolve(s: Settings) -> None:
+    """Unknown host names are configuration mistakes: say so now, not in a retry loop."""
+    names = [
+        (server.strip().rpartition(":")[0].strip("[]"), "KAFKA_BOOTSTRAP_SERVERS")
+        for server in s.bootstrap_servers.split(",")
+    ]
+    names.append((s.postgres_host, "POSTGRES_HOST"))
+    for host, var in names:
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            raise ConfigError(f"{var} names host {host!r}, which cannot be resolved.") from None
