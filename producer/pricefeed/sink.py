@@ -1,16 +1,32 @@
-"""The Kafka edge: an idempotent producer that retries what it could not deliver."""
+"""The Kafka edge: an idempotent producer that re-sends, in order, what Kafka did not take.
+
+kafka-python 3.0.12 cannot be left to ride out a hung broker: once a request times out it
+reconnects in a busy loop (a core at 100 %), and once a batch expires after
+`delivery_timeout_ms` its idempotent producer resets its producer id but never asks for a new
+one, so it sends nothing ever again. So a client that failed a delivery, or has had no
+acknowledgement for `request_timeout_ms`, is retired: a new one is made only when the broker
+answers again (making one is the probe: it gives up quietly after a few seconds), and it sends
+every event not yet acknowledged again, in the order they were first sent, before anything
+newer. Per partition the unacknowledged events are always the tail of
+what was sent (acknowledgements arrive in order), so a re-send repeats a run of the stream in
+its original order; the events' identities let the consumer count each one once.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConfigurationError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from kafka.partitioner import DefaultPartitioner
 
 from pricefeed.contract import PriceEvent
@@ -18,10 +34,14 @@ from pricefeed.timing import Backoff
 
 log = logging.getLogger("producer")
 
+DEFAULT_DELIVERY_TIMEOUT_MS = 120_000  # kafka-python's and Java's default
+DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 # Client settings that decide throughput (bench/ gives its bare producer the same ones).
 # Bigger, fuller batches: fewer requests for a replay, for both this client and the broker;
-# a live tick of a few thousand messages waits at most linger_ms (20 ms) more.
-CLIENT_SETTINGS = {"linger_ms": 20, "batch_size": 256 * 1024}
+# a live tick of a few thousand messages waits at most LINGER_MS more.
+LINGER_MS = 20
+CLIENT_SETTINGS = {"linger_ms": LINGER_MS, "batch_size": 256 * 1024}
+RECONNECT_MAX_SECONDS = 20.0  # with the 5 s probe: publishing again within 30 s of recovery
 
 
 class KeyPartitionCache(DefaultPartitioner):
@@ -44,12 +64,7 @@ class KeyPartitionCache(DefaultPartitioner):
 
 
 class KafkaSink:
-    """Publishes events keyed by symbol, with the record timestamp set to the event time.
-
-    A send that fails after the client's own retries (broker gone for longer than
-    delivery_timeout_ms) is queued and sent again before newer events, so nothing is lost
-    while the producer keeps running.
-    """
+    """Publishes events keyed by symbol, with the record timestamp set to the event time."""
 
     def __init__(
         self,
@@ -60,24 +75,37 @@ class KafkaSink:
         backoff: Backoff,
         echo: bool = True,
         stall_warning: float = 20.0,
+        delivery_timeout_ms: int = DEFAULT_DELIVERY_TIMEOUT_MS,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.partitions = partitions
         self.echo = echo
+        self.delivery_timeout_ms = delivery_timeout_ms
+        # A request may not outlive the delivery it belongs to.
+        self.request_timeout_ms = min(DEFAULT_REQUEST_TIMEOUT_MS, delivery_timeout_ms - LINGER_MS)
+        self.stall_warning = stall_warning  # no acknowledgement this long while messages wait
         self._stop = stop
         self._backoff = backoff
+        self._reconnect = Backoff(backoff.base, min(backoff.cap, RECONNECT_MAX_SECONDS))
         self._producer: KafkaProducer | None = None
-        self._retry: deque[PriceEvent] = deque()
+        self._generation = 0  # which client a callback belongs to
         self._lock = threading.Lock()
+        # Sent and not acknowledged, in send order (dicts keep insertion order).
+        self._unacked: dict[int, PriceEvent] = {}
+        self._next_id = 0
+        self._failure: Exception | None = None  # first failed delivery of this client
+        self._waiting: list[PriceEvent] = []  # to send, after everything in _unacked
+        self._retry_at = 0.0  # monotonic time before which no new client is tried
         self.delivered = 0
-        self._unacked = 0  # sent, neither acknowledged nor failed yet
         self._last_ack = time.monotonic()
         self._stall_warned: float | None = None
-        self.stall_warning = stall_warning  # no acknowledgement this long while messages wait
+
+    # -- connecting -------------------------------------------------------------------------
 
     def connect(self) -> bool:
-        """Connect and make sure the topic exists, retrying until it works or we are stopped."""
+        """Connect and make sure the topic exists, retrying until it works or we are stopped.
+        A setting the client refuses raises KafkaConfigurationError: retrying cannot help."""
         while not self._stop.is_set():
             try:
                 self._producer = self._new_producer()
@@ -85,6 +113,9 @@ class KafkaSink:
                 self._backoff.reset()
                 log.info("Connected to Kafka at %s, topic %s", self.bootstrap_servers, self.topic)
                 return True
+            except KafkaConfigurationError:
+                self._close_producer()
+                raise
             except KafkaError as exc:
                 self._close_producer()
                 if self._stop.is_set():
@@ -102,6 +133,7 @@ class KafkaSink:
     def _new_producer(self) -> KafkaProducer:
         # acks=all with explicit idempotence: kafka-python raises instead of silently
         # downgrading when an idempotence requirement cannot be met.
+        self._generation += 1
         return KafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
@@ -109,6 +141,8 @@ class KafkaSink:
             partitioner=KeyPartitionCache(),
             **CLIENT_SETTINGS,
             max_block_ms=10_000,
+            delivery_timeout_ms=self.delivery_timeout_ms,
+            request_timeout_ms=self.request_timeout_ms,
             bootstrap_timeout_ms=5_000,  # short, so a stop request is never kept waiting long
             client_id="btc-price-producer",
         )
@@ -127,65 +161,119 @@ class KafkaSink:
         finally:
             admin.close()
 
-    def publish(self, events: Iterable[PriceEvent]) -> None:
-        """Send events (after any waiting for a retry), without waiting for acknowledgements."""
-        self._warn_if_stalled()
-        assert self._producer is not None, "connect() first"
-        with self._lock:
-            pending = [*self._retry, *events]
-            self._retry.clear()
-            if pending and not self._unacked:
-                self._last_ack = time.monotonic()  # a stall is measured from the first wait
-            # Counted up front, once per call: an acknowledgement may come back (on the
-            # client's thread) before send() has returned.
-            self._unacked += len(pending)
-        # A replay's hot path: one send per message, names bound once (bench/ measures it).
-        send, topic = self._producer.send, self.topic
-        on_delivered, on_failed = self._on_delivered, self._on_failed
-        for index, event in enumerate(pending):
-            try:
-                future = send(
-                    topic,
-                    key=event.key(),
-                    value=event.to_json_bytes(),
-                    timestamp_ms=event.event_time,
-                )
-            except KafkaError as exc:
-                with self._lock:
-                    self._unacked -= len(pending) - index  # never sent
-                self._requeue(pending[index:], exc)
-                return
-            future.add_callback(on_delivered, event)
-            future.add_errback(on_failed, event)
+    # -- publishing -------------------------------------------------------------------------
 
-    def _on_delivered(self, event: PriceEvent, _metadata: object) -> None:
+    def publish(self, events: Iterable[PriceEvent]) -> None:
+        """Send events after everything still waiting, without waiting for acknowledgements.
+        Events that cannot be handed to the client now wait, in order, for the next call."""
+        stalled_for = self._warn_if_stalled()
+        if stalled_for * 1000 >= self.request_timeout_ms and self._failure is None:
+            self._failure = KafkaTimeoutError(f"no acknowledgement for {stalled_for:.0f} s")
+        self._waiting.extend(events)
+        if self._failure is not None and not self._replace_client():
+            return
+        self._send_waiting()
+
+    def tend(self) -> None:
+        """Upkeep between publishes: warn about a stall, retire a stalled client, and send
+        what waits once Kafka answers again."""
+        self.publish(())
+
+    def _send_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for index, event in enumerate(waiting):
+            try:
+                self._send(event)
+            except KafkaError as exc:  # e.g. the client's buffer stayed full for max_block_ms
+                self._waiting = waiting[index:]
+                log.warning(
+                    "Kafka is not taking messages (%s); %d events wait to be sent",
+                    _describe(exc),
+                    len(self._waiting),
+                )
+                return
+
+    def _send(self, event: PriceEvent) -> None:
+        assert self._producer is not None, "connect() first"
+        future = self._producer.send(
+            self.topic, key=event.key(), value=event.to_json_bytes(), timestamp_ms=event.event_time
+        )
         with self._lock:
-            self._unacked -= 1
+            if not self._unacked:
+                self._last_ack = time.monotonic()  # a stall is measured from the first wait
+            send_id = self._next_id
+            self._next_id += 1
+            self._unacked[send_id] = event
+        future.add_callback(self._on_delivered, send_id)
+        future.add_errback(self._on_failed, send_id, self._generation)
+
+    def _on_delivered(self, send_id: int, _metadata: object) -> None:
+        with self._lock:
+            event = self._unacked.pop(send_id, None)
             self._last_ack = time.monotonic()
             recovered, self._stall_warned = self._stall_warned is not None, None
+        if event is None:
+            return
         self.delivered += 1
         if recovered:
             log.info("Kafka is acknowledging messages again")
         if self.echo:
             log.info("Produced: %s", event.to_json_bytes().decode())
 
-    def _on_failed(self, event: PriceEvent, exc: Exception) -> None:
+    def _on_failed(self, _send_id: int, generation: int, exc: Exception) -> None:
+        """The event stays unacknowledged; the next publish retires this client."""
         with self._lock:
-            self._unacked -= 1
-        self._requeue([event], exc)
+            if generation == self._generation and self._failure is None:
+                self._failure = exc
 
-    def _warn_if_stalled(self) -> None:
-        """The client retries on its own for delivery_timeout_ms (idempotently, so without
-        duplicates); meanwhile say that Kafka has stopped answering, once a minute."""
+    def _replace_client(self) -> bool:
+        """Retire the failed client and queue every unacknowledged event again, in order,
+        before what was waiting. False if no new client could be made yet (tried again later)."""
+        if self._producer is not None:
+            self._close_producer()  # its callbacks are done: nothing is acknowledged any more
+            with self._lock:
+                unacked = list(self._unacked.values())
+                self._unacked.clear()
+            self._waiting[:0] = unacked
+            log.warning(
+                "Kafka did not acknowledge in time (%s); sending %d unacknowledged events "
+                "again, in order, with a new producer session",
+                _describe(self._failure),
+                len(unacked),
+            )
+        if time.monotonic() < self._retry_at:
+            return False
+        try:
+            self._producer = self._new_producer()
+        except KafkaError as exc:
+            delay = self._reconnect.next_delay()
+            self._retry_at = time.monotonic() + delay
+            log.warning(
+                "Kafka not reachable at %s (%s); %d events wait; next attempt in %.1f s or at "
+                "the next publish after that",
+                self.bootstrap_servers,
+                _describe(exc),
+                len(self._waiting),
+                delay,
+            )
+            return False
+        self._reconnect.reset()
+        with self._lock:
+            self._failure = None
+            self._last_ack = time.monotonic()  # the new client's stall starts now
+        return True
+
+    def _warn_if_stalled(self) -> float:
+        """Say that Kafka has stopped answering, once a minute. Returns for how long."""
         now = time.monotonic()
         with self._lock:
             stalled_for = now - self._last_ack if self._unacked else 0.0
-            waiting = self._unacked
+            waiting = len(self._unacked) + len(self._waiting)
             due = self._stall_warned is None or now - self._stall_warned >= 60
             if stalled_for >= self.stall_warning and due:
                 self._stall_warned = now
             else:
-                return
+                return stalled_for
         log.warning(
             "Kafka at %s has acknowledged nothing for %.0f s (%d messages waiting); "
             "the client keeps retrying",
@@ -193,50 +281,62 @@ class KafkaSink:
             stalled_for,
             waiting,
         )
+        return stalled_for
 
-    def _requeue(self, events: list[PriceEvent], exc: Exception) -> None:
-        with self._lock:
-            self._retry.extend(events)
-            waiting = len(self._retry)
-        log.warning(
-            "Kafka delivery failed (%s: %s); %d events will be sent again",
-            exc.__class__.__name__,
-            exc,
-            waiting,
-        )
+    # -- stopping ---------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> None:
         if self._producer is not None:
             try:
                 self._producer.flush(timeout=timeout)
             except KafkaError as exc:
-                log.warning("Kafka flush incomplete: %s", exc)
+                log.warning("Kafka flush incomplete: %s", _describe(exc))
 
-    def undelivered(self) -> int:
-        """Events waiting to be sent again, or sent and not yet acknowledged."""
+    def backlog(self) -> int:
+        """Events waiting to be sent, or sent and not yet acknowledged."""
         with self._lock:
-            return len(self._retry) + self._unacked
+            return len(self._unacked) + len(self._waiting)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is pending (within `timeout`), then disconnect."""
-        if self._producer is not None:
-            self.publish(())  # one more try for events waiting to be sent again
-        self.flush(timeout)
-        if self.undelivered():
-            log.error("Stopping with %d events Kafka did not accept", self.undelivered())
+    undelivered = backlog
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is pending (within `timeout`), then disconnect. Returns how many events
+        Kafka did not accept (lost when the process ends: the caller exits non-zero)."""
+        deadline = time.monotonic() + timeout
+        if self._producer is not None or self._waiting:
+            self.publish(())
+            self.flush(max(0.0, deadline - time.monotonic()))
+        if self._failure is not None and time.monotonic() < deadline:
+            self._retry_at = 0.0  # one last new session for what failed
+            self.publish(())
+            self.flush(max(0.0, deadline - time.monotonic()))
+        lost = self.backlog()
+        if lost:
+            log.error(
+                "Stopping with %d events Kafka did not acknowledge: they were not delivered", lost
+            )
         self._close_producer()
+        return lost
 
     def _close_producer(self) -> None:
-        """Disconnect without waiting: close() has already given delivery its time."""
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except KafkaError as exc:
-                # kafka-python 3.0 flushes inside close() and gives up half-way when records
-                # are stuck (broker gone); finish the close so its __del__ does not retry it.
-                log.debug("Kafka producer close: %s", exc)
-                sender = getattr(self._producer, "_sender", None)
-                if sender is not None:
-                    sender.force_close()
-                self._producer._closed = True
-            self._producer = None
+        """Disconnect without waiting: callers have already given delivery its time."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        self._generation += 1  # late errbacks of the old client are not new failures
+        try:
+            producer.close(timeout=0)
+        except KafkaError as exc:
+            # kafka-python 3.0 flushes inside close() and gives up half-way when records are
+            # stuck (broker gone); finish the close so its __del__ does not retry it.
+            log.debug("Kafka producer close: %s", exc)
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            producer._closed = True
+
+
+def _describe(exc: BaseException | None) -> str:
+    text = " ".join(str(exc).split())
+    name = exc.__class__.__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
