@@ -22,12 +22,15 @@ START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, in the µs of recent s
 
 
 def write_agg_trades(path: Path, count: int, seed: int = 7) -> None:
-    """`count` aggregate trades, about 30 per second, prices around 43,000.00 USDT."""
+    """`count` aggregate trades, about 30 per second, prices around 43,000.00 USDT moving in
+    cents. Like Binance's own BTCUSDT aggTrades (shared/binance-data), about 40 % of trades
+    are at the previous trade's price."""
     rng = random.Random(seed)
     cents, time_us = 4_300_000, START_US
     with path.open("w") as out:
         for trade in range(1, count + 1):
-            cents = max(1, cents + rng.randint(-40, 40))
+            if rng.random() >= 0.4:
+                cents = max(1, cents + rng.choice((-1, 1)) * rng.randint(1, 10))
             time_us += rng.randint(1, 60_000)
             out.write(
                 f"{trade},{cents // 100}.{cents % 100:02d}000000,0.00{rng.randint(1000, 99999)},"

@@ -118,6 +118,10 @@ class Accumulator:
         )
         size = events = live = lag_sum = late_count = 0
         lag_max = -1
+        # The window of the event before: a partition mostly holds runs of one symbol's events
+        # in one window, which then need neither the late check nor the window lookup.
+        last: tuple[str, bool, int] | None = None
+        last_late, stats = False, None
         for record in records:
             key, value = record.key, record.value
             size += (len(key) if key else 0) + (len(value) if value else 0)
@@ -136,20 +140,27 @@ class Accumulator:
                 if lag > lag_max:
                     lag_max = lag
             start = event_time - event_time % window_ms
-            # Late: older than the newest window seen for this symbol and kind of source.
-            stream = (symbol, replay)
-            current = newest.get(stream)
-            late = current is not None and start < current
+            if (symbol, replay, start) == last:
+                # Same stream and window as the event before: late exactly when it was (the
+                # newest window only moves on for an event that is not late), same delta.
+                late = last_late
+                stats.add(price, event_time)
+            else:
+                # Late: older than the newest window seen for this symbol and kind of source.
+                stream = (symbol, replay)
+                current = newest.get(stream)
+                late = current is not None and start < current
+                if not late and (current is None or start > current):
+                    newest[stream] = start
+                # WindowDeltas.add, inlined: one call less per message.
+                stats = deltas.get((symbol, start))
+                if stats is None:
+                    stats = deltas[symbol, start] = new_stats(price, event_time)
+                else:
+                    stats.add(price, event_time)
+                last, last_late = (symbol, replay, start), late
             if late:
                 late_count += 1
-            elif current is None or start > current:
-                newest[stream] = start
-            # WindowDeltas.add, inlined: one call less per message.
-            stats = deltas.get((symbol, start))
-            if stats is None:
-                deltas[symbol, start] = new_stats(price, event_time)
-            else:
-                stats.add(price, event_time)
             if consumed is not None:
                 consumed.append((event, late))
         pending.metrics.add(size, events, live, lag_sum, lag_max, late_count)

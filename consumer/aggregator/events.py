@@ -69,11 +69,7 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
     # as the _checks below, which run only to accept a new symbol or to name what is wrong.
     if type(symbol) is not str or symbol not in _valid_symbols:
         symbol = _symbol(symbol)
-    if type(price) is str and _plain_decimal(price):
-        decimal = Decimal(price)
-        if not decimal:  # plain digits: zero is the only value that is not positive
-            raise InvalidEvent(f"price {price!r:.40} is not a finite positive number")
-    else:
+    if type(price) is not str or (decimal := _recent_prices.get(price)) is None:
         decimal = _price(price)
     if type(event_time) is not int or not EARLIEST_EVENT_MS <= event_time <= now_ms + MAX_FUTURE_MS:
         event_time = _event_time(event_time, now_ms)
@@ -85,10 +81,13 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
 # PriceEvent(...) goes through a Python-level __new__; this builds the same tuple at half the
 # cost, which counts at a million messages.
 _new_event = partial(tuple.__new__, PriceEvent)
-_plain_decimal = PRICE_PATTERN.fullmatch
-
 
 _valid_symbols: set[str] = set()  # a handful of names, each checked once
+# Prices already checked, with their Decimal (immutable, so shared safely). Trades repeat
+# prices: in Binance's aggTrades about 40 % are at the previous trade's price, and a few
+# thousand distinct prices cover a day's hour. Emptied when full: bounded memory.
+_recent_prices: dict[str, Decimal] = {}
+RECENT_PRICES = 4096
 
 
 def _symbol(symbol: object) -> str:
@@ -111,6 +110,9 @@ def _price(price: object) -> Decimal:
     value = Decimal(price)
     if value <= 0:
         raise InvalidEvent(f"price {price!r:.40} is not a finite positive number")
+    if len(_recent_prices) >= RECENT_PRICES:
+        _recent_prices.clear()
+    _recent_prices[price] = value
     return value
 
 
