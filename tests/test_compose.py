@@ -516,6 +516,40 @@ def test_grafana_gets_every_variable_its_provisioning_files_use(services: dict[s
     assert used == {"POSTGRES_DB", "GRAFANA_DB_PASSWORD"}
 
 
+# Settings of grafana/grafana's conf/defaults.ini ([section] key) that compose overrides;
+# pkg/setting/setting.go (applyEnvVariableOverrides) reads GF_<SECTION>_<KEY>, upper case,
+# with "." and "-" written "_". A misspelt variable would be silently ignored.
+GRAFANA_SETTINGS = {
+    ("server", "root_url"),
+    ("security", "admin_user"),
+    ("security", "admin_password"),
+    ("users", "allow_sign_up"),
+    ("analytics", "reporting_enabled"),
+    ("dashboards", "min_refresh_interval"),
+}
+
+
+def grafana_env_name(section: str, key: str) -> str:
+    return re.sub(r"[.-]", "_", f"GF_{section}_{key}".upper())
+
+
+def test_grafana_variables_name_settings_grafana_has(services: dict[str, Any]) -> None:
+    env = environment(services["grafana"])
+    configured = {name for name in env if name.startswith("GF_")}
+    assert configured == {grafana_env_name(s, k) for s, k in GRAFANA_SETTINGS}
+    assert grafana_env_name("auth.basic", "enabled") == "GF_AUTH_BASIC_ENABLED"
+
+
+def test_grafana_healthcheck_calls_a_tool_both_image_variants_have(
+    services: dict[str, Any],
+) -> None:
+    """grafana/grafana's Dockerfile installs curl in the alpine and the ubuntu variant; wget is
+    only busybox's, in alpine."""
+    test = services["grafana"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "curl"] and "-f" in "".join(test[2:])
+    assert test[-1] == "http://localhost:3000/api/health"  # the container port, not the host's
+
+
 def test_postgres_runs_the_schema_then_the_roles_then_their_passwords(
     services: dict[str, Any],
 ) -> None:
