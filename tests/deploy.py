@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
 from pathlib import Path, PurePosixPath
 
+import psycopg2
+import psycopg2.extensions
 import yaml
 
 from tests.harness import PostgresServer
@@ -76,3 +79,22 @@ def run_init(
     env = entrypoint_env(postgres, database, passwords)
     for path in init_files():
         run_init_file(path, env)
+
+
+@contextmanager
+def role_connection(
+    postgres: PostgresServer, database: str, user: str, password: str
+) -> Iterator[psycopg2.extensions.connection]:
+    """A connection as one of the deployment's login roles, in autocommit like Grafana (one
+    statement, no surrounding transaction)."""
+    conn = psycopg2.connect(
+        host=postgres.host,
+        port=postgres.port,
+        dbname=database,
+        user=user,
+        password=password,
+        connect_timeout=5,
+    )
+    conn.autocommit = True
+    with closing(conn):
+        yield conn

@@ -388,6 +388,13 @@ def iter_alert_queries(path: Path = ALERT_RULES_FILE) -> Iterator[AlertQuery]:
             )
 
 
+def iter_routes(route: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """A notification policy and its nested routes."""
+    yield route
+    for child in route.get("routes", []):
+        yield from iter_routes(child)
+
+
 def dashboard_variables(
     dashboard: Mapping[str, Any], values: Mapping[str, str | Sequence[str]]
 ) -> dict[str, Variable]:

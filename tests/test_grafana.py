@@ -31,7 +31,14 @@ import psycopg2.extensions
 import pytest
 
 from aggregator.report import PER_MESSAGE_LIMIT  # consumer/ is on sys.path (conftest.py)
-from tests.deploy import PASSWORDS, READER_PASSWORD, entrypoint_env, run_init, run_init_file
+from tests.deploy import (
+    PASSWORDS,
+    READER_PASSWORD,
+    entrypoint_env,
+    role_connection,
+    run_init,
+    run_init_file,
+)
 from tests.grafana_sql import (
     ALERT_RULES_FILE,
     CONTACT_POINTS_FILE,
@@ -52,6 +59,7 @@ from tests.grafana_sql import (
     iter_alert_queries,
     iter_panel_targets,
     iter_panels,
+    iter_routes,
     load_alert_rules,
     load_dashboards,
     load_yaml,
@@ -345,12 +353,6 @@ def test_contact_points_and_policies_fit_together() -> None:
             assert route.get("receiver", policy["receiver"]) in names, route
 
 
-def iter_routes(route: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    yield route
-    for child in route.get("routes", []):
-        yield from iter_routes(child)
-
-
 def parse_duration(text: str) -> timedelta:
     parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
     assert parts and text, f"bad duration {text!r}"
@@ -496,16 +498,7 @@ def reader_connection(
 ) -> Iterator[psycopg2.extensions.connection]:
     """A connection as grafana_reader, its password set by the deployment's own init files."""
     run_init(postgres, database)
-    conn = psycopg2.connect(
-        host=postgres.host,
-        port=postgres.port,
-        dbname=database,
-        user=READER_ROLE,
-        password=READER_PASSWORD,
-        connect_timeout=5,
-    )
-    conn.autocommit = True  # like Grafana: one statement, no surrounding transaction
-    with closing(conn):
+    with role_connection(postgres, database, READER_ROLE, READER_PASSWORD) as conn:
         yield conn
 
 

@@ -31,6 +31,7 @@ from tests.grafana_sql import (
     DATASOURCE_FILE,
     EXPRESSION_DATASOURCE_UID,
     iter_panels,
+    iter_routes,
     load_alert_rules,
     load_dashboards,
     load_yaml,
@@ -458,12 +459,6 @@ def test_contact_points_use_only_fields_grafana_reads() -> None:
             if receiver["type"] == "email":
                 assert set(receiver["settings"]) <= EMAIL_SETTINGS
                 assert receiver["settings"]["addresses"]
-
-
-def iter_routes(route: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    yield route
-    for child in route.get("routes", []):
-        yield from iter_routes(child)
 
 
 def test_notification_policy_uses_only_fields_grafana_reads() -> None:

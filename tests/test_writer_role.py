@@ -9,8 +9,6 @@ store exactly what was published, across a restart; the role can do nothing else
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 
 import psycopg2
 import psycopg2.errors
@@ -18,7 +16,7 @@ import psycopg2.extensions
 import pytest
 import yaml
 
-from tests.deploy import COMPOSE_FILE, PASSWORDS, run_init
+from tests.deploy import COMPOSE_FILE, PASSWORDS, role_connection, run_init
 from tests.harness import PostgresServer, TansuBroker
 from tests.pipeline import (
     assert_tables_equal_truth,
@@ -57,21 +55,8 @@ def deployed(postgres: PostgresServer, database: str) -> str:
     return postgres.dsn(database)
 
 
-@contextmanager
-def writer_connection(
-    postgres: PostgresServer, database: str
-) -> Iterator[psycopg2.extensions.connection]:
-    conn = psycopg2.connect(
-        host=postgres.host,
-        port=postgres.port,
-        dbname=database,
-        user=WRITER,
-        password=WRITER_PASSWORD,
-        connect_timeout=5,
-    )
-    conn.autocommit = True
-    with closing(conn):
-        yield conn
+def writer_connection(postgres: PostgresServer, database: str):
+    return role_connection(postgres, database, WRITER, WRITER_PASSWORD)
 
 
 def test_compose_runs_the_consumer_as_the_writer_role() -> None:
