@@ -494,7 +494,7 @@ def test_kafka_appearing_later_is_connected_to(binance: FakeBinance, topic: str)
     assert all(poll == {"BTCUSDT": BTC, "ETHUSDT": ETH} for poll in polls)
 
 
-def test_kafka_going_away_mid_run_is_said_and_sigterm_still_exits_0(
+def test_kafka_going_away_mid_run_is_said_and_undelivered_events_make_exit_1(
     binance: FakeBinance, topic: str
 ) -> None:
     with (
@@ -510,9 +510,17 @@ def test_kafka_going_away_mid_run_is_said_and_sigterm_still_exits_0(
         output = producer.wait_for_output("has acknowledged nothing for", timeout=30)
         polls_when_warned = len(answered(binance))
         wait_for_requests(producer, binance, polls_when_warned + 2, timeout=10)
-        output = stop_cleanly(producer)
+        producer.signal(signal.SIGTERM)
+        # Stopped with events Kafka never took: counted, said, and a non-zero exit code so
+        # that a supervisor knows.
+        assert producer.wait(30) == 1
+        output = producer.output()
     assert re.search(rf"Kafka at {doomed.bootstrap} has acknowledged nothing for \d+ s", output)
-    assert "Stopping with" in output or "Kafka delivery failed" in output
+    lost = re.search(r"Stopping with (\d+) events Kafka did not acknowledge", output)
+    assert lost, output[-2000:]
+    produced = output.count("Produced:")
+    assert int(lost[1]) == 2 * len(answered(binance)) - produced
+    assert "Traceback" not in output
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -346,6 +346,15 @@ PRECEDENCE = [
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "0.3", "0.4", "backoff_base", 0.3, 0.4),
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "9", "8", "backoff_max", 9.0, 8.0),
     ("--seed", "SIMULATION_SEED", "11", "12", "seed", 11, 12),
+    (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "5000",
+        "6000",
+        "delivery_timeout_ms",
+        5000,
+        6000,
+    ),
     ("--log-level", "LOG_LEVEL", "DEBUG", "WARNING", "log_level", "DEBUG", "WARNING"),
 ]
 
@@ -400,6 +409,8 @@ BAD_VALUES = [
     ({"BACKOFF_BASE_SECONDS": "0"}, "BACKOFF_BASE_SECONDS"),
     ({"BACKOFF_BASE_SECONDS": "5", "BACKOFF_MAX_SECONDS": "2"}, "BACKOFF_MAX_SECONDS"),
     ({"KAFKA_TOPIC_PARTITIONS": "0"}, "KAFKA_TOPIC_PARTITIONS"),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "999"}, "KAFKA_DELIVERY_TIMEOUT_MS"),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "soon"}, "KAFKA_DELIVERY_TIMEOUT_MS"),
     ({"KAFKA_TOPIC_PARTITIONS": "three"}, "KAFKA_TOPIC_PARTITIONS"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "KAFKA_BOOTSTRAP_SERVERS"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "localhost:abc"}, "KAFKA_BOOTSTRAP_SERVERS"),

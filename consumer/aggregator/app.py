@@ -22,7 +22,7 @@ from kafka.structs import OffsetAndMetadata
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
-from aggregator.kafka_edge import new_consumer
+from aggregator.kafka_edge import CalmPoller, new_consumer
 from aggregator.report import ConsumedLog, report_flush
 from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
 
@@ -38,6 +38,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.store = store
         self.stop = stop
         self.consumer: KafkaConsumer | None = None
+        self.poller = CalmPoller(stop, settings.bootstrap_servers)
         self.accumulator = Accumulator()
         self.consumed_log = ConsumedLog()
         # What we believe PostgreSQL holds per partition (None: no row yet). The flush
@@ -76,7 +77,7 @@ class Aggregator(ConsumerRebalanceListener):
         timeout_ms = int(max(0.0, min(1.0, self.next_flush - time.monotonic())) * 1000)
         if self.unresolved:
             self.resolve_positions()
-        records = self.consumer.poll(timeout_ms=timeout_ms)
+        records = self.poller.poll(self.consumer, timeout_ms)
         self.consumed_log.summarise_if_due()
         if not records:
             return

@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from kafka.errors import KafkaConfigurationError
+
 from pricefeed.binance import (
     RESTRICTED_FIX,
     BinanceClient,
@@ -27,6 +29,8 @@ from pricefeed.sources import BinanceSource, SimulatedSource
 from pricefeed.timing import Backoff, FixedRateSchedule
 
 log = logging.getLogger("producer")
+
+EXIT_UNDELIVERED = 1  # stopped with events Kafka never acknowledged: a supervisor should know
 
 
 def run_polling(
@@ -130,9 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop,
         Backoff(settings.backoff_base, settings.backoff_max, random.Random()),
         stall_warning=max(5.0, 2 * settings.poll_interval),  # a couple of silent ticks
+        delivery_timeout_ms=settings.delivery_timeout_ms,
     )
-    if not sink.connect():
-        return 0  # stopped before Kafka was reachable: nothing to flush
+    try:
+        if not sink.connect():
+            return 0  # stopped before Kafka was reachable: nothing to flush
+    except KafkaConfigurationError as exc:
+        print(f"producer.py: error: Kafka refuses the client settings: {exc}", file=sys.stderr)
+        return 2
+    lost = 0
     try:
         if replay is not None:
             run_replay(replay, settings, sink, stop)
@@ -148,6 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("Replay stopped: %s", exc)
         return 2
     finally:
-        sink.close()
+        lost = sink.close()
         log.info("Producer stopped: %d messages delivered", sink.delivered)
-    return 0
+    return EXIT_UNDELIVERED if lost else 0

@@ -32,6 +32,7 @@ class Settings:
     http_timeout: float = 5.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    delivery_timeout_ms: int = 120_000
     seed: int | None = None
     replay_files: tuple[Path, ...] = ()
     replay_speed: float | None = None  # None: as fast as the broker takes it
@@ -51,6 +52,12 @@ _OPTIONS = [
     ("--timeout", "HTTP_TIMEOUT_SECONDS", "http_timeout", "HTTP timeout per request, seconds"),
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "backoff_base", "first retry delay, seconds"),
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "backoff_max", "longest retry delay, seconds"),
+    (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "delivery_timeout_ms",
+        "how long Kafka may take to acknowledge a message before it is sent again",
+    ),
     ("--seed", "SIMULATION_SEED", "seed", "random seed of --source simulated"),
     ("--speed", "REPLAY_SPEED", "replay_speed", "replay N times real time, or 'max'"),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
@@ -107,7 +114,7 @@ def _convert_one(field: str, text: str) -> object:
             return tuple(s.strip().upper() for s in text.split(",") if s.strip())
         if field == "replay_speed":
             return None if text.strip().lower() == "max" else float(text)
-        if field in ("topic_partitions", "seed"):
+        if field in ("topic_partitions", "seed", "delivery_timeout_ms"):
             return int(text)
         if field in ("poll_interval", "poll_jitter", "http_timeout", "backoff_base", "backoff_max"):
             return float(text)
@@ -134,6 +141,11 @@ def _validate(s: Settings) -> None:
     _require_positive("HTTP_TIMEOUT_SECONDS", s.http_timeout)
     _require_positive("BACKOFF_BASE_SECONDS", s.backoff_base)
     _require_positive("KAFKA_TOPIC_PARTITIONS", s.topic_partitions)
+    if not 1000 <= s.delivery_timeout_ms <= 2**31 - 1:
+        raise ConfigError(
+            f"KAFKA_DELIVERY_TIMEOUT_MS={s.delivery_timeout_ms} must be between 1000 and "
+            f"{2**31 - 1}."
+        )
     if s.backoff_max < s.backoff_base:
         raise ConfigError("BACKOFF_MAX_SECONDS must not be below BACKOFF_BASE_SECONDS.")
     if not 0 <= s.poll_jitter < s.poll_interval:
