@@ -22,6 +22,10 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 
 if [ ! -x .venv/bin/python ]; then
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "Python 3.11 or newer is needed (python3 is $(python3 -V 2>&1))." >&2
+        exit 2
+    fi
     python3 -m venv .venv
 fi
 stamp=.venv/.requirements.sha
