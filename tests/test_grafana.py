@@ -363,6 +363,11 @@ def parse_duration(text: str) -> timedelta:
 # =============================================================================================
 # Macro expansion (the examples of shared/grafana-provisioning.md)
 # =============================================================================================
+# Each case below is what Grafana 12.0.2's own code does; tests/grafana_sql.py cites the lines of
+# pkg/tsdb/grafana-postgresql-datasource/macros.go (evaluateMacro L70-160: __time L72-76,
+# __timeEpoch L77-81, __timeFilter L82-87, __timeFrom/__timeTo L88-91, __timeGroup L92-115,
+# __timeGroupAlias L116-121, __unixEpochFilter L122-126, unknown macro L157-158) and of
+# sqleng/sql_engine.go (Interpolate) that each expansion follows.
 
 DOC_RANGE = TimeRange(
     datetime(2018, 4, 12, 18, 0, tzinfo=UTC), datetime(2018, 4, 12, 18, 5, tzinfo=UTC)
