@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import FakeBinance, TansuBroker, wait_until
+from tests.harness import FakeBinance, PostgresServer, TansuBroker, wait_until
 from tests.harness.freeze import cpu_seconds
 from tests.harness.scripts import Script
 from tests.pipeline import (
@@ -18,6 +18,7 @@ from tests.pipeline import (
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    group_member,
     produce,
     random_stream,
     start_consumer,
@@ -123,3 +124,55 @@ def test_consumer_recovers_from_a_broker_frozen_past_its_session(postgres, datab
     assert cpu / frozen_for < 0.1, f"{cpu:.2f} s of CPU in {frozen_for:.1f} s frozen: busy loop"
     assert resumed_after < 30
     assert_tables_equal_truth(dsn, before + after)
+
+
+def test_consumer_holds_its_interval_through_a_hung_postgres_and_a_rebalance(broker, topic):
+    """PostgreSQL hangs (SIGSTOP of every server process) for over 30 s while events arrive and
+    another member joins the group: the consumer says so within about 15 s, holds or re-reads
+    what it had, never blocks heartbeats past the session timeout, and ends exact."""
+    rng = random.Random(9)
+    before, during = (
+        random_stream(rng, 3000),
+        random_stream(rng, 3000, start_ms=BASE_TIME_MS + 9 * WINDOW_MS),
+    )
+    create_topic(broker.bootstrap, topic)
+    with PostgresServer() as postgres:
+        database = postgres.create_database("hung")
+        dsn = postgres.dsn(database)
+        env = {
+            **consumer_env(broker, postgres, database, topic),
+            "KAFKA_MAX_POLL_INTERVAL_MS": "30000",
+        }
+        produce(broker.bootstrap, topic, before)
+        with start_consumer(env) as consumer:
+            wait_for_total(dsn, len(before), 60, [consumer])
+            postgres.freeze()
+            try:
+                frozen_at = time.monotonic()
+                produce(broker.bootstrap, topic, during)
+                consumer.wait_for_output("PostgreSQL did not answer within", timeout=20)
+                said_after = time.monotonic() - frozen_at
+                # Another member joins while PostgreSQL hangs: the consumer's flush before
+                # giving up partitions runs where heartbeats are sent, so it must give up fast.
+                with group_member(broker.bootstrap, topic, env["KAFKA_CONSUMER_GROUP"]):
+                    consumer.wait_for_output("Could not flush before rebalance", timeout=30)
+                wait_until(
+                    lambda: time.monotonic() - frozen_at >= 30, 35, "30 s hung", interval=0.2
+                )
+                assert consumer.process.poll() is None, consumer.output()[-3000:]
+            finally:
+                postgres.thaw()
+            wait_for_total(dsn, len(before) + len(during), 60, [consumer])
+            assert consumer.stop() == 0
+            output = consumer.output()
+        assert_tables_equal_truth(dsn, before + during)
+    assert said_after < 20
+    assert "Lost partitions" not in output, "evicted: heartbeats were held up"
+
+
+@pytest.mark.slow
+def test_producer_recovers_from_a_broker_frozen_past_the_default_delivery_timeout(
+    binance: FakeBinance, topic: str
+) -> None:
+    """The same at kafka-python's default delivery timeout (120 s), as users run it."""
+    frozen_broker_then_thawed(binance, topic, 130, None)

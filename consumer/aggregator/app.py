@@ -16,7 +16,12 @@ import time
 from collections.abc import Sequence
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    KafkaConfigurationError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from aggregator.batch import Accumulator
@@ -24,12 +29,20 @@ from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
 from aggregator.kafka_edge import CalmPoller, new_consumer
 from aggregator.report import ConsumedLog, report_flush
-from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from aggregator.retry import Backoff
+from aggregator.store import (
+    FlushContext,
+    OffsetsMoved,
+    Store,
+    StoreFailed,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("consumer")
 
-RETRY_BASE_SECONDS = 1.0
-RETRY_MAX_SECONDS = 30.0
+EXIT_CONFIG = 2  # a setting no retry can fix
+EXIT_FAILED = 1  # stopped with work not written, or the database refused it
 
 
 class Aggregator(ConsumerRebalanceListener):
@@ -48,11 +61,15 @@ class Aggregator(ConsumerRebalanceListener):
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
         self.store_down_since: float | None = None
-        self.retry_attempts = 0
+        self.backoff = Backoff(cap=10.0)  # PostgreSQL back: resume within seconds
+        # Inside a rebalance callback the client sends no heartbeats: PostgreSQL must answer
+        # well within the session timeout there, or the member is evicted.
+        self.callback_timeout = settings.session_timeout_ms / 1000 / 3
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Consume until stopped. False if the final flush could not be written."""
         self.consumer = new_consumer(self.settings)
         self.consumer.subscribe([self.settings.topic], listener=self)
         log.info(
@@ -68,7 +85,7 @@ class Aggregator(ConsumerRebalanceListener):
                 self.poll_once()
                 if time.monotonic() >= self.next_flush:
                     self.flush_on_timer()
-            self.flush_final()
+            return self.flush_final()
         finally:
             self.consumer.close()  # revokes partitions: flushes again if anything is pending
             self.store.close()
@@ -111,7 +128,7 @@ class Aggregator(ConsumerRebalanceListener):
             self.resolve_positions()
         self.next_flush = time.monotonic() + self.settings.flush_interval
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Write what is pending in one transaction, then tell Kafka (for lag tooling)."""
         pending = self.accumulator.pending
         now = time.monotonic()
@@ -123,7 +140,7 @@ class Aggregator(ConsumerRebalanceListener):
             offset_lag=self.offset_lag(),
             expected_offsets=dict(self.stored),
         )
-        duration_ms = self.store.write(pending, ctx)
+        duration_ms = self.store.write(pending, ctx, timeout)
         self.accumulator.take()
         self.interval_started = now
         self.stored.update(pending.next_offsets)
@@ -135,27 +152,28 @@ class Aggregator(ConsumerRebalanceListener):
                 time.monotonic() - self.store_down_since,
             )
             self.store_down_since = None
-            self.retry_attempts = 0
+            self.backoff.reset()
             self.consumer.resume(*self.consumer.assignment())
 
     def on_store_down(self, exc: StoreUnavailable) -> None:
         """Keep what is pending, stop reading more, and try again with backoff."""
-        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** min(self.retry_attempts, 10))
-        self.retry_attempts += 1
+        delay = self.backoff.next_delay()
         if self.store_down_since is None:
             self.store_down_since = time.monotonic()
             self.consumer.pause(*self.consumer.assignment())
         log.error(
-            "PostgreSQL unreachable (%s): consumption paused, %d events held; retrying in %g s",
+            "PostgreSQL unavailable (%s): consumption paused, %d events held; retrying in %.1f s",
             exc,
             self.accumulator.pending.metrics.events,
             delay,
         )
         self.next_flush = time.monotonic() + delay
 
-    def flush_final(self) -> None:
+    def flush_final(self) -> bool:
+        """The flush before exit. False if it could not be written (they are read again)."""
         try:
             self.flush()
+            return True
         except (StoreUnavailable, OffsetsMoved) as exc:
             log.error(
                 "Final flush failed (%s): %d unflushed events will be read again on restart",
@@ -163,6 +181,7 @@ class Aggregator(ConsumerRebalanceListener):
                 self.accumulator.pending.metrics.events,
             )
             self.drop_pending()
+            return False
 
     def drop_pending(self) -> None:
         """Forget unflushed state and rewind to where it began, so it is read again."""
@@ -212,7 +231,7 @@ class Aggregator(ConsumerRebalanceListener):
         next owner reads those events again from the stored offsets."""
         if not self.accumulator.pending.is_empty():
             try:
-                self.flush()
+                self.flush(self.callback_timeout)
             except (StoreUnavailable, OffsetsMoved) as exc:
                 log.warning("Could not flush before rebalance (%s): dropping unflushed state", exc)
                 self.drop_pending()
@@ -230,24 +249,24 @@ class Aggregator(ConsumerRebalanceListener):
         partitions = sorted(tp.partition for tp in assigned)
         log.info("Assigned partitions %s of %s", partitions, self.settings.topic)
         self.unresolved.update(partitions)
-        self.resolve_positions()
+        self.resolve_positions(self.callback_timeout)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self.stored.pop(tp.partition, None)
             self.unresolved.discard(tp.partition)
 
-    def resolve_positions(self) -> None:
+    def resolve_positions(self, timeout: float | None = None) -> None:
         """Start each new partition at its offset stored in PostgreSQL; without one, Kafka's
         committed offset, then auto_offset_reset. Until PostgreSQL answers, the partitions
         stay paused: reading them from anywhere else could count events twice."""
         tps = [TopicPartition(self.settings.topic, p) for p in sorted(self.unresolved)]
         try:
             stored = self.store.stored_offsets(
-                self.settings.group_id, self.settings.topic, sorted(self.unresolved)
+                self.settings.group_id, self.settings.topic, sorted(self.unresolved), timeout
             )
         except StoreUnavailable as exc:
-            log.error("PostgreSQL unreachable (%s): assigned partitions wait", exc)
+            log.error("PostgreSQL unavailable (%s): assigned partitions wait", exc)
             self.consumer.pause(*tps)
             return
         for tp in tps:
@@ -282,17 +301,62 @@ def configure_logging(level: str) -> None:
 
 def wait_for_schema(store: Store, stop: threading.Event) -> bool:
     """Apply the schema if needed, waiting for PostgreSQL with backoff."""
-    delay = RETRY_BASE_SECONDS
+    backoff = Backoff()
     while not stop.is_set():
         try:
             if store.ensure_schema():
                 log.info("Applied schema %s", store.schema_path)
             return True
         except StoreUnavailable as exc:
-            log.error("PostgreSQL unreachable (%s); retrying in %g s", exc, delay)
+            delay = backoff.next_delay()
+            log.error("PostgreSQL unavailable (%s); retrying in %.1f s", exc, delay)
             stop.wait(delay)
-            delay = min(RETRY_MAX_SECONDS, delay * 2)
     return False
+
+
+UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    name = exc.__class__.__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """kafka-python wraps what a rebalance callback raised in a KafkaError: unwrap it."""
+    while isinstance(exc, KafkaError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def consume(settings: Settings, store: Store, stop: threading.Event) -> int:
+    """Run the aggregator, recreating the Kafka client after transient failures; the exit code."""
+    aggregator = Aggregator(settings, store, stop)
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return 0 if aggregator.run() else EXIT_FAILED
+        except KafkaError as exc:
+            cause = root_cause(exc)
+            if not isinstance(cause, KafkaError):
+                raise cause from None  # e.g. StoreMisconfigured inside a rebalance callback
+            if isinstance(cause, KafkaConfigurationError):
+                raise
+            if stop.is_set():
+                break
+            delay = backoff.next_delay()
+            what = "unreachable" if isinstance(cause, UNREACHABLE) else "client failed"
+            log.error(
+                "Kafka %s at %s (%s); retrying in %.1f s",
+                what,
+                settings.bootstrap_servers,
+                describe(cause),
+                delay,
+            )
+            aggregator.reset()
+            stop.wait(delay)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,24 +364,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"consumer.py: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure_logging(settings.log_level)
     stop = threading.Event()
     install_signal_handlers(stop)
     store = Store(settings.dsn(), settings.schema_file)
-    if not wait_for_schema(store, stop):
-        return 0
-    aggregator = Aggregator(settings, store, stop)
-    while not stop.is_set():
-        try:
-            aggregator.run()
-        except KafkaError as exc:
-            if stop.is_set():
-                break
-            log.error(
-                "Kafka unreachable at %s (%s); retrying in 5 s", settings.bootstrap_servers, exc
-            )
-            aggregator.reset()
-            stop.wait(5)
-    log.info("Consumer stopped")
-    return 0
+    try:
+        if not wait_for_schema(store, stop):
+            return 0
+        code = consume(settings, store, stop)
+    except StoreMisconfigured as exc:
+        log.error("Cannot use PostgreSQL: %s. Fix the POSTGRES_* settings; stopping.", exc)
+        return EXIT_CONFIG
+    except KafkaConfigurationError as exc:
+        log.error("Kafka refuses the client settings: %s; stopping.", exc)
+        return EXIT_CONFIG
+    except StoreFailed as exc:
+        log.error("PostgreSQL refused the work: %s; stopping (nothing of it was written).", exc)
+        return EXIT_FAILED
+    finally:
+        store.close()
+    log.info("Consumer stopped" + ("" if code == 0 else " with unwritten events"))
+    return code

@@ -44,42 +44,59 @@ def run_polling(
     schedule = FixedRateSchedule(clock(), settings.poll_interval, settings.poll_jitter)
     backoff = Backoff(settings.backoff_base, settings.backoff_max)
     _, due = schedule.next_tick(schedule.start)  # tick 0 fires at once, not an interval late
-    while not stop.wait(max(0.0, due - clock())):
+    while not wait_tending(sink, due, stop, clock):
         try:
             sink.publish(source.poll())
             backoff.reset()
             _, due = schedule.next_tick(clock())
         except BinanceError as exc:
-            delay = retry_delay(exc, backoff)
-            _, due = schedule.next_tick(clock() + delay)
+            _, due = schedule.next_tick(clock() + retry_delay(exc, backoff))
+            report_failure(exc, next_poll_in=due - clock())
+
+
+TEND_EVERY_SECONDS = 1.0
+
+
+def wait_tending(sink: KafkaSink, due: float, stop: threading.Event, clock) -> bool:
+    """Wait until `due`, tending the sink every second meanwhile (so that a stalled Kafka
+    client is replaced within a second, not a poll interval); True if stopped."""
+    while True:
+        left = due - clock()
+        if stop.wait(max(0.0, min(TEND_EVERY_SECONDS, left))):
+            return True
+        if left <= TEND_EVERY_SECONDS:
+            return False
+        sink.tend()
 
 
 def retry_delay(exc: BinanceError, backoff: Backoff) -> float:
-    """Log what went wrong and how long to wait before polling again (0: the next tick)."""
+    """The least wait before polling again (0: the next tick). The poll itself comes at the
+    first tick of the grid after it."""
+    if isinstance(exc, RateLimited):
+        return backoff.next_delay() if exc.retry_after is None else exc.retry_after
+    if isinstance(exc, InvalidResponse):
+        return 0.0
+    return backoff.next_delay()
+
+
+def report_failure(exc: BinanceError, next_poll_in: float) -> None:
+    """Say what went wrong, and when the next poll really comes."""
+    then = f"next poll in {next_poll_in:.1f} s"
+    Then = then[0].upper() + then[1:]  # the same words, starting a sentence
     if isinstance(exc, RateLimited):
         if exc.retry_after is None:
-            delay = backoff.next_delay()
-            log.warning("Binance rate limit: %s, no Retry-After; waiting %.1f s", exc, delay)
-            return delay
-        what = "IP banned" if exc.status == 418 else "rate limit"
-        log.warning("Binance %s: %s; waiting %g s as Retry-After asks", what, exc, exc.retry_after)
-        return exc.retry_after
-    if isinstance(exc, InvalidResponse):
-        log.warning("Skipped poll: Binance sent an invalid body (%s)", exc)
-        return 0.0
-    delay = backoff.next_delay()
-    if isinstance(exc, Restricted):
-        log.error(
-            "Binance refuses this location (%s). To fix: %s. Retrying in %.1f s",
-            exc,
-            RESTRICTED_FIX,
-            delay,
-        )
+            log.warning("Binance rate limit: %s, no Retry-After; %s", exc, then)
+        else:
+            what = "IP banned" if exc.status == 418 else "rate limit"
+            log.warning("Binance %s: %s; Retry-After %g s, %s", what, exc, exc.retry_after, then)
+    elif isinstance(exc, InvalidResponse):
+        log.warning("Skipped poll: Binance sent an invalid body (%s); %s", exc, then)
+    elif isinstance(exc, Restricted):
+        log.error("Binance refuses this location (%s). To fix: %s. %s", exc, RESTRICTED_FIX, Then)
     elif isinstance(exc, Rejected):
-        log.error("Binance rejected the request: %s; check SYMBOLS. Retrying in %.1f s", exc, delay)
+        log.error("Binance rejected the request: %s; check SYMBOLS. %s", exc, Then)
     else:
-        log.warning("Binance unavailable: %s; retrying in %.1f s", exc, delay)
-    return delay
+        log.warning("Binance unavailable: %s; %s", exc, then)
 
 
 def build_source(settings: Settings) -> BinanceSource | SimulatedSource:
@@ -121,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = None
     if settings.source == "replay":
         try:
-            replay = open_replay(settings.replay_files)
+            replay = open_replay(settings.replay_files, settings.replay_symbol)
         except ReplayFileError as exc:
             print(f"producer.py: error: {exc}", file=sys.stderr)
             return 2

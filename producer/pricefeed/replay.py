@@ -83,11 +83,13 @@ class Replay:
     stats: dict[Path, ReplayStats]
 
 
-def open_replay(files: tuple[Path, ...]) -> Replay:
+def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
     """Check every file before anything is sent: a bad one stops the replay at the start
-    with ReplayFileError's one-sentence reason."""
+    with ReplayFileError's one-sentence reason. `symbol`, if given, is every file's symbol;
+    otherwise each file's name says it."""
     stats = {path: ReplayStats() for path in files}
-    return Replay(files, [read_events(path, stats=stats[path]) for path in files], stats)
+    streams = [read_events(path, symbol, stats=stats[path]) for path in files]
+    return Replay(files, streams, stats)
 
 
 def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: threading.Event) -> None:
