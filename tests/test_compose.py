@@ -341,6 +341,30 @@ def test_every_variable_the_scripts_read_is_set_from_env(services: dict[str, Any
             assert re.fullmatch(rf"\$\{{{source}:-[^}}]*\}}", value), f"{name}: {variable}={value}"
 
 
+# Stand-ins for names that only resolve inside the compose network or image, so that the
+# scripts' own validation (which resolves host names) can read compose's settings here.
+LOCAL_STAND_INS = {
+    "KAFKA_BOOTSTRAP_SERVERS": "localhost:29092",
+    "POSTGRES_HOST": "localhost",
+    "BINANCE_BASE_URL": "http://localhost:1",
+    "SCHEMA_FILE": str(ROOT / "infra" / "init_db.sql"),
+}
+
+
+@pytest.mark.parametrize("dotenv", [{}, "example"], ids=["no-env", "env-example"])
+def test_scripts_accept_the_settings_compose_gives_them(
+    services: dict[str, Any], dotenv: dict[str, str] | str
+) -> None:
+    """Each script's own configuration loader takes what compose passes (empty values such as
+    SIMULATION_SEED= mean "not set"), with the defaults and with .env.example."""
+    values = read_env_example() if dotenv == "example" else dotenv
+    loaders = {"producer": producer_config.load_settings, "consumer": consumer_config.load_settings}
+    for name, load in loaders.items():
+        env = {k: resolve(v, values) for k, v in environment(services[name]).items()}
+        env.update({k: v for k, v in LOCAL_STAND_INS.items() if k in env})
+        load([], env)
+
+
 def test_scripts_reach_kafka_through_the_internal_listener(services: dict[str, Any]) -> None:
     kafka = environment(services["kafka"])
     advertised = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
