@@ -92,7 +92,7 @@ WINDOW last_30_min AS (
 );
 
 -- Read-only role for dashboards. Created without a password; deployments set one
--- (infra/10-reader-password.sh in docker-compose). Skipped quietly without CREATEROLE.
+-- (infra/10-role-passwords.sh in docker-compose). Skipped quietly without CREATEROLE.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'grafana_reader') THEN
