@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
@@ -89,13 +90,10 @@ class KafkaSink:
         self._backoff = backoff
         self._reconnect = Backoff(backoff.base, min(backoff.cap, RECONNECT_MAX_SECONDS))
         self._producer: KafkaProducer | None = None
-        self._generation = 0  # which client a callback belongs to
         self._lock = threading.Lock()
-        # Sent and not acknowledged, in send order (dicts keep insertion order).
-        self._unacked: dict[int, PriceEvent] = {}
-        self._next_id = 0
+        self._sent = _Outstanding(self)  # of the current client
         self._failure: Exception | None = None  # first failed delivery of this client
-        self._waiting: list[PriceEvent] = []  # to send, after everything in _unacked
+        self._waiting: list[PriceEvent] = []  # to send, after everything in self._sent
         self._retry_at = 0.0  # monotonic time before which no new client is tried
         self.delivered = 0
         self._last_ack = time.monotonic()
@@ -133,7 +131,7 @@ class KafkaSink:
     def _new_producer(self) -> KafkaProducer:
         # acks=all with explicit idempotence: kafka-python raises instead of silently
         # downgrading when an idempotence requirement cannot be met.
-        self._generation += 1
+        self._sent = _Outstanding(self)  # a new client's acknowledgements start afresh
         return KafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
@@ -187,60 +185,58 @@ class KafkaSink:
         self.publish(())
 
     def _send_waiting(self) -> None:
+        """Hand every waiting event to the client, in order (the hot path of a replay: the
+        bookkeeping per event is one deque append and two callbacks without arguments)."""
         waiting, self._waiting = self._waiting, []
-        for index, event in enumerate(waiting):
-            try:
-                self._send(event)
-            except KafkaError as exc:  # e.g. the client's buffer stayed full for max_block_ms
-                self._waiting = waiting[index:]
-                log.warning(
-                    "Kafka is not taking messages (%s); %d events wait to be sent",
-                    _describe(exc),
-                    len(self._waiting),
-                )
-                return
-
-    def _send(self, event: PriceEvent) -> None:
-        assert self._producer is not None, "connect() first"
-        future = self._producer.send(
-            self.topic, key=event.key(), value=event.to_json_bytes(), timestamp_ms=event.event_time
-        )
-        with self._lock:
-            if not self._unacked:
-                self._last_ack = time.monotonic()  # a stall is measured from the first wait
-            send_id = self._next_id
-            self._next_id += 1
-            self._unacked[send_id] = event
-        future.add_callback(self._on_delivered, send_id)
-        future.add_errback(self._on_failed, send_id, self._generation)
-
-    def _on_delivered(self, send_id: int, _metadata: object) -> None:
-        with self._lock:
-            event = self._unacked.pop(send_id, None)
-            self._last_ack = time.monotonic()
-            recovered, self._stall_warned = self._stall_warned is not None, None
-        if event is None:
+        if not waiting:
             return
-        self.delivered += 1
+        assert self._producer is not None, "connect() first"
+        send, topic, sent = self._producer.send, self.topic, self._sent
+        if not sent.queue:
+            self._last_ack = time.monotonic()  # a stall is measured from the first wait
+        on_delivered, on_failed, remember = sent.on_delivered, sent.on_failed, sent.queue.append
+        index = 0
+        try:
+            for index, event in enumerate(waiting):  # noqa: B007 (index is kept on failure)
+                future = send(
+                    topic,
+                    key=event.key(),
+                    value=event.to_json_bytes(),
+                    timestamp_ms=event.event_time,
+                )
+                remember((event, future))
+                future.add_callback(on_delivered)
+                future.add_errback(on_failed)
+        except KafkaError as exc:  # e.g. the client's buffer stayed full for max_block_ms
+            self._waiting = waiting[index:]
+            log.warning(
+                "Kafka is not taking messages (%s); %d events wait to be sent",
+                _describe(exc),
+                len(self._waiting),
+            )
+
+    def _acknowledged(self, events: list[PriceEvent], recovered: bool) -> None:
+        """Called by the current client's callbacks with the events just acknowledged."""
+        self.delivered += len(events)
         if recovered:
             log.info("Kafka is acknowledging messages again")
         if self.echo:
-            log.info("Produced: %s", event.to_json_bytes().decode())
+            for event in events:
+                log.info("Produced: %s", event.to_json_bytes().decode())
 
-    def _on_failed(self, _send_id: int, generation: int, exc: Exception) -> None:
+    def _failed(self, sent: _Outstanding, exc: Exception) -> None:
         """The event stays unacknowledged; the next publish retires this client."""
         with self._lock:
-            if generation == self._generation and self._failure is None:
+            if sent is self._sent and self._failure is None:
                 self._failure = exc
 
     def _replace_client(self) -> bool:
         """Retire the failed client and queue every unacknowledged event again, in order,
         before what was waiting. False if no new client could be made yet (tried again later)."""
         if self._producer is not None:
+            sent = self._sent
             self._close_producer()  # its callbacks are done: nothing is acknowledged any more
-            with self._lock:
-                unacked = list(self._unacked.values())
-                self._unacked.clear()
+            unacked = sent.retire()
             self._waiting[:0] = unacked
             log.warning(
                 "Kafka did not acknowledge in time (%s); sending %d unacknowledged events "
@@ -274,8 +270,9 @@ class KafkaSink:
         """Say that Kafka has stopped answering, once a minute. Returns for how long."""
         now = time.monotonic()
         with self._lock:
-            stalled_for = now - self._last_ack if self._unacked else 0.0
-            waiting = len(self._unacked) + len(self._waiting)
+            unacked = self._sent.count()
+            stalled_for = now - self._last_ack if unacked else 0.0
+            waiting = unacked + len(self._waiting)
             due = self._stall_warned is None or now - self._stall_warned >= 60
             if stalled_for >= self.stall_warning and due:
                 self._stall_warned = now
@@ -301,8 +298,7 @@ class KafkaSink:
 
     def backlog(self) -> int:
         """Events waiting to be sent, or sent and not yet acknowledged."""
-        with self._lock:
-            return len(self._unacked) + len(self._waiting)
+        return self._sent.count() + len(self._waiting)
 
     undelivered = backlog
 
@@ -330,7 +326,8 @@ class KafkaSink:
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        self._generation += 1  # late errbacks of the old client are not new failures
+        with self._lock:
+            self._sent.retired = True  # late callbacks of the old client change nothing
         try:
             producer.close(timeout=0)
         except KafkaError as exc:
@@ -341,6 +338,61 @@ class KafkaSink:
             if sender is not None:
                 sender.force_close()
             producer._closed = True
+
+
+class _Outstanding:
+    """One client's sent and not yet acknowledged events, in send order, with their futures.
+
+    kafka-python completes a partition's records in the order they were sent, so the events
+    acknowledged so far are almost always a prefix of the queue: each acknowledgement pops the
+    acknowledged prefix (an event acknowledged behind a slower partition's waits for it, and is
+    counted as acknowledged meanwhile). A failed event stops the popping: it and everything
+    behind it that is not acknowledged are what `retire` returns, to be sent again."""
+
+    def __init__(self, sink: KafkaSink) -> None:
+        self.sink = sink
+        self.queue: deque[tuple[PriceEvent, object]] = deque()
+        self.acked_in_queue = 0  # acknowledged but still queued behind an earlier event
+        self.retired = False
+
+    def count(self) -> int:
+        """Sent and not acknowledged."""
+        return len(self.queue) - self.acked_in_queue
+
+    def on_delivered(self, _metadata: object) -> None:
+        """A callback of kafka-python's network thread (or of `add_callback` in the sending
+        thread, for a record acknowledged before it was registered): one per record."""
+        sink, queue, acked = self.sink, self.queue, []
+        with sink._lock:
+            if self.retired:
+                return
+            self.acked_in_queue += 1
+            while queue:
+                future = queue[0][1]
+                if not (future.is_done and future.exception is None):  # type: ignore[attr-defined]
+                    break
+                acked.append(queue.popleft()[0])
+            self.acked_in_queue -= len(acked)
+            sink._last_ack = time.monotonic()
+            recovered, sink._stall_warned = sink._stall_warned is not None, None
+        if acked:
+            sink._acknowledged(acked, recovered)
+
+    def on_failed(self, exc: Exception) -> None:
+        if not self.retired:
+            self.sink._failed(self, exc)
+
+    def retire(self) -> list[PriceEvent]:
+        """Stop listening to this client; its unacknowledged events, in send order."""
+        with self.sink._lock:
+            self.retired = True
+            sent, self.queue = self.queue, deque()
+            self.acked_in_queue = 0
+        return [
+            event
+            for event, future in sent
+            if not (future.is_done and future.exception is None)  # type: ignore[attr-defined]
+        ]
 
 
 def _describe(exc: BaseException | None) -> str:
