@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from pricefeed.config import Settings
@@ -103,21 +104,18 @@ def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: thread
     now = time.monotonic()
     progress = Progress(total, started=now, last_shown=now, on_terminal=sys.stdout.isatty())
     sent = 0
+    # At a real-time pace, each event is handed over at once; at full speed, in chunks.
+    pace = settings.replay_speed
+    size = CHUNK if pace is None else 1
     for path, stream in zip(settings.replay_files, streams, strict=True):
-        chunk: list[PriceEvent] = []
-        for event in paced(stream, settings.replay_speed, stop):
-            chunk.append(event)
-            # At a real-time pace, hand each event over at once; at full speed, in chunks.
-            if len(chunk) >= CHUNK or settings.replay_speed is not None:
-                sink.publish(chunk)
-                sink.wait_for_room()
-                sent += len(chunk)
-                chunk = []
-                progress.update(sent, time.monotonic())
+        events = stream if pace is None else paced(stream, pace, stop)
+        while chunk := list(islice(events, size)):
+            sink.publish(chunk)
+            sink.wait_for_room()
+            sent += len(chunk)
+            progress.update(sent, time.monotonic())
             if stop.is_set():
                 break
-        sink.publish(chunk)
-        sent += len(chunk)
         summary = stats[path].summary(path)
         if summary:
             log.warning("Replay %s", summary)
