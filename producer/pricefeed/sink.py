@@ -192,7 +192,7 @@ class KafkaSink:
             return
         assert self._producer is not None, "connect() first"
         send, topic, sent = self._producer.send, self.topic, self._sent
-        if not sent.queue:
+        if not sent.count():
             self._last_ack = time.monotonic()  # a stall is measured from the first wait
         on_delivered, on_failed, remember = sent.on_delivered, sent.on_failed, sent.queue.append
         index = 0
