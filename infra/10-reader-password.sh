@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Gives the read-only grafana_reader role (created without a password by 01-init_db.sql) the
+# Gives the read-only grafana_reader role (created without a password by migration 001) the
 # password Grafana's datasource uses: $GRAFANA_DB_PASSWORD.
 #
-# Run by the postgres image's entrypoint on a new data volume, after 01-init_db.sql. To change
+# Run by the postgres image's entrypoint on a new data volume, after 00-migrate.sh. To change
 # the password of an existing volume later:
 #   docker compose exec postgres bash /docker-entrypoint-initdb.d/10-reader-password.sh
 #

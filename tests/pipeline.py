@@ -3,6 +3,7 @@ computed offline with Decimal (independently of the consumer's code), and table 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -35,16 +36,34 @@ class Event:
     price: str
     event_time: int
     source: str = "simulated"
+    stream: str | None = None  # identity; None: a message as the previous release sent it
+    seq: int | None = None
 
     def message(self) -> bytes:
-        return json.dumps(
-            {
-                "symbol": self.symbol,
-                "price": self.price,
-                "event_time": self.event_time,
-                "source": self.source,
-            }
-        ).encode()
+        body: dict[str, Any] = {
+            "symbol": self.symbol,
+            "price": self.price,
+            "event_time": self.event_time,
+            "source": self.source,
+        }
+        if self.stream is not None:
+            body |= {"stream": self.stream, "seq": self.seq}
+        return json.dumps(body).encode()
+
+
+_runs = itertools.count(1)
+
+
+def with_identity(events: Iterable[Event], run: str | None = None) -> list[Event]:
+    """The events as one producer run numbers them: per symbol a stream, seq 1, 2, 3..."""
+    run = run or f"test-{next(_runs)}"
+    seqs: dict[str, int] = {}
+    numbered = []
+    for e in events:
+        seqs[e.symbol] = seqs.get(e.symbol, 0) + 1
+        stream = f"{e.source}/{e.symbol}/{run}"
+        numbered.append(Event(e.symbol, e.price, e.event_time, e.source, stream, seqs[e.symbol]))
+    return numbered
 
 
 def random_stream(
@@ -72,7 +91,7 @@ def random_stream(
         if rng.random() < disorder:
             event_time -= rng.randint(1, 3 * WINDOW_MS)
         events.append(Event(symbol, format(prices[symbol], "f"), event_time))
-    return events
+    return with_identity(events)
 
 
 LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from aggregator.batch import DeadLetter, IntervalMetrics, PendingFlush
-from aggregator.config import DEFAULT_SCHEMA, psycopg_dsn
+from aggregator.config import DEFAULT_MIGRATIONS, psycopg_dsn
 from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
 from aggregator.windows import (
     MERGE_INTO_ROW_SQL,
@@ -48,10 +48,17 @@ def dsn(postgres: PostgresServer, database: str) -> str:
 
 @pytest.fixture
 def store(dsn: str) -> Iterator[Store]:
-    store = Store(dsn, DEFAULT_SCHEMA)
-    assert store.ensure_schema() is True
+    store = ready_store(dsn)
     yield store
     store.close()
+
+
+def ready_store(dsn: str, group: str = GROUP) -> Store:
+    """A store on a migrated database whose tables `group` owns."""
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.claim(group)
+    return store
 
 
 # -- building flushes ------------------------------------------------------------------------
@@ -121,7 +128,7 @@ def assert_rows_equal(
         assert got["avg_value"] == average, (label, key)
 
 
-def execute(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+def execute(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
     """One statement without a result, committed."""
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
@@ -169,9 +176,7 @@ def test_flushes_merged_in_sql_equal_the_python_merge_and_the_ground_truth(store
 
 def test_a_row_merged_with_a_delta_at_any_split_equals_the_whole(dsn):
     """MERGE_INTO_ROW_SQL alone: the row holds a prefix of the stream, the delta the rest."""
-    store = Store(dsn, DEFAULT_SCHEMA)
-    store.ensure_schema()
-    store.close()
+    ready_store(dsn).close()
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
@@ -277,13 +282,12 @@ def blocked_backends(dsn: str) -> int:
 
 @pytest.mark.parametrize("expected", [None, 10])
 def test_two_writers_racing_for_a_partition_exactly_one_wins(dsn, expected):
-    setup = Store(dsn, DEFAULT_SCHEMA)
-    setup.ensure_schema()
+    setup = ready_store(dsn)
     if expected is not None:
         setup.write(pending_flush({}, {0: expected}), context({0: None}))
     setup.close()
     before = table_counts(dsn)
-    writers = {"A": Store(dsn, DEFAULT_SCHEMA), "B": Store(dsn, DEFAULT_SCHEMA)}
+    writers = {"A": Store(dsn, DEFAULT_MIGRATIONS), "B": Store(dsn, DEFAULT_MIGRATIONS)}
     outcome: dict[str, str] = {}
 
     def write(name: str) -> None:
@@ -383,26 +387,27 @@ def test_dead_letters_keep_their_bytes(store, dsn):
 # -- schema and roles ------------------------------------------------------------------------
 
 
-def test_ensure_schema_applies_once(dsn):
-    store = Store(dsn, DEFAULT_SCHEMA)
+def test_migrations_apply_once_in_order_and_are_recorded(dsn):
+    store = Store(dsn, DEFAULT_MIGRATIONS)
     try:
-        assert store.ensure_schema() is True
+        names = [path.stem for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql"))]
+        assert store.migrate() == names and names[:2] == ["001_initial_schema", "002_exactly_once"]
+        store.claim(GROUP)
         store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
-        assert store.ensure_schema() is False
-        execute(dsn, "DROP VIEW rolling_avg_30min")
-        assert store.ensure_schema() is True  # a missing view: applied again, data kept
+        assert store.migrate() == []  # every start: nothing left to apply, data kept
         assert table_counts(dsn)[:2] == (1, 2)
         assert store.stored_offsets(GROUP, TOPIC, [0]) == {0: 2}
+        recorded = query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1")
+        assert recorded == [(i + 1, name) for i, name in enumerate(names)]
     finally:
         store.close()
 
 
-def test_init_db_sql_runs_twice(dsn):
-    sql = DEFAULT_SCHEMA.read_text()
+def test_every_migration_runs_twice(dsn):
+    """Idempotent files: a database the first release made (no record yet) takes them all."""
     for _ in range(2):
-        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute(sql)
-        conn.close()
+        for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql")):
+            execute(dsn, path.read_text())
     tables = query(
         dsn,
         "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
@@ -413,10 +418,13 @@ def test_init_db_sql_runs_twice(dsn):
                 "consumer_offsets",
                 "dead_letter_events",
                 "rolling_avg_30min",
+                "schema_migrations",
+                "stream_marks",
+                "table_owner",
             ],
         ),
     )
-    assert tables == [(5,)]
+    assert tables == [(8,)]
 
 
 def as_reader(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -504,9 +512,11 @@ def test_unreachable_store_raises_store_unavailable_in_one_line():
     dead = psycopg_dsn(
         host="127.0.0.1", port=str(free_port()), dbname="eventsdb", user="x", password="y"
     )
-    store = Store(dead, DEFAULT_SCHEMA)
+    store = Store(dead, DEFAULT_MIGRATIONS)
     calls = [
-        store.ensure_schema,
+        store.migrate,
+        lambda: store.claim(GROUP),
+        store.stream_marks,
         lambda: store.stored_offsets(GROUP, TOPIC, [0]),
         lambda: store.write(pending_flush(some_windows(), {0: 1}), context({0: None})),
     ]

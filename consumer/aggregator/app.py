@@ -1,9 +1,10 @@
 """The consumer's main loop: read, window, and flush every FLUSH_INTERVAL_SECONDS.
 
-Exactly once: the windows, the metrics and the next offset of every partition are written in
-one PostgreSQL transaction; on start and on every assignment the consumer resumes from the
-offsets stored there. A crash at any instant loses the unflushed interval, which is then read
-again from the stored offsets: nothing lost, nothing counted twice.
+Exactly once: the windows, the metrics, the streams' high-water marks and the next offset of
+every partition are written in one PostgreSQL transaction; on start and on every assignment
+the consumer resumes from the offsets and marks stored there. A crash at any instant loses the
+unflushed interval, which is then read again from the stored offsets: nothing lost, nothing
+counted twice. The marks skip what a producer sent twice or a replay re-ran.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
 from aggregator.kafka_edge import new_consumer
+from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
-from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from aggregator.store import (
+    FlushContext,
+    NotOwner,
+    OffsetsMoved,
+    Store,
+    StoreFailed,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("consumer")
 
@@ -48,6 +57,9 @@ class Aggregator(ConsumerRebalanceListener):
         self.next_flush = self.interval_started + settings.flush_interval
         self.store_down_since: float | None = None
         self.retry_attempts = 0
+        # A reason to stop met inside a rebalance callback, where raising would only make
+        # kafka-python log it and carry on: run() raises it once the callback has returned.
+        self.fatal: NotOwner | StoreFailed | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -67,10 +79,17 @@ class Aggregator(ConsumerRebalanceListener):
                 self.poll_once()
                 if time.monotonic() >= self.next_flush:
                     self.flush_on_timer()
-            self.flush_final()
+            if self.fatal is None:
+                self.flush_final()
+        except (NotOwner, StoreFailed) as exc:
+            self.fatal = exc
         finally:
+            if self.fatal is not None:
+                self.drop_pending()  # nothing more is written: the next owner reads it again
             self.consumer.close()  # revokes partitions: flushes again if anything is pending
             self.store.close()
+        if self.fatal is not None:
+            raise self.fatal
 
     def poll_once(self) -> None:
         timeout_ms = int(max(0.0, min(1.0, self.next_flush - time.monotonic())) * 1000)
@@ -209,13 +228,21 @@ class Aggregator(ConsumerRebalanceListener):
         """Flush once before giving partitions up. The flush is one short transaction; if
         PostgreSQL cannot take it now, drop the state instead of blocking heartbeats: the
         next owner reads those events again from the stored offsets."""
-        if not self.accumulator.pending.is_empty():
+        if not self.accumulator.pending.is_empty() and self.fatal is None:
             try:
                 self.flush()
             except (StoreUnavailable, OffsetsMoved) as exc:
                 log.warning("Could not flush before rebalance (%s): dropping unflushed state", exc)
                 self.drop_pending()
+            except (NotOwner, StoreFailed) as exc:
+                self.stop_for(exc)
         self.forget(revoked)
+
+    def stop_for(self, exc: NotOwner | StoreFailed) -> None:
+        """Inside a callback: drop what is pending and have run() stop with this reason."""
+        self.fatal = exc
+        self.stop.set()
+        self.drop_pending()
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group: another member may own these already, so do not write."""
@@ -245,9 +272,15 @@ class Aggregator(ConsumerRebalanceListener):
             stored = self.store.stored_offsets(
                 self.settings.group_id, self.settings.topic, sorted(self.unresolved)
             )
+            # The new partitions' streams may have advanced under another member.
+            self.accumulator.load_marks(self.store.stream_marks())
         except StoreUnavailable as exc:
             log.error("PostgreSQL unreachable (%s): assigned partitions wait", exc)
             self.consumer.pause(*tps)
+            return
+        except StoreFailed as exc:
+            self.consumer.pause(*tps)
+            self.stop_for(exc)
             return
         for tp in tps:
             offset = stored.get(tp.partition)
@@ -279,19 +312,41 @@ def configure_logging(level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
-def wait_for_schema(store: Store, stop: threading.Event) -> bool:
-    """Apply the schema if needed, waiting for PostgreSQL with backoff."""
+def prepare_tables(store: Store, settings: Settings, stop: threading.Event) -> bool:
+    """Apply missing migrations, then claim the tables for our group (or take them over),
+    waiting for PostgreSQL with backoff. False if stopped first. Raises MigrationError,
+    NotOwner and StoreFailed, which stop the consumer."""
     delay = RETRY_BASE_SECONDS
     while not stop.is_set():
         try:
-            if store.ensure_schema():
-                log.info("Applied schema %s", store.schema_path)
+            for name in store.migrate():
+                log.info("Applied migration %s", name)
+            if settings.take_over:
+                take_over(store, settings.group_id)
+            store.claim(settings.group_id)
             return True
         except StoreUnavailable as exc:
             log.error("PostgreSQL unreachable (%s); retrying in %g s", exc, delay)
             stop.wait(delay)
             delay = min(RETRY_MAX_SECONDS, delay * 2)
     return False
+
+
+def take_over(store: Store, group_id: str) -> None:
+    previous, moved = store.take_over(group_id)
+    if previous == group_id:
+        log.info("Group %s owns the tables already: nothing to take over", group_id)
+    elif previous is None:
+        log.info("The tables had no owning group: group %s owns them now", group_id)
+    else:
+        log.warning(
+            "Took the tables over from group %s: %d stored partition offsets moved to group "
+            "%s; consumers of group %s stop at their next flush",
+            previous,
+            moved,
+            group_id,
+            previous,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,10 +358,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     stop = threading.Event()
     install_signal_handlers(stop)
-    store = Store(settings.dsn(), settings.schema_file)
-    if not wait_for_schema(store, stop):
-        return 0
-    aggregator = Aggregator(settings, store, stop)
+    store = Store(settings.dsn(), settings.migrations_dir)
+    try:
+        if not prepare_tables(store, settings, stop):
+            return 0
+        run_until_stopped(Aggregator(settings, store, stop), settings, stop)
+    except (MigrationError, NotOwner) as exc:
+        print(f"consumer.py: error: {exc}", file=sys.stderr)
+        log.error("Consumer stopped: %s", exc)
+        return 2
+    except StoreFailed as exc:
+        log.error("Consumer stopped: PostgreSQL refused a statement (%s)", exc)
+        return 1
+    finally:
+        store.close()
+    log.info("Consumer stopped")
+    return 0
+
+
+def run_until_stopped(aggregator: Aggregator, settings: Settings, stop: threading.Event) -> None:
+    """Run, reconnecting to Kafka after it is lost, until stopped."""
     while not stop.is_set():
         try:
             aggregator.run()
@@ -318,5 +389,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             aggregator.reset()
             stop.wait(5)
-    log.info("Consumer stopped")
-    return 0

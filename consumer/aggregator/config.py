@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "infra" / "init_db.sql"
+DEFAULT_MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 
 
 class ConfigError(ValueError):
@@ -31,8 +31,9 @@ class Settings:
     auto_offset_reset: str = "earliest"
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
-    schema_file: Path = DEFAULT_SCHEMA
+    migrations_dir: Path = DEFAULT_MIGRATIONS
     log_level: str = "INFO"
+    take_over: bool = False  # --take-over only: a one-off decision, never an environment value
 
     def dsn(self) -> str:
         return psycopg_dsn(
@@ -75,7 +76,12 @@ _OPTIONS = [
         "max_poll_interval_ms",
         "longest pause between polls before the group moves on",
     ),
-    ("--schema-file", "SCHEMA_FILE", "schema_file", "schema applied when tables are missing"),
+    (
+        "--migrations-dir",
+        "MIGRATIONS_DIR",
+        "migrations_dir",
+        "numbered schema migrations, applied at start",
+    ),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 ]
 _NUMBERS = {f.name: f.type for f in fields(Settings) if f.type in ("int", "float")}
@@ -101,9 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         shown = "<host>-<pid>" if field == "instance_id" else getattr(defaults, field)
         if field == "postgres_password":
             shown = "postgres"
-        if field == "schema_file":
-            shown = "../infra/init_db.sql"
+        if field == "migrations_dir":
+            shown = "../infra/migrations"
         parser.add_argument(flag, dest=field, metavar=env, help=f"{text} [{env}={shown}]")
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="make --group the group that fills the tables, moving the owning group's stored "
+        "offsets to it in one transaction, then run (stop the old group first)",
+    )
     return parser
 
 
@@ -115,7 +127,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> S
         if text in (None, ""):
             continue
         values[field] = _convert(field, var, text)
-    settings = Settings(**values)
+    settings = Settings(**values, take_over=args.take_over)
     _validate(settings)
     return settings
 
@@ -129,7 +141,7 @@ def _convert(field: str, var: str, text: str) -> object:
             return float(text)
     except ValueError:
         raise ConfigError(f"{var}={text!r} is not a number.") from None
-    if field == "schema_file":
+    if field == "migrations_dir":
         return Path(text)
     # A password is taken as given: spaces may be part of it.
     return text if field == "postgres_password" else text.strip()
@@ -150,7 +162,7 @@ def _validate(s: Settings) -> None:
         host, _, port = server.strip().rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={s.bootstrap_servers!r} is not host:port.")
-    if not s.schema_file.is_file():
-        raise ConfigError(f"SCHEMA_FILE={s.schema_file} does not exist.")
+    if not s.migrations_dir.is_dir():
+        raise ConfigError(f"MIGRATIONS_DIR={s.migrations_dir} is not a folder.")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL={s.log_level!r} must be DEBUG, INFO, WARNING or ERROR.")

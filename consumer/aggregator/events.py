@@ -1,7 +1,11 @@
 """Decoding and validating `btc_price` messages: pure, no I/O.
 
 The contract (producer/pricefeed/contract.py, README "Message contract"):
-{"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": <epoch ms>, "source": "binance"}
+{"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": <epoch ms>, "source": "binance",
+ "stream": "binance/BTCUSDT/20260101T000000Z-1a2b3c4d", "seq": 42}
+
+(stream, seq) is the event's identity; messages of the previous release carry neither and are
+counted once per Kafka offset, as they were then.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ EARLIEST_EVENT_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z: nothing older is 
 MAX_FUTURE_MS = 5 * 60 * 1000  # clocks drift; an event further ahead than this is wrong
 MAX_MESSAGE_BYTES = 16 * 1024  # a price message is ~100 bytes
 REPLAY_SOURCE = "replay"  # history loaded later: in its windows, but not processing lag
+SOURCES = ("binance", "simulated", REPLAY_SOURCE)  # a closed set: anything else is refused
+STREAM_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+MAX_SEQ = 2**63 - 1  # PostgreSQL bigint
 
 
 # The decoder itself: json.loads(bytes) would sniff the encoding of every message first.
@@ -33,6 +40,8 @@ class PriceEvent(NamedTuple):  # a tuple: the cheapest immutable object per mess
     price: Decimal
     event_time: int  # epoch milliseconds, UTC
     source: str
+    stream: str | None  # identity: None only in messages of the previous release
+    seq: int | None
 
     @property
     def is_replay(self) -> bool:
@@ -62,8 +71,16 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
         )
     except KeyError as exc:
         raise InvalidEvent(f"missing field {exc.args[0]!r}") from None
+    stream, seq = body.get("stream"), body.get("seq")
+    if stream is not None or seq is not None:  # both, or neither (previous release)
+        stream, seq = _stream(stream), _seq(seq)
     return PriceEvent(
-        _symbol(symbol), _price(price), _event_time(event_time, now_ms), _source(source)
+        _symbol(symbol),
+        _price(price),
+        _event_time(event_time, now_ms),
+        _source(source),
+        stream,
+        seq,
     )
 
 
@@ -104,6 +121,29 @@ def _event_time(event_time: object, now_ms: int) -> int:
 
 
 def _source(source: object) -> str:
-    if not isinstance(source, str) or not 0 < len(source) <= 32:
-        raise InvalidEvent(f"source {source!r:.40} is not a short string")
-    return source
+    if source not in SOURCES:  # a tuple: `in` compares, so unhashable values are refused too
+        raise InvalidEvent(f"source {source!r:.40} is not one of {', '.join(SOURCES)}")
+    return source  # type: ignore[return-value]
+
+
+_valid_streams: set[str] = set()  # one per file or producer run: few, each checked once
+
+
+def _stream(stream: object) -> str:
+    if isinstance(stream, str) and stream in _valid_streams:
+        return stream
+    if stream is None:
+        raise InvalidEvent("missing field 'stream' (seq without stream)")
+    if not isinstance(stream, str) or not STREAM_PATTERN.fullmatch(stream):
+        raise InvalidEvent(f"stream {stream!r:.40} is not a stream id")
+    if len(_valid_streams) < 10_000:
+        _valid_streams.add(stream)
+    return stream
+
+
+def _seq(seq: object) -> int:
+    if seq is None:
+        raise InvalidEvent("missing field 'seq' (stream without seq)")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq <= MAX_SEQ:
+        raise InvalidEvent(f"seq {seq!r:.40} is not a positive 64-bit integer")
+    return seq

@@ -1,10 +1,12 @@
-"""The PostgreSQL edge: schema, stored offsets, and the one-transaction flush."""
+"""The PostgreSQL edge: migrations, the owning group, stored offsets and high-water marks,
+and the one-transaction flush."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,27 +15,43 @@ import psycopg2
 import psycopg2.extensions
 
 from aggregator.batch import PendingFlush
+from aggregator.migrations import migrations_in, missing
 from aggregator.windows import MERGE_INTO_ROW_SQL, merge_params
 
 log = logging.getLogger("consumer")
 
-REQUIRED_TABLES = (
-    "five_min_bitcoin_event",
-    "pipeline_metrics",
-    "consumer_offsets",
-    "dead_letter_events",
-    "rolling_avg_30min",
-)
 SCHEMA_LOCK_ID = 0x6274635F73716C  # any constant shared by all consumers ("btc_sql")
+# Marks of live streams (one per symbol and producer run) are dropped this long after their
+# last event: repeats come from a producer's re-send within minutes, and the topic itself
+# keeps messages 7 days by default. Replay marks stay: a file may be re-run any time.
+LIVE_MARK_RETENTION = "30 days"
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 class StoreUnavailable(Exception):
     """PostgreSQL cannot be reached or failed mid-transaction; nothing was written."""
 
 
+class StoreFailed(Exception):
+    """PostgreSQL refused a statement for a reason a retry cannot fix (a constraint, a missing
+    privilege, a broken schema); the message names the real cause. The consumer stops."""
+
+
 class OffsetsMoved(Exception):
     """Another consumer stored offsets for our partitions since we read them: we are a
     zombie of an older generation, and our pending state must be dropped, not written."""
+
+
+class NotOwner(Exception):
+    """The tables belong to another consumer group; the message says how to take over."""
+
+    def __init__(self, owner: str, group: str) -> None:
+        super().__init__(
+            f"the tables are filled by consumer group {owner!r}, not {group!r}: to hand them "
+            f"over (with their stored offsets, so nothing is counted twice), stop group "
+            f"{owner!r} and run consumer.py --group {group} --take-over."
+        )
+        self.owner = owner
 
 
 @dataclass(frozen=True)
@@ -47,10 +65,11 @@ class FlushContext:
 
 
 class Store:
-    def __init__(self, dsn: str, schema_path: Path) -> None:
+    def __init__(self, dsn: str, migrations_dir: Path) -> None:
         self.dsn = dsn
-        self.schema_path = schema_path
+        self.migrations_dir = migrations_dir
         self._conn: psycopg2.extensions.connection | None = None
+        self._pruned_at: float | None = None
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
@@ -63,73 +82,179 @@ class Store:
                 raise StoreUnavailable(_one_line(exc)) from None
         return self._conn
 
-    def _fail(self, exc: Exception) -> StoreUnavailable:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """One transaction: committed at the end, rolled back on any exception. Connection
+        trouble becomes StoreUnavailable (retry), any other database error StoreFailed."""
+        conn = self._connection()
+        try:
+            with conn, conn.cursor() as cur:
+                yield cur
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self._drop_connection()
+            raise StoreUnavailable(_one_line(exc)) from None
+        except psycopg2.Error as exc:
+            self._drop_connection()
+            raise StoreFailed(f"{exc.__class__.__name__}: {_one_line(exc)}") from exc
+
+    def _drop_connection(self) -> None:
         """Close a connection that failed: the next call reconnects."""
         if self._conn is not None:
             with contextlib.suppress(psycopg2.Error):
                 self._conn.close()
         self._conn = None
-        return StoreUnavailable(_one_line(exc))
 
-    def ensure_schema(self) -> bool:
-        """Apply infra/init_db.sql if a table or view is missing. True if it was applied."""
-        conn = self._connection()
-        try:
-            with conn, conn.cursor() as cur:
-                # Consumers starting together must not create the same tables at once.
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database has not had, in order, in one transaction under
+        an advisory lock (consumers starting together wait for each other). Returns their
+        names. Raises MigrationError for a folder or database it cannot work with."""
+        migrations = migrations_in(self.migrations_dir)
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            applied: set[int] = set()
+            if cur.fetchone()[0]:
+                cur.execute("SELECT version FROM schema_migrations")
+                applied = {row[0] for row in cur.fetchall()}
+            todo = missing(migrations, applied)
+            for migration in todo:
+                cur.execute(migration.path.read_text())
                 cur.execute(
-                    "SELECT count(*) FROM unnest(%s::text[]) AS t(name) "
-                    "WHERE to_regclass(t.name) IS NULL",
-                    (list(REQUIRED_TABLES),),
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
                 )
-                if cur.fetchone()[0] == 0:
-                    return False
-                cur.execute(self.schema_path.read_text())
-                return True
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            raise self._fail(exc) from None
+        return [m.name for m in todo]
+
+    def claim(self, group_id: str) -> None:
+        """Become the owning group of empty tables; raise NotOwner if another group owns them."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO table_owner (group_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (group_id,),
+            )
+            cur.execute("SELECT group_id FROM table_owner")
+            (owner,) = cur.fetchone()
+        if owner != group_id:
+            raise NotOwner(owner, group_id)
+
+    def take_over(self, group_id: str) -> tuple[str | None, int]:
+        """Make `group_id` the owner, moving the owner's stored offsets to it, all in one
+        transaction: the new group continues exactly where the old one stopped. The marks
+        belong to the tables, not to a group, so they stay as they are. Returns the previous
+        owner and how many partition offsets moved."""
+        with self._transaction() as cur:
+            cur.execute("SELECT group_id FROM table_owner FOR UPDATE")
+            row = cur.fetchone()
+            previous = row[0] if row else None
+            if previous == group_id:
+                return previous, 0
+            moved = 0
+            if previous is not None:
+                # Offsets the new group stored in an earlier turn are out of date.
+                cur.execute("DELETE FROM consumer_offsets WHERE group_id = %s", (group_id,))
+                cur.execute(
+                    "UPDATE consumer_offsets SET group_id = %s, updated_at = now() "
+                    "WHERE group_id = %s",
+                    (group_id, previous),
+                )
+                moved = cur.rowcount
+            cur.execute(
+                "INSERT INTO table_owner (group_id) VALUES (%s) ON CONFLICT (singleton) "
+                "DO UPDATE SET group_id = EXCLUDED.group_id, since = now()",
+                (group_id,),
+            )
+        return previous, moved
 
     def stored_offsets(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
-        conn = self._connection()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT partition, next_offset FROM consumer_offsets "
-                    "WHERE group_id = %s AND topic = %s AND partition = ANY(%s)",
-                    (group_id, topic, partitions),
-                )
-                return dict(cur.fetchall())
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            raise self._fail(exc) from None
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT partition, next_offset FROM consumer_offsets "
+                "WHERE group_id = %s AND topic = %s AND partition = ANY(%s)",
+                (group_id, topic, partitions),
+            )
+            return dict(cur.fetchall())
+
+    def stream_marks(self) -> dict[str, int]:
+        """Every stream's high-water mark: what the tables have counted."""
+        with self._transaction() as cur:
+            cur.execute("SELECT stream, last_seq FROM stream_marks")
+            return dict(cur.fetchall())
 
     def write(self, pending: PendingFlush, ctx: FlushContext) -> float:
-        """Write windows, dead letters, metrics and offsets in ONE transaction.
+        """Write windows, marks, dead letters, metrics and offsets in ONE transaction.
 
-        Returns the flush duration in ms. Raises StoreUnavailable (retry later) or
-        OffsetsMoved (drop the pending state); either way nothing was written.
+        Returns the flush duration in ms. Raises StoreUnavailable (retry later),
+        OffsetsMoved (drop the pending state), NotOwner or StoreFailed (stop); whatever it
+        raises, nothing was written.
         """
         started = time.perf_counter()
-        conn = self._connection()
-        try:
-            with conn, conn.cursor() as cur:
-                _advance_offsets(cur, pending, ctx)  # first: it locks the rows that fence us
-                if len(pending.windows):
-                    cur.execute(MERGE_INTO_ROW_SQL, merge_params(pending.windows.deltas))
-                if pending.dead_letters:
-                    _insert_dead_letters(cur, pending, ctx.topic)
-                duration_ms = (time.perf_counter() - started) * 1000
-                _insert_metrics(cur, pending, ctx, duration_ms)
-            return duration_ms
-        except OffsetsMoved:
-            raise
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            raise self._fail(exc) from None
+        with self._transaction() as cur:
+            _check_owner(cur, ctx.group_id)  # waits for a take-over in progress
+            _advance_offsets(cur, pending, ctx)  # it locks the rows that fence us
+            marks = pending.advanced_marks()
+            if marks:
+                _store_marks(cur, marks, ctx.topic)
+            if len(pending.windows):
+                cur.execute(MERGE_INTO_ROW_SQL, merge_params(pending.windows.deltas))
+            if pending.dead_letters:
+                _insert_dead_letters(cur, pending, ctx.topic)
+            if self._prune_due():
+                _prune_marks(cur)
+            duration_ms = (time.perf_counter() - started) * 1000
+            _insert_metrics(cur, pending, ctx, duration_ms)
+        return duration_ms
+
+    def _prune_due(self) -> bool:
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return False
+        self._pruned_at = now
+        return True
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
         self._conn = None
+
+
+def _check_owner(cur: psycopg2.extensions.cursor, group_id: str) -> None:
+    cur.execute("SELECT group_id FROM table_owner FOR SHARE")
+    row = cur.fetchone()
+    if row is None or row[0] != group_id:
+        raise NotOwner(row[0] if row else "(none)", group_id)
+
+
+def _store_marks(
+    cur: psycopg2.extensions.cursor, marks: list[tuple[str, int, str, int]], topic: str
+) -> None:
+    """Marks only grow (GREATEST): a stale writer can never lower one."""
+    cur.execute(
+        "INSERT INTO stream_marks AS m (stream, last_seq, source, topic, partition) "
+        "SELECT s, q, src, %s, p FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[]) "
+        "AS u(s, q, src, p) ON CONFLICT (stream) DO UPDATE SET "
+        "last_seq = GREATEST(m.last_seq, EXCLUDED.last_seq), topic = EXCLUDED.topic, "
+        "partition = EXCLUDED.partition, updated_at = now()",
+        (
+            topic,
+            [m[0] for m in marks],
+            [m[1] for m in marks],
+            [m[2] for m in marks],
+            [m[3] for m in marks],
+        ),
+    )
+
+
+def _prune_marks(cur: psycopg2.extensions.cursor) -> None:
+    cur.execute(
+        "DELETE FROM stream_marks WHERE source <> 'replay' "
+        f"AND updated_at < now() - interval '{LIVE_MARK_RETENTION}'"
+    )
+    if cur.rowcount:
+        log.info(
+            "Dropped %d high-water marks of live streams idle for %s",
+            cur.rowcount,
+            LIVE_MARK_RETENTION,
+        )
 
 
 def _advance_offsets(cur: psycopg2.extensions.cursor, pending: PendingFlush, ctx: FlushContext):
@@ -176,7 +301,9 @@ def _insert_dead_letters(cur: psycopg2.extensions.cursor, pending: PendingFlush,
         'INSERT INTO dead_letter_events (topic, partition, "offset", raw_key, raw_value, '
         "raw_size, error, received_at) SELECT %s, p, o, k, v, s, e, "
         "to_timestamp(0) + r * interval '1 millisecond' FROM unnest(%s::int[], %s::bigint[], "
-        "%s::bytea[], %s::bytea[], %s::int[], %s::text[], %s::bigint[]) AS u(p, o, k, v, s, e, r)",
+        "%s::bytea[], %s::bytea[], %s::int[], %s::text[], %s::bigint[]) AS u(p, o, k, v, s, e, r) "
+        # Read again (offsets rewound by an operator): the letter is there already.
+        'ON CONFLICT (topic, partition, "offset") DO NOTHING',
         (
             topic,
             [d.partition for d in letters],
@@ -198,8 +325,9 @@ def _insert_metrics(
         "INSERT INTO pipeline_metrics (metric_timestamp, instance_id, interval_seconds, "
         "events_processed, live_events, replayed_events, events_per_second, "
         "processing_lag_seconds, max_processing_lag_seconds, data_size_kb, consumer_offset_lag, "
-        "late_events, invalid_events, windows_updated, flush_duration_ms) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, round(%s / 1024.0, 3), %s, %s, %s, %s, %s)",
+        "late_events, invalid_events, windows_updated, flush_duration_ms, duplicate_events) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, round(%s / 1024.0, 3), %s, %s, %s, %s, %s, "
+        "%s)",
         (
             datetime.now(UTC),
             ctx.instance_id,
@@ -216,6 +344,7 @@ def _insert_metrics(
             m.invalid_events,
             len(pending.windows),
             duration_ms,
+            m.duplicate_events,
         ),
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pricefeed.config import Settings
 from pricefeed.contract import PriceEvent
-from pricefeed.replay_files import ReplayStats, count_lines, read_events
+from pricefeed.replay_files import FileContent, ReplayStats, read_events, scan_content
 from pricefeed.sink import KafkaSink
 
 log = logging.getLogger("producer")
@@ -81,13 +81,16 @@ class Replay:
     files: tuple[Path, ...]
     streams: list[Iterator[PriceEvent]]
     stats: dict[Path, ReplayStats]
+    contents: dict[Path, FileContent]
 
 
 def open_replay(files: tuple[Path, ...]) -> Replay:
     """Check every file before anything is sent: a bad one stops the replay at the start
     with ReplayFileError's one-sentence reason."""
     stats = {path: ReplayStats() for path in files}
-    return Replay(files, [read_events(path, stats=stats[path]) for path in files], stats)
+    contents = {path: scan_content(path) for path in files}
+    streams = [read_events(p, stats=stats[p], digest=contents[p].digest) for p in files]
+    return Replay(files, streams, stats, contents)
 
 
 def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: threading.Event) -> None:
@@ -95,7 +98,7 @@ def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: thread
     valid line (known only at its end)."""
     streams, stats = replay.streams, replay.stats
     speed = "max" if settings.replay_speed is None else f"{settings.replay_speed:g}x"
-    total = sum(count_lines(path) for path in settings.replay_files)
+    total = sum(replay.contents[path].lines for path in settings.replay_files)
     log.info("Replaying %d file(s), ~%d events, at speed %s", len(streams), total, speed)
     sink.echo = False  # one line per event would be the bottleneck: progress lines instead
     now = time.monotonic()

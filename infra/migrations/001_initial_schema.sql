@@ -1,10 +1,21 @@
--- Schema of the Bitcoin price pipeline. Idempotent: safe to run on every start.
--- Applied by PostgreSQL's docker entrypoint on a new volume, and by consumer.py when a table is
--- missing. Prices are NUMERIC (exact), times timestamptz (UTC).
+-- Migration 1: the schema of the first release (infra/init_db.sql up to then), unchanged.
+-- Idempotent, like every migration: on a database that release created it changes nothing and is
+-- only recorded. Prices are NUMERIC (exact), times timestamptz (UTC).
+--
+-- Migrations are applied in version order, each once, and recorded in schema_migrations, by
+-- consumer.py at every start and by PostgreSQL's docker entrypoint (infra/00-migrate.sh) on a
+-- new volume.
+
+-- Which migrations this database has had (the runners insert the row after each file).
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 
 -- One row per symbol and 5-minute tumbling window (event time, aligned to UTC).
 -- The statistics are a mergeable value: counts and sums add, min/max take the extreme,
--- open/close follow event time. consumer/windows.py holds the merge, in Python and in SQL.
+-- open/close follow event time. consumer/aggregator/windows.py holds the merge, in Python and in SQL.
 CREATE TABLE IF NOT EXISTS five_min_bitcoin_event (
     symbol          text        NOT NULL,
     five_min_start  timestamptz NOT NULL,
