@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from tests.harness import PostgresServer, TansuBroker
@@ -248,6 +248,48 @@ def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> set[int]:
     partitions = {f.get(timeout=30).partition for f in futures}
     producer.close()
     return partitions
+
+
+def messages_in(bootstrap: str, topic: str, timeout: float = 60) -> int:
+    """Messages on the topic, read to the high watermark of every partition (Tansu's
+    ListOffsets answers the last batch's base offset + 1, so end_offsets() would say less)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+
+        def at_end() -> bool:
+            consumer.poll(timeout_ms=200)
+            marks = [consumer.highwater(tp) for tp in partitions]
+            return None not in marks and all(
+                consumer.position(tp) >= mark for tp, mark in zip(partitions, marks, strict=True)
+            )
+
+        wait_until(at_end, timeout, f"the end of {topic}", interval=0)
+        return sum(consumer.highwater(tp) for tp in partitions)
+    finally:
+        consumer.close()
+
+
+def wait_until_all_read(dsn: str, bootstrap: str, topic: str, timeout: float) -> None:
+    """Wait until the stored offsets reach the end of every partition, once everything is
+    sent: nothing on the topic is left to count (or to count twice)."""
+
+    def stored() -> int:
+        try:
+            rows = query(
+                dsn, "SELECT sum(next_offset) FROM consumer_offsets WHERE topic = %s", (topic,)
+            )
+        except psycopg2.Error:
+            return -1
+        return int(rows[0][0] or 0)
+
+    end = messages_in(bootstrap, topic)
+    try:
+        wait_until(lambda: stored() == end, timeout, "", interval=0.2)
+    except TimeoutError:
+        raise AssertionError(f"{stored()} of the {end} messages of {topic} read") from None
 
 
 def produce_raw(bootstrap: str, topic: str, values: Iterable[bytes | None], key: bytes) -> None:

@@ -296,15 +296,17 @@ def test_grafana_gets_every_variable_its_provisioning_files_use(services: dict[s
     assert used == {"POSTGRES_DB", "GRAFANA_DB_PASSWORD"}
 
 
-def test_postgres_runs_the_schema_then_the_reader_password(services: dict[str, Any]) -> None:
+def test_postgres_runs_the_migrations_then_the_reader_password(services: dict[str, Any]) -> None:
     mounts = bind_mounts(services["postgres"])
     init = {t: s for t, s in mounts.items() if t.startswith("/docker-entrypoint-initdb.d/")}
     assert init == {
-        "/docker-entrypoint-initdb.d/01-init_db.sql": (ROOT / "infra" / "init_db.sql"),
+        "/docker-entrypoint-initdb.d/00-migrate.sh": (ROOT / "infra" / "00-migrate.sh"),
         "/docker-entrypoint-initdb.d/10-reader-password.sh": (
             ROOT / "infra" / "10-reader-password.sh"
         ),
     }
+    # The folder the consumer applies, where 00-migrate.sh reads it.
+    assert mounts["/migrations"] == ROOT / "infra" / "migrations"
     script = (ROOT / "infra" / "10-reader-password.sh").read_text()
     assert "set -euo pipefail" in script and ":'pw'" in script
     assert "GRAFANA_DB_PASSWORD" in environment(services["postgres"])
@@ -348,13 +350,14 @@ def test_images_build_from_existing_files(services: dict[str, Any]) -> None:
 def test_consumer_image_holds_the_schema_next_to_its_folder(services: dict[str, Any]) -> None:
     dockerfile = ROOT / services["consumer"]["build"]["dockerfile"]
     copies = dict(reversed(line.split()) for line in dockerfile_instructions(dockerfile, "COPY"))
-    assert copies["/app/infra/init_db.sql"] == "infra/init_db.sql"
+    assert copies["/app/infra/migrations/"] == "infra/migrations/"
     assert copies["/app/consumer/"] == "consumer/"
-    # The consumer finds the schema at ../infra/init_db.sql, relative to its own folder.
+    # The consumer finds the migrations at ../infra/migrations, relative to its own folder.
     (workdir,) = dockerfile_instructions(dockerfile, "WORKDIR")
-    assert posixpath.normpath(f"{workdir}/../infra/init_db.sql") == "/app/infra/init_db.sql"
+    assert posixpath.normpath(f"{workdir}/../infra/migrations") == "/app/infra/migrations"
     patterns = read_dockerignore(ROOT / ".dockerignore")
-    for sent in ("consumer/requirements.txt", "consumer/consumer.py", "infra/init_db.sql"):
+    migrations = [f"infra/migrations/{p.name}" for p in (ROOT / "infra" / "migrations").iterdir()]
+    for sent in ("consumer/requirements.txt", "consumer/consumer.py", *migrations):
         assert not dockerignore_excludes(sent, patterns), f"{sent} is left out of the context"
     for secret in (".env", ".venv/bin/python", ".git/config", "tests/conftest.py"):
         assert dockerignore_excludes(secret, patterns), f"{secret} would be sent to the builder"

@@ -457,9 +457,11 @@ def test_stored_marks_skip_what_was_counted_before_and_discard_restores_them() -
     acc.process_batch(1, [record(0, in_stream("new", 1, 1))], NOW_MS)
     acc.discard()  # read again from the stored offsets: the marks go back to the stored ones
     assert acc.marks == {"replay/BTCUSDT/f": 3, "other": 9}
-    acc.load_marks({"replay/BTCUSDT/f": 2, "other": 10})  # marks only grow
+    acc.load_marks({"replay/BTCUSDT/f": 3, "other": 10})  # moved on under another member
     assert acc.marks == {"replay/BTCUSDT/f": 3, "other": 10}
     acc.process_batch(0, [record(i, e) for i, e in enumerate(events)], NOW_MS)
+    acc.load_marks({"other": 10})  # a reset of f by an operator: what this interval did stays
+    assert acc.marks == {"replay/BTCUSDT/f": 5, "other": 10}
     acc.take()  # flushed: the marks stay, and the next interval starts from them
     assert acc.pending.advanced_marks() == [] and acc.marks["replay/BTCUSDT/f"] == 5
     acc.process_batch(0, [record(9, events[-1])], NOW_MS)

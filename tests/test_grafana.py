@@ -31,7 +31,9 @@ import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
-from aggregator.report import PER_MESSAGE_LIMIT  # consumer/ is on sys.path (conftest.py)
+from aggregator.config import DEFAULT_MIGRATIONS  # consumer/ is on sys.path (conftest.py)
+from aggregator.report import PER_MESSAGE_LIMIT
+from aggregator.store import Store
 from tests.grafana_sql import (
     ALERT_RULES_FILE,
     CONTACT_POINTS_FILE,
@@ -77,7 +79,6 @@ from tests.pipeline import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-INIT_SQL = ROOT / "infra" / "init_db.sql"
 READER_SCRIPT = ROOT / "infra" / "10-reader-password.sh"
 PROVIDER_FILE = DASHBOARD_DIR / "dashboard.yml"
 
@@ -453,8 +454,9 @@ class QueryResult:
 @pytest.fixture
 def schema_dsn(postgres: PostgresServer, database: str) -> str:
     dsn = postgres.dsn(database)
-    with closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
-        cur.execute(INIT_SQL.read_text())
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.close()
     return dsn
 
 

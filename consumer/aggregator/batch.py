@@ -115,11 +115,14 @@ class Accumulator:
         self._current_window: dict[str | tuple[str, str], int] = {}
 
     def load_marks(self, stored: dict[str, int]) -> None:
-        """Take the marks PostgreSQL holds (they only grow: keep the higher of the two)."""
-        marks = self.marks
-        for stream, seq in stored.items():
-            if seq > marks.get(stream, 0):
-                marks[stream] = seq
+        """Take the marks PostgreSQL holds as the truth (an operator may have reset them),
+        keeping only what this interval advanced beyond them."""
+        advanced = {stream: self.marks[stream] for stream in self.pending.marks_before}
+        self.marks.clear()  # the same dict: the pending flush refers to it
+        self.marks.update(stored)
+        for stream, seq in advanced.items():
+            if seq > self.marks.get(stream, 0):
+                self.marks[stream] = seq
 
     def process_batch(
         self,

@@ -45,12 +45,19 @@ class OffsetsMoved(Exception):
 class NotOwner(Exception):
     """The tables belong to another consumer group; the message says how to take over."""
 
-    def __init__(self, owner: str, group: str) -> None:
-        super().__init__(
-            f"the tables are filled by consumer group {owner!r}, not {group!r}: to hand them "
-            f"over (with their stored offsets, so nothing is counted twice), stop group "
-            f"{owner!r} and run consumer.py --group {group} --take-over."
-        )
+    def __init__(self, owner: str, group: str, running: bool = False) -> None:
+        if running:
+            text = (
+                f"consumer group {group!r} no longer fills the tables: group {owner!r} took "
+                f"them over (consumer.py --group {group} --take-over takes them back)."
+            )
+        else:
+            text = (
+                f"the tables are filled by consumer group {owner!r}, not {group!r}: to hand "
+                f"them over (with their stored offsets, so nothing is counted twice), stop "
+                f"group {owner!r} and run consumer.py --group {group} --take-over."
+            )
+        super().__init__(text)
         self.owner = owner
 
 
@@ -221,7 +228,7 @@ def _check_owner(cur: psycopg2.extensions.cursor, group_id: str) -> None:
     cur.execute("SELECT group_id FROM table_owner FOR SHARE")
     row = cur.fetchone()
     if row is None or row[0] != group_id:
-        raise NotOwner(row[0] if row else "(none)", group_id)
+        raise NotOwner(row[0] if row else "(none)", group_id, running=True)
 
 
 def _store_marks(
