@@ -285,3 +285,23 @@ def test_bad_configuration_stops_with_one_sentence():
     help_text = run_script("consumer", ["--help"]).stdout
     for variable in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONSUMER_GROUP", "POSTGRES_DB"):
         assert variable in help_text
+
+
+def test_an_unexpected_database_error_stops_with_its_cause_and_exit_1(broker, env, dsn, topic):
+    """A statement PostgreSQL refuses for good (here a constraint the flush breaks) is not a
+    connection problem: retrying cannot fix it, so the consumer says what it was and stops."""
+    events = random_stream(random.Random(6), 200)
+    with start_consumer(env) as consumer:
+        produce(broker.bootstrap, topic, events[:100])
+        wait_for_total(dsn, 100, 60, [consumer])
+        query(
+            dsn,
+            "ALTER TABLE five_min_bitcoin_event ADD CONSTRAINT no_more "
+            "CHECK (event_count < 0) NOT VALID; SELECT 1",
+        )
+        produce(broker.bootstrap, topic, events[100:])
+        assert consumer.wait(60) == 1
+        output = consumer.output()
+    assert "PostgreSQL refused a statement (CheckViolation: " in output
+    assert "no_more" in output and "Kafka unreachable" not in output
+    assert total_events(dsn) == 100  # the refused flush wrote nothing
