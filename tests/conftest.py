@@ -43,3 +43,12 @@ def database(postgres: PostgresServer) -> str:
 def topic() -> str:
     """A topic name no other test uses (the broker is shared by the session)."""
     return f"btc_price_{next(_names)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def replay_notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Replays run by the tests note their progress here, not in the user's home."""
+    folder = tmp_path_factory.mktemp("replay-notes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REPLAY_STATE_DIR", str(folder))
+        yield folder

@@ -10,6 +10,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import pytest
 
@@ -393,6 +394,15 @@ PRECEDENCE = [
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "0.3", "0.4", "backoff_base", 0.3, 0.4),
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "9", "8", "backoff_max", 9.0, 8.0),
     ("--seed", "SIMULATION_SEED", "11", "12", "seed", 11, 12),
+    (
+        "--replay-state-dir",
+        "REPLAY_STATE_DIR",
+        "/tmp/a",
+        "~/b",
+        "replay_state_dir",
+        Path("/tmp/a"),
+        Path("~/b").expanduser(),
+    ),
     ("--log-level", "LOG_LEVEL", "DEBUG", "WARNING", "log_level", "DEBUG", "WARNING"),
 ]
 
@@ -420,7 +430,7 @@ def test_flag_overrides_its_environment_variable(
 
 
 def test_every_setting_has_a_precedence_case() -> None:
-    covered = {row[4] for row in PRECEDENCE} | {"replay_speed", "replay_files"}
+    covered = {row[4] for row in PRECEDENCE} | {"replay_speed", "replay_files", "resume"}
     assert covered == {f.name for f in fields(Settings)}
 
 

@@ -6,13 +6,14 @@ import argparse
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pricefeed.contract import ContractError, check_symbol
 
 SOURCES = ("binance", "simulated", "replay")
+DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,8 @@ class Settings:
     seed: int | None = None
     replay_files: tuple[Path, ...] = ()
     replay_speed: float | None = None  # None: as fast as the broker takes it
+    replay_state_dir: Path = DEFAULT_REPLAY_STATE_DIR  # notes of what Kafka acknowledged
+    resume: bool = False  # --resume only: skip lines acknowledged in an earlier run
     log_level: str = "INFO"
 
 
@@ -53,6 +56,12 @@ _OPTIONS = [
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "backoff_max", "longest retry delay, seconds"),
     ("--seed", "SIMULATION_SEED", "seed", "random seed of --source simulated"),
     ("--speed", "REPLAY_SPEED", "replay_speed", "replay N times real time, or 'max'"),
+    (
+        "--replay-state-dir",
+        "REPLAY_STATE_DIR",
+        "replay_state_dir",
+        "where a replay notes how far Kafka acknowledged each file",
+    ),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -68,10 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, field)
         if isinstance(default, tuple):
             default = ",".join(default)
-        shown = "max" if field == "replay_speed" else default
+        shown = {"replay_speed": "max", "replay_state_dir": "~/.cache/btc-pipeline/replay"}.get(
+            field, default
+        )
         parser.add_argument(flag, dest=field, metavar=env, help=f"{text} [{env}={shown}]")
     parser.add_argument(
         "files", nargs="*", type=Path, help="Binance public-data CSV or zip files (--source replay)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="replay: skip the lines of a file that Kafka acknowledged in an earlier run to the "
+        "same topic (without it they are sent again, and the consumer counts them once)",
     )
     parser.add_argument(
         "--check-hosts",
@@ -87,6 +104,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> S
     args = build_parser().parse_args(argv)
     raw = {field: getattr(args, field) or env.get(var) for _, var, field, _ in _OPTIONS}
     settings = _convert({k: v for k, v in raw.items() if v not in (None, "")}, args.files)
+    settings = replace(settings, resume=args.resume)
     _validate(settings)
     if args.check_hosts:
         _check_hosts_resolve(settings)
@@ -107,6 +125,8 @@ def _convert_one(field: str, text: str) -> object:
             return tuple(s.strip().upper() for s in text.split(",") if s.strip())
         if field == "replay_speed":
             return None if text.strip().lower() == "max" else float(text)
+        if field == "replay_state_dir":
+            return Path(text.strip()).expanduser()
         if field in ("topic_partitions", "seed"):
             return int(text)
         if field in ("poll_interval", "poll_jitter", "http_timeout", "backoff_base", "backoff_max"):
