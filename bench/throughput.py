@@ -7,6 +7,9 @@ In one run, on one broker: fill a topic with N events (several symbols and parti
 Then events/s of both, the ratio (b)/(a), the consumer's peak RSS, and how long a fresh live
 event takes to show in its window once the consumer has caught up.
 
+Events carry their identity (stream, seq), so (b) includes the high-water-mark check of every
+event; --without-identity sends them as the previous release did, to measure what it costs.
+
 Run: bench/run.sh [--events 500000] [--partitions 3] [--symbols 8] [--flush-interval 0.5]
 """
 
@@ -36,6 +39,7 @@ from tests.pipeline import (  # noqa: E402
     create_topic,
     new_producer,
     start_consumer,
+    with_identity,
 )
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT")
@@ -63,8 +67,9 @@ class Figures:
         )
 
 
-def backlog(count: int, symbols: int, seed: int) -> list[Event]:
-    """Live-looking events ending now, so none is rejected as implausible."""
+def backlog(count: int, symbols: int, seed: int, identity: bool) -> list[Event]:
+    """Live-looking events ending now, so none is rejected as implausible; with identity, as
+    one producer run numbers them."""
     rng = random.Random(seed)
     names = (
         SYMBOLS[:symbols] if symbols <= len(SYMBOLS) else [f"SYM{i}USDT" for i in range(symbols)]
@@ -76,7 +81,7 @@ def backlog(count: int, symbols: int, seed: int) -> list[Event]:
         symbol = names[i % len(names)]
         prices[symbol] *= 1 + rng.gauss(0, 0.0005)
         events.append(Event(symbol, f"{prices[symbol]:.8f}", start + i, "binance"))
-    return events
+    return with_identity(events, run="bench") if identity else events
 
 
 def fill(bootstrap: str, topic: str, events: list[Event]) -> float:
@@ -128,9 +133,12 @@ def main() -> None:
     parser.add_argument("--flush-interval", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-verify", action="store_true", help="skip the ground-truth check")
+    parser.add_argument(
+        "--without-identity", action="store_true", help="messages without (stream, seq)"
+    )
     args = parser.parse_args()
 
-    events = backlog(args.events, args.symbols, args.seed)
+    events = backlog(args.events, args.symbols, args.seed, not args.without_identity)
     with TansuBroker() as broker, PostgresServer(durable=True) as postgres:
         topic, database = "btc_price_bench", postgres.create_database("bench")
         dsn = postgres.dsn(database)
@@ -151,13 +159,16 @@ def main() -> None:
             with StoredCount(dsn) as stored:
                 wait_until(lambda: stored() >= len(events), 3600, "the backlog", 0.05)
                 consumer_rate = len(events) / (time.perf_counter() - started)
-                marker, visible_after = live_event_latency(broker.bootstrap, topic, stored)
+                marker, visible_after = live_event_latency(
+                    broker.bootstrap, topic, stored, not args.without_identity
+                )
             rss = peak_rss_mb(consumer.process.pid)
             consumer.stop()
         if not args.no_verify:
             assert_tables_equal_truth(dsn, [*events, marker])
             print("verified: every window equals the ground truth", flush=True)
     Figures(len(events), fill_rate, ceiling, consumer_rate, rss, visible_after).print()
+    print(f"identity (stream, seq)       {'off' if args.without_identity else 'on':>11}")
 
 
 class StoredCount:
@@ -180,9 +191,13 @@ class StoredCount:
         self.conn.close()
 
 
-def live_event_latency(bootstrap: str, topic: str, stored: StoredCount) -> tuple[Event, float]:
+def live_event_latency(
+    bootstrap: str, topic: str, stored: StoredCount, identity: bool
+) -> tuple[Event, float]:
     """Produce one live event into a caught-up pipeline; seconds until its window shows it."""
     marker = Event("BTCUSDT", "40000.00000001", time.time_ns() // 1_000_000, "binance")
+    if identity:
+        (marker,) = with_identity([marker], run="bench-live")
     producer = new_producer(bootstrap)
     producer.partitions_for(topic)  # connect first: time the pipeline, not our start-up
     sent = time.perf_counter()
