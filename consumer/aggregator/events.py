@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -73,6 +74,9 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
         raise InvalidEvent(f"missing field {exc.args[0]!r}") from None
     stream, seq = body.get("stream"), body.get("seq")
     if stream is not None or seq is not None:  # both, or neither (previous release)
+        if stream is None or seq is None:
+            missing, given = ("stream", "seq") if stream is None else ("seq", "stream")
+            raise InvalidEvent(f"missing field {missing!r} ({given} without {missing})")
         stream, seq = _stream(stream), _seq(seq)
     return PriceEvent(
         _symbol(symbol),
@@ -84,18 +88,26 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
     )
 
 
-_valid_symbols: set[str] = set()  # a handful of names, each checked once
+def _name_check(field: str, pattern: re.Pattern[str], meaning: str) -> Callable[[object], str]:
+    """A check of names that fit `pattern` (symbols, streams): few, and nearly every message
+    repeats one, so each is matched once and then remembered."""
+    valid: set[str] = set()
+
+    def check(name: object) -> str:
+        # A list or object is unhashable: `in` on the set would raise TypeError, not reject it.
+        if isinstance(name, str) and name in valid:
+            return name
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            raise InvalidEvent(f"{field} {name!r:.40} is not {meaning}")
+        if len(valid) < 10_000:
+            valid.add(name)
+        return name
+
+    return check
 
 
-def _symbol(symbol: object) -> str:
-    # A list or object is unhashable: `in` on the set would raise TypeError, not reject it.
-    if isinstance(symbol, str) and symbol in _valid_symbols:
-        return symbol
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        raise InvalidEvent(f"symbol {symbol!r:.40} is not a Binance symbol")
-    if len(_valid_symbols) < 10_000:
-        _valid_symbols.add(symbol)
-    return symbol
+_symbol = _name_check("symbol", SYMBOL_PATTERN, "a Binance symbol")
+_stream = _name_check("stream", STREAM_PATTERN, "a stream id")
 
 
 def _price(price: object) -> Decimal:
@@ -126,24 +138,7 @@ def _source(source: object) -> str:
     return source  # type: ignore[return-value]
 
 
-_valid_streams: set[str] = set()  # one per file or producer run: few, each checked once
-
-
-def _stream(stream: object) -> str:
-    if isinstance(stream, str) and stream in _valid_streams:
-        return stream
-    if stream is None:
-        raise InvalidEvent("missing field 'stream' (seq without stream)")
-    if not isinstance(stream, str) or not STREAM_PATTERN.fullmatch(stream):
-        raise InvalidEvent(f"stream {stream!r:.40} is not a stream id")
-    if len(_valid_streams) < 10_000:
-        _valid_streams.add(stream)
-    return stream
-
-
 def _seq(seq: object) -> int:
-    if seq is None:
-        raise InvalidEvent("missing field 'seq' (stream without seq)")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq <= MAX_SEQ:
         raise InvalidEvent(f"seq {seq!r:.40} is not a positive 64-bit integer")
     return seq
