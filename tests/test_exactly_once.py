@@ -157,11 +157,12 @@ def test_the_producers_resend_after_a_kafka_outage_is_counted_once(
     with Script("producer", args, env=env) as producer:
         producer.wait_for_output("Connected to Kafka", timeout=30)
         producer.wait_for_output("Produced:", timeout=30, count=40)
-        broker.process.send_signal(signal.SIGSTOP)  # frozen past the delivery timeout
+        # Frozen past the delivery timeout (issue 8b's harness fault controls may offer this).
+        broker._process.send_signal(signal.SIGSTOP)
         try:
             producer.wait_for_output("Kafka delivery failed", timeout=30)
         finally:
-            broker.process.send_signal(signal.SIGCONT)
+            broker._process.send_signal(signal.SIGCONT)
         producer.wait_for_output("Kafka is acknowledging messages again", timeout=60)
         assert producer.stop() == 0
         output = producer.output()
