@@ -7,7 +7,8 @@ import itertools
 import json
 import random
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from pathlib import Path
@@ -223,6 +224,12 @@ def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...
     return rows
 
 
+def execute(dsn: str, sql: str, params: Sequence[Any] = ()) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+    conn.close()
+
+
 def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -384,3 +391,32 @@ def stats_columns(stats: Any) -> dict[str, Any]:
         "close_value": stats.close,
         "last_event_at": stats.close_time,
     }
+
+
+@contextmanager
+def group_member(
+    bootstrap: str, topic: str, group: str, until: Callable[[], object] | None = None
+) -> Iterator[None]:
+    """A plain member of the group that joins (rebalancing the others) until it has partitions
+    or `until()` is true, reads nothing, then leaves."""
+    member = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        max_poll_interval_ms=30000,
+    )
+    member.subscribe([topic])
+
+    def joined() -> object:
+        if until is not None and until():
+            return True
+        member.poll(timeout_ms=100)  # drives the join; what it reads is ignored
+        return member.assignment()
+
+    try:
+        wait_until(joined, 30, "the member to get partitions", interval=0)
+        member.pause(*member.assignment())
+        yield
+    finally:
+        member.close()

@@ -354,8 +354,8 @@ def test_rate_limit_and_ban_wait_for_retry_after(
     for earlier, later in ((limited, banned), (banned, after)):
         waited = later.monotonic - earlier.monotonic
         assert 1.0 <= waited <= 1.0 + 0.2 + GRID_TOLERANCE  # Retry-After, then the next tick
-    assert re.search(r"rate limit: HTTP 429.*waiting 1 s as Retry-After asks", output)
-    assert re.search(r"IP banned: HTTP 418.*waiting 1 s as Retry-After asks", output)
+    assert re.search(r"rate limit: HTTP 429.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
+    assert re.search(r"IP banned: HTTP 418.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(answered(binance)) >= 2
 
@@ -396,6 +396,11 @@ def test_server_errors_back_off_exponentially_then_recover(
     for status in statuses:
         assert f"Binance unavailable: HTTP {status}" in output
     assert output.count("Binance unavailable") == 4
+    # Each line announces when the next poll really came (the grid tick after the backoff).
+    announced = [
+        float(s) for s in re.findall(r"Binance unavailable.*next poll in ([0-9.]+) s", output)
+    ]
+    assert announced == pytest.approx(waits, abs=0.05 + GRID_TOLERANCE)
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(answered(binance)) >= 3
 
@@ -494,7 +499,7 @@ def test_kafka_appearing_later_is_connected_to(binance: FakeBinance, topic: str)
     assert all(poll == {"BTCUSDT": BTC, "ETHUSDT": ETH} for poll in polls)
 
 
-def test_kafka_going_away_mid_run_is_said_and_sigterm_still_exits_0(
+def test_kafka_going_away_mid_run_is_said_and_undelivered_events_make_exit_1(
     binance: FakeBinance, topic: str
 ) -> None:
     with (
@@ -510,12 +515,44 @@ def test_kafka_going_away_mid_run_is_said_and_sigterm_still_exits_0(
         output = producer.wait_for_output("has acknowledged nothing for", timeout=30)
         polls_when_warned = len(answered(binance))
         wait_for_requests(producer, binance, polls_when_warned + 2, timeout=10)
-        output = stop_cleanly(producer)
+        producer.signal(signal.SIGTERM)
+        # Stopped with events Kafka never took: counted, said, and a non-zero exit code so
+        # that a supervisor knows.
+        assert producer.wait(30) == 1
+        output = producer.output()
     assert re.search(rf"Kafka at {doomed.bootstrap} has acknowledged nothing for \d+ s", output)
-    assert "Stopping with" in output or "Kafka delivery failed" in output
+    lost = re.search(r"Stopping with (\d+) events Kafka did not acknowledge", output)
+    assert lost, output[-2000:]
+    produced = output.count("Produced:")
+    assert int(lost[1]) == 2 * len(answered(binance)) - produced
+    assert "Traceback" not in output
 
 
 # --- the command line ------------------------------------------------------------------------
+
+
+def test_a_bad_setting_stops_before_the_topic_is_created(broker: TansuBroker, topic: str) -> None:
+    """POLL_INTERVAL_SECONDS=inf once published a message, then died with a traceback; now it
+    stops at start, and the broker never hears of the topic."""
+    args = ["--source", "simulated", "--bootstrap-servers", broker.bootstrap, "--topic", topic]
+    result = run_script("producer", args, env={"POLL_INTERVAL_SECONDS": "inf"})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("producer.py: error: POLL_INTERVAL_SECONDS (--interval)")
+    assert topic not in broker_topics(broker)
+    # The same run with a good interval creates it: the check above could have seen it.
+    with Script("producer", [*args, "--interval", "0.2"]) as producer:
+        producer.wait_for_output("Produced:", timeout=30)
+        assert producer.stop() == 0
+    assert topic in broker_topics(broker)
+
+
+def broker_topics(broker: TansuBroker) -> set[str]:
+    watcher = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    try:
+        return watcher.topics()
+    finally:
+        watcher.close()
+
 
 ENVIRONMENT_VARIABLES = [
     "PRODUCER_SOURCE",
@@ -551,8 +588,23 @@ def test_help_lists_every_environment_variable() -> None:
         (["--interval", "soon"], {}, "POLL_INTERVAL_SECONDS"),
         (["--binance-url", "https://nothing.invalid"], {}, "BINANCE_BASE_URL"),
         ([], {"KAFKA_BOOTSTRAP_SERVERS": "nothing.invalid:9092"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        ([], {"POLL_INTERVAL_SECONDS": "inf"}, "POLL_INTERVAL_SECONDS"),
+        ([], {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        (["--topic", "bad topic!"], {}, "KAFKA_TOPIC"),
+        (["--source", "simulated", "--replay-symbol", "BTCUSDT"], {}, "REPLAY_SYMBOL"),
     ],
-    ids=["symbol", "interval-0", "interval-negative", "interval-text", "binance-dns", "kafka-dns"],
+    ids=[
+        "symbol",
+        "interval-0",
+        "interval-negative",
+        "interval-text",
+        "binance-dns",
+        "kafka-dns",
+        "interval-inf",
+        "kafka-port",
+        "topic",
+        "replay-symbol-live",
+    ],
 )
 def test_bad_config_stops_with_one_sentence_and_exit_2(
     args: list[str], env: dict[str, str], named: str

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pricefeed.app import retry_delay, run_polling
+from pricefeed.app import report_failure, retry_delay, run_polling
 from pricefeed.binance import (
     InvalidResponse,
     RateLimited,
@@ -395,6 +395,15 @@ PRECEDENCE = [
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "9", "8", "backoff_max", 9.0, 8.0),
     ("--seed", "SIMULATION_SEED", "11", "12", "seed", 11, 12),
     (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "5000",
+        "6000",
+        "delivery_timeout_ms",
+        5000,
+        6000,
+    ),
+    (
         "--replay-state-dir",
         "REPLAY_STATE_DIR",
         "/tmp/a",
@@ -429,8 +438,23 @@ def test_flag_overrides_its_environment_variable(
     assert getattr(load_settings([OFFLINE, flag, flag_value], env={}), field) == from_flag
 
 
+def test_replay_settings_override_their_environment_variables() -> None:
+    replay = [OFFLINE, "--source", "replay", "prices.csv"]
+    env = {"REPLAY_SPEED": "60", "REPLAY_SYMBOL": "ethusdt"}
+    settings = load_settings(replay, env=env)
+    assert (settings.replay_speed, settings.replay_symbol) == (60.0, "ETHUSDT")
+    flagged = load_settings([*replay, "--speed", "max", "--replay-symbol", "SOLUSDT"], env=env)
+    assert (flagged.replay_speed, flagged.replay_symbol) == (None, "SOLUSDT")
+    assert load_settings(replay, env={}).replay_symbol is None  # default: from the file name
+
+
 def test_every_setting_has_a_precedence_case() -> None:
-    covered = {row[4] for row in PRECEDENCE} | {"replay_speed", "replay_files", "resume"}
+    covered = {row[4] for row in PRECEDENCE} | {
+        "replay_speed",
+        "replay_symbol",
+        "replay_files",
+        "resume",
+    }
     assert covered == {f.name for f in fields(Settings)}
 
 
@@ -440,33 +464,72 @@ def test_empty_environment_variable_means_default() -> None:
     assert settings.topic == "btc_price"
 
 
-# (environment, the variable the message must name)
+SECONDS = "a finite number of seconds greater than 0 and at most 86400"
+# (environment, the variable the message must name, what the message must say is allowed)
 BAD_VALUES = [
-    ({"SYMBOLS": "BTC/USDT"}, "SYMBOLS"),
-    ({"SYMBOLS": "BTCUSDT,ETH USDT"}, "SYMBOLS"),
-    ({"SYMBOLS": "A" * 21}, "SYMBOLS"),
-    ({"SYMBOLS": " , "}, "SYMBOLS"),
-    ({"SYMBOLS": "BTCUSDT,btcusdt"}, "SYMBOLS"),
-    ({"POLL_INTERVAL_SECONDS": "0"}, "POLL_INTERVAL_SECONDS"),
-    ({"POLL_INTERVAL_SECONDS": "-1"}, "POLL_INTERVAL_SECONDS"),
-    ({"POLL_INTERVAL_SECONDS": "nan"}, "POLL_INTERVAL_SECONDS"),
-    ({"POLL_INTERVAL_SECONDS": "soon"}, "POLL_INTERVAL_SECONDS"),
-    ({"POLL_JITTER_SECONDS": "-0.5"}, "POLL_JITTER_SECONDS"),
-    ({"POLL_JITTER_SECONDS": "10"}, "POLL_JITTER_SECONDS"),
-    ({"HTTP_TIMEOUT_SECONDS": "0"}, "HTTP_TIMEOUT_SECONDS"),
-    ({"BACKOFF_BASE_SECONDS": "0"}, "BACKOFF_BASE_SECONDS"),
-    ({"BACKOFF_BASE_SECONDS": "5", "BACKOFF_MAX_SECONDS": "2"}, "BACKOFF_MAX_SECONDS"),
-    ({"KAFKA_TOPIC_PARTITIONS": "0"}, "KAFKA_TOPIC_PARTITIONS"),
-    ({"KAFKA_TOPIC_PARTITIONS": "three"}, "KAFKA_TOPIC_PARTITIONS"),
-    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "KAFKA_BOOTSTRAP_SERVERS"),
-    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost:abc"}, "KAFKA_BOOTSTRAP_SERVERS"),
-    ({"KAFKA_TOPIC": "t" * 250}, "KAFKA_TOPIC"),
-    ({"BINANCE_BASE_URL": "api.binance.com"}, "BINANCE_BASE_URL"),
-    ({"BINANCE_BASE_URL": "ftp://api.binance.com"}, "BINANCE_BASE_URL"),
-    ({"PRODUCER_SOURCE": "websocket"}, "PRODUCER_SOURCE"),
-    ({"SIMULATION_SEED": "lucky"}, "SIMULATION_SEED"),
-    ({"REPLAY_SPEED": "0"}, "REPLAY_SPEED"),
-    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"PRODUCER_SOURCE": "websocket"}, "PRODUCER_SOURCE", "binance, simulated or replay"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost:abc"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "KAFKA_BOOTSTRAP_SERVERS", "port 1-65535"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:0"}, "KAFKA_BOOTSTRAP_SERVERS", "port 1-65535"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1,"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1,:2"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "kafka://a:1"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a b:1"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_TOPIC": "bad topic!"}, "KAFKA_TOPIC", "a-z A-Z 0-9 . _ -"),
+    ({"KAFKA_TOPIC": "prices/btc"}, "KAFKA_TOPIC", "a-z A-Z 0-9 . _ -"),
+    ({"KAFKA_TOPIC": "t" * 250}, "KAFKA_TOPIC", "1-249"),
+    ({"KAFKA_TOPIC": "."}, "KAFKA_TOPIC", "not . or .."),
+    ({"KAFKA_TOPIC": ".."}, "KAFKA_TOPIC", "not . or .."),
+    ({"KAFKA_TOPIC": "prix_é"}, "KAFKA_TOPIC", "a-z A-Z 0-9 . _ -"),
+    ({"KAFKA_TOPIC_PARTITIONS": "0"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "-3"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "three"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "2.5"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "2147483648"}, "KAFKA_TOPIC_PARTITIONS", "2,147,483,647"),
+    ({"SYMBOLS": "BTC/USDT"}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "BTCUSDT,ETH USDT"}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "A" * 21}, "SYMBOLS", "1-20"),
+    ({"SYMBOLS": " , "}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "BTCUSDT,"}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "BTCUSDT,btcusdt"}, "SYMBOLS", "distinct"),
+    ({"POLL_INTERVAL_SECONDS": "0"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "-1"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "nan"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "inf"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "86401"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "soon"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_JITTER_SECONDS": "-0.5"}, "POLL_JITTER_SECONDS", "from 0 to 86400"),
+    ({"POLL_JITTER_SECONDS": "inf"}, "POLL_JITTER_SECONDS", "from 0 to 86400"),
+    ({"POLL_JITTER_SECONDS": "10"}, "POLL_JITTER_SECONDS", "below POLL_INTERVAL_SECONDS (10)"),
+    ({"BINANCE_BASE_URL": "api.binance.com"}, "BINANCE_BASE_URL", "http(s) URL"),
+    ({"BINANCE_BASE_URL": "ftp://api.binance.com"}, "BINANCE_BASE_URL", "http(s) URL"),
+    ({"BINANCE_BASE_URL": "http://127.0.0.1:99999"}, "BINANCE_BASE_URL", "port 1-65535"),
+    ({"BINANCE_BASE_URL": "http://127.0.0.1:0"}, "BINANCE_BASE_URL", "port 1-65535"),
+    ({"HTTP_TIMEOUT_SECONDS": "0"}, "HTTP_TIMEOUT_SECONDS", SECONDS),
+    ({"HTTP_TIMEOUT_SECONDS": "inf"}, "HTTP_TIMEOUT_SECONDS", SECONDS),
+    ({"BACKOFF_BASE_SECONDS": "0"}, "BACKOFF_BASE_SECONDS", SECONDS),
+    ({"BACKOFF_BASE_SECONDS": "nan"}, "BACKOFF_BASE_SECONDS", SECONDS),
+    ({"BACKOFF_MAX_SECONDS": "inf"}, "BACKOFF_MAX_SECONDS", SECONDS),
+    (
+        {"BACKOFF_BASE_SECONDS": "5", "BACKOFF_MAX_SECONDS": "2"},
+        "BACKOFF_MAX_SECONDS",
+        "must not be below BACKOFF_BASE_SECONDS (5)",
+    ),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "999"}, "KAFKA_DELIVERY_TIMEOUT_MS", "from 1000 to"),
+    (
+        {"KAFKA_DELIVERY_TIMEOUT_MS": "soon"},
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "whole number of milliseconds",
+    ),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "2147483648"}, "KAFKA_DELIVERY_TIMEOUT_MS", "2,147,483,647"),
+    ({"SIMULATION_SEED": "lucky"}, "SIMULATION_SEED", "a whole number"),
+    ({"REPLAY_SPEED": "0"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
+    ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
+    ({"REPLAY_SPEED": "fast"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
+    ({"REPLAY_SYMBOL": "BTC/USDT"}, "REPLAY_SYMBOL", "a Binance symbol like BTCUSDT"),
+    ({"REPLAY_SYMBOL": "BTCUSDT"}, "REPLAY_SYMBOL", "only used with --source replay"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 
@@ -477,12 +540,59 @@ def assert_one_sentence(message: str) -> None:
     assert "Traceback" not in message
 
 
-@pytest.mark.parametrize(("env", "var"), BAD_VALUES, ids=[str(env) for env, _ in BAD_VALUES])
-def test_bad_value_is_one_sentence_naming_the_setting(env: dict[str, str], var: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "var", "allowed"), BAD_VALUES, ids=[str(env)[:60] for env, _, _ in BAD_VALUES]
+)
+def test_bad_value_is_one_sentence_naming_the_setting_and_what_it_allows(
+    env: dict[str, str], var: str, allowed: str
+) -> None:
     with pytest.raises(ConfigError) as error:
         load_settings([OFFLINE], env=env)
-    assert var in str(error.value)
-    assert_one_sentence(str(error.value))
+    message = str(error.value)
+    assert message.startswith(var), message
+    assert allowed in message, message
+    assert_one_sentence(message)
+
+
+def test_a_bad_value_is_quoted_back_with_the_flag_and_the_rule() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings([OFFLINE], env={"POLL_INTERVAL_SECONDS": "inf"})
+    assert str(error.value) == (
+        "POLL_INTERVAL_SECONDS (--interval) must be a finite number of seconds greater than 0 "
+        "and at most 86400, not 'inf'."
+    )
+
+
+# The edges of every range are accepted: the rules refuse no value that works.
+ACCEPTED = [
+    ({"PRODUCER_SOURCE": " Simulated "}, "source", "simulated"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1, b.example:65535"}, "bootstrap_servers", None),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "[::1]:9092,10.0.0.1:9092"}, "bootstrap_servers", None),
+    ({"KAFKA_TOPIC": "t" * 249}, "topic", None),
+    ({"KAFKA_TOPIC": "a.b_c-D9"}, "topic", None),
+    ({"KAFKA_TOPIC": "..."}, "topic", None),
+    ({"KAFKA_TOPIC_PARTITIONS": "1"}, "topic_partitions", 1),
+    ({"SYMBOLS": "btcusdt, eth-usdt"}, "symbols", ("BTCUSDT", "ETH-USDT")),
+    ({"POLL_INTERVAL_SECONDS": "0.001"}, "poll_interval", 0.001),
+    ({"POLL_INTERVAL_SECONDS": "86400"}, "poll_interval", 86400.0),
+    ({"POLL_JITTER_SECONDS": "0"}, "poll_jitter", 0.0),
+    ({"POLL_JITTER_SECONDS": "9.999"}, "poll_jitter", 9.999),
+    ({"BINANCE_BASE_URL": "http://127.0.0.1:65535"}, "binance_base_url", None),
+    ({"BACKOFF_BASE_SECONDS": "60"}, "backoff_base", 60.0),  # equal to the maximum
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "1000"}, "delivery_timeout_ms", 1000),
+    ({"SIMULATION_SEED": "-7"}, "seed", -7),
+    ({"LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "expected"), ACCEPTED, ids=[str(env)[:60] for env, _, _ in ACCEPTED]
+)
+def test_values_at_the_edge_of_each_rule_are_accepted(
+    env: dict[str, str], field: str, expected: object
+) -> None:
+    value = getattr(load_settings([OFFLINE], env=env), field)
+    assert value == (next(iter(env.values())) if expected is None else expected)
 
 
 def test_bad_flag_value_is_a_config_error_too() -> None:
@@ -659,20 +769,58 @@ def test_loop_backs_off_exponentially_then_resets() -> None:
     assert all((t * 4).is_integer() for t in times)  # every poll on the grid
 
 
-def test_retry_delay_says_what_happened(caplog: pytest.LogCaptureFixture) -> None:
+def test_retry_delay_is_retry_after_or_the_backoff() -> None:
     backoff = Backoff(1.0, 60.0, Highest())
+    assert retry_delay(RateLimited(429, 4.0, "HTTP 429: slow down"), backoff) == 4.0
+    assert retry_delay(RateLimited(418, 120.0, "HTTP 418: banned"), backoff) == 120.0
+    assert retry_delay(RateLimited(429, None, "HTTP 429"), backoff) == 1.0
+    assert retry_delay(InvalidResponse("body is not JSON"), backoff) == 0.0
+    assert retry_delay(Restricted("HTTP 451: restricted location"), backoff) == 2.0
+    assert retry_delay(Rejected("HTTP 400: Invalid symbol."), backoff) == 4.0
+    assert retry_delay(Unavailable("no answer within 5 s"), backoff) == 8.0
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (RateLimited(429, 4.0, "HTTP 429: slow down"), "rate limit: HTTP 429: slow down; "),
+        (RateLimited(418, 120.0, "HTTP 418: banned"), "IP banned: HTTP 418: banned; "),
+        (RateLimited(429, None, "HTTP 429"), "rate limit: HTTP 429, no Retry-After; "),
+        (InvalidResponse("body is not JSON"), "invalid body (body is not JSON); "),
+        (Restricted("HTTP 451: restricted location"), "data-api.binance.vision"),
+        (Rejected("HTTP 400: Invalid symbol."), "check SYMBOLS. Next poll in 7.5 s"),
+        (Unavailable("no answer within 5 s"), "Binance unavailable: no answer within 5 s; "),
+    ],
+)
+def test_report_failure_says_what_happened_and_when_the_next_poll_comes(
+    caplog: pytest.LogCaptureFixture, error: Exception, words: str
+) -> None:
     with caplog.at_level(logging.INFO, logger="producer"):
-        assert retry_delay(RateLimited(429, 4.0, "HTTP 429: slow down"), backoff) == 4.0
-        assert "rate limit" in caplog.text and "Retry-After" in caplog.text
-        assert retry_delay(RateLimited(418, 120.0, "HTTP 418: banned"), backoff) == 120.0
-        assert "IP banned" in caplog.text
-        assert retry_delay(RateLimited(429, None, "HTTP 429"), backoff) == 1.0
-        assert retry_delay(InvalidResponse("body is not JSON"), backoff) == 0.0
-        assert "invalid body" in caplog.text
-        caplog.clear()
-        assert retry_delay(Restricted("HTTP 451: restricted location"), backoff) == 2.0
-        assert "BINANCE_BASE_URL" in caplog.text and "data-api.binance.vision" in caplog.text
-        assert retry_delay(Rejected("HTTP 400: Invalid symbol."), backoff) == 4.0
-        assert "check SYMBOLS" in caplog.text
-        assert retry_delay(Unavailable("no answer within 5 s"), backoff) == 8.0
-        assert "unavailable" in caplog.text
+        report_failure(error, next_poll_in=7.46)  # type: ignore[arg-type]
+    [record] = caplog.records
+    assert words in record.message
+    assert record.message.lower().endswith("next poll in 7.5 s")
+    assert "retrying in" not in record.message.lower()
+
+
+# (the failure, the poll interval, the gap to the next poll it must announce)
+ANNOUNCED = [
+    # 0.4-0.8 s backoff on a 10 s grid: the next tick, not the backoff, decides.
+    (Unavailable("HTTP 503: overloaded"), 10.0, 10.0),
+    (Restricted("HTTP 451: restricted location"), 10.0, 10.0),
+    (RateLimited(429, 2.5, "HTTP 429"), 1.0, 3.0),  # Retry-After, then the next grid point
+    (RateLimited(418, 25.0, "HTTP 418"), 10.0, 30.0),
+    (InvalidResponse("body is not JSON"), 10.0, 10.0),
+]
+
+
+@pytest.mark.parametrize(("error", "interval", "gap"), ANNOUNCED)
+def test_the_announced_next_poll_is_when_the_loop_polls_again(
+    caplog: pytest.LogCaptureFixture, error: Exception, interval: float, gap: float
+) -> None:
+    with caplog.at_level(logging.INFO, logger="producer"):
+        rig = run_loop([Step(), Step(error=error), Step()], poll_interval=interval)
+    failed_at, next_poll = rig.poll_times[1:]
+    assert next_poll - failed_at == pytest.approx(gap, abs=0.001)
+    [announced] = re.findall(r"next poll in ([0-9.]+) s", caplog.text, re.IGNORECASE)
+    assert float(announced) == pytest.approx(next_poll - failed_at, abs=0.05)

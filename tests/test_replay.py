@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import random
 import threading
@@ -13,10 +14,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from pricefeed.contract import make_event
 from pricefeed.replay import Progress, paced
 from pricefeed.replay_files import read_events
+from tests.harness.net import wait_until
 from tests.harness.sample_files import write_agg_trades, write_klines
 from tests.harness.scripts import run_script
 from tests.pipeline import (
@@ -93,6 +96,55 @@ def test_a_file_of_another_layout_stops_the_replay_with_one_sentence(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("producer.py: error: ")
     assert wrong.name in lines[0]
+
+
+def test_a_file_named_without_its_symbol_is_replayed_with_replay_symbol(broker, tmp_path, topic):
+    kline = "1577836800000,7195.24,7196.25,7183.14,{close},51.6,{close_time},3.5,493,19.5,140.4,0"
+    path = tmp_path / "history.csv"
+    path.write_text(
+        kline.format(close="7186.68000000", close_time=1577836859999)
+        + "\n"
+        + kline.format(close="7184.03000000", close_time=1577836919999)
+        + "\n"
+    )
+    args = ["--source", "replay", "--bootstrap-servers", broker.bootstrap, "--topic", topic]
+    refused = run_script("producer", [*args, str(path)])
+    assert refused.returncode == 2
+    assert "history.csv does not say its symbol" in refused.stderr
+    assert "--replay-symbol (REPLAY_SYMBOL)" in refused.stderr  # the advice names a real flag
+    create_topic(broker.bootstrap, topic)
+    result = run_script("producer", [*args, str(path)], env={"REPLAY_SYMBOL": "ethusdt"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = read_records(broker.bootstrap, topic, 2)
+    assert [(r.key, json.loads(r.value)["symbol"]) for r in records] == [
+        (b"ETHUSDT", "ETHUSDT"),
+        (b"ETHUSDT", "ETHUSDT"),
+    ]
+    assert sorted(json.loads(r.value)["price"] for r in records) == [
+        "7184.03000000",
+        "7186.68000000",
+    ]
+
+
+def read_records(bootstrap: str, topic: str, count: int) -> list:
+    """The first `count` records of the topic, from every partition."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), 15, topic)
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        records: list = []
+
+        def enough() -> bool:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            return len(records) >= count
+
+        wait_until(enough, 30, f"{count} records on {topic}")
+        return records
+    finally:
+        consumer.close()
 
 
 def test_replay_with_malformed_lines_skips_and_counts_them(broker, tmp_path, topic):

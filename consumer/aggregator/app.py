@@ -17,28 +17,35 @@ import time
 from collections.abc import Sequence
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    KafkaConfigurationError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
-from aggregator.kafka_edge import new_consumer
+from aggregator.kafka_edge import CalmPoller, new_consumer
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
+from aggregator.retry import Backoff
 from aggregator.store import (
     FlushContext,
     NotOwner,
     OffsetsMoved,
     Store,
     StoreFailed,
+    StoreMisconfigured,
     StoreUnavailable,
 )
 
 log = logging.getLogger("consumer")
 
-RETRY_BASE_SECONDS = 1.0
-RETRY_MAX_SECONDS = 30.0
+EXIT_CONFIG = 2  # a setting no retry can fix
+EXIT_FAILED = 1  # stopped with work not written, or the database refused it
 
 
 class Aggregator(ConsumerRebalanceListener):
@@ -47,6 +54,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.store = store
         self.stop = stop
         self.consumer: KafkaConsumer | None = None
+        self.poller = CalmPoller(stop, settings.bootstrap_servers)
         self.accumulator = Accumulator()
         self.consumed_log = ConsumedLog()
         # What we believe PostgreSQL holds per partition (None: no row yet). The flush
@@ -56,14 +64,15 @@ class Aggregator(ConsumerRebalanceListener):
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
         self.store_down_since: float | None = None
-        self.retry_attempts = 0
-        # A reason to stop met inside a rebalance callback, where raising would only make
-        # kafka-python log it and carry on: run() raises it once the callback has returned.
-        self.fatal: NotOwner | StoreFailed | None = None
+        self.backoff = Backoff(cap=10.0)  # PostgreSQL back: resume within seconds
+        # Inside a rebalance callback the client sends no heartbeats: PostgreSQL must answer
+        # well within the session timeout there, or the member is evicted.
+        self.callback_timeout = settings.session_timeout_ms / 1000 / 3
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Consume until stopped. False if the final flush could not be written."""
         self.consumer = new_consumer(self.settings)
         self.consumer.subscribe([self.settings.topic], listener=self)
         log.info(
@@ -79,23 +88,16 @@ class Aggregator(ConsumerRebalanceListener):
                 self.poll_once()
                 if time.monotonic() >= self.next_flush:
                     self.flush_on_timer()
-            if self.fatal is None:
-                self.flush_final()
-        except (NotOwner, StoreFailed) as exc:
-            self.fatal = exc
+            return self.flush_final()
         finally:
-            if self.fatal is not None:
-                self.drop_pending()  # nothing more is written: the next owner reads it again
             self.consumer.close()  # revokes partitions: flushes again if anything is pending
             self.store.close()
-        if self.fatal is not None:
-            raise self.fatal
 
     def poll_once(self) -> None:
         timeout_ms = int(max(0.0, min(1.0, self.next_flush - time.monotonic())) * 1000)
         if self.unresolved:
             self.resolve_positions()
-        records = self.consumer.poll(timeout_ms=timeout_ms)
+        records = self.poller.poll(self.consumer, timeout_ms)
         self.consumed_log.summarise_if_due()
         if not records:
             return
@@ -129,7 +131,7 @@ class Aggregator(ConsumerRebalanceListener):
             self.resolve_positions()
         self.next_flush = time.monotonic() + self.settings.flush_interval
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Write what is pending in one transaction, then tell Kafka (for lag tooling)."""
         pending = self.accumulator.pending
         now = time.monotonic()
@@ -141,7 +143,7 @@ class Aggregator(ConsumerRebalanceListener):
             offset_lag=self.offset_lag(),
             expected_offsets=dict(self.stored),
         )
-        duration_ms = self.store.write(pending, ctx)
+        duration_ms = self.store.write(pending, ctx, timeout)
         self.accumulator.take()
         self.interval_started = now
         self.stored.update(pending.next_offsets)
@@ -153,27 +155,28 @@ class Aggregator(ConsumerRebalanceListener):
                 time.monotonic() - self.store_down_since,
             )
             self.store_down_since = None
-            self.retry_attempts = 0
+            self.backoff.reset()
             self.consumer.resume(*self.consumer.assignment())
 
     def on_store_down(self, exc: StoreUnavailable) -> None:
         """Keep what is pending, stop reading more, and try again with backoff."""
-        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** min(self.retry_attempts, 10))
-        self.retry_attempts += 1
+        delay = self.backoff.next_delay()
         if self.store_down_since is None:
             self.store_down_since = time.monotonic()
             self.consumer.pause(*self.consumer.assignment())
         log.error(
-            "PostgreSQL unreachable (%s): consumption paused, %d events held; retrying in %g s",
+            "PostgreSQL unavailable (%s): consumption paused, %d events held; retrying in %.1f s",
             exc,
             self.accumulator.pending.metrics.events,
             delay,
         )
         self.next_flush = time.monotonic() + delay
 
-    def flush_final(self) -> None:
+    def flush_final(self) -> bool:
+        """The flush before exit. False if it could not be written (they are read again)."""
         try:
             self.flush()
+            return True
         except (StoreUnavailable, OffsetsMoved) as exc:
             log.error(
                 "Final flush failed (%s): %d unflushed events will be read again on restart",
@@ -181,6 +184,7 @@ class Aggregator(ConsumerRebalanceListener):
                 self.accumulator.pending.metrics.events,
             )
             self.drop_pending()
+            return False
 
     def drop_pending(self) -> None:
         """Forget unflushed state and rewind to where it began, so it is read again."""
@@ -228,21 +232,13 @@ class Aggregator(ConsumerRebalanceListener):
         """Flush once before giving partitions up. The flush is one short transaction; if
         PostgreSQL cannot take it now, drop the state instead of blocking heartbeats: the
         next owner reads those events again from the stored offsets."""
-        if not self.accumulator.pending.is_empty() and self.fatal is None:
+        if not self.accumulator.pending.is_empty():
             try:
-                self.flush()
+                self.flush(self.callback_timeout)
             except (StoreUnavailable, OffsetsMoved) as exc:
                 log.warning("Could not flush before rebalance (%s): dropping unflushed state", exc)
                 self.drop_pending()
-            except (NotOwner, StoreFailed) as exc:
-                self.stop_for(exc)
         self.forget(revoked)
-
-    def stop_for(self, exc: NotOwner | StoreFailed) -> None:
-        """Inside a callback: drop what is pending and have run() stop with this reason."""
-        self.fatal = exc
-        self.stop.set()
-        self.drop_pending()
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group: another member may own these already, so do not write."""
@@ -256,31 +252,27 @@ class Aggregator(ConsumerRebalanceListener):
         partitions = sorted(tp.partition for tp in assigned)
         log.info("Assigned partitions %s of %s", partitions, self.settings.topic)
         self.unresolved.update(partitions)
-        self.resolve_positions()
+        self.resolve_positions(self.callback_timeout)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self.stored.pop(tp.partition, None)
             self.unresolved.discard(tp.partition)
 
-    def resolve_positions(self) -> None:
+    def resolve_positions(self, timeout: float | None = None) -> None:
         """Start each new partition at its offset stored in PostgreSQL; without one, Kafka's
         committed offset, then auto_offset_reset. Until PostgreSQL answers, the partitions
         stay paused: reading them from anywhere else could count events twice."""
         tps = [TopicPartition(self.settings.topic, p) for p in sorted(self.unresolved)]
         try:
             stored = self.store.stored_offsets(
-                self.settings.group_id, self.settings.topic, sorted(self.unresolved)
+                self.settings.group_id, self.settings.topic, sorted(self.unresolved), timeout
             )
             # The new partitions' streams may have advanced under another member.
-            self.accumulator.load_marks(self.store.stream_marks())
+            self.accumulator.load_marks(self.store.stream_marks(timeout))
         except StoreUnavailable as exc:
-            log.error("PostgreSQL unreachable (%s): assigned partitions wait", exc)
+            log.error("PostgreSQL unavailable (%s): assigned partitions wait", exc)
             self.consumer.pause(*tps)
-            return
-        except StoreFailed as exc:
-            self.consumer.pause(*tps)
-            self.stop_for(exc)
             return
         for tp in tps:
             offset = stored.get(tp.partition)
@@ -314,9 +306,9 @@ def configure_logging(level: str) -> None:
 
 def prepare_tables(store: Store, settings: Settings, stop: threading.Event) -> bool:
     """Apply missing migrations, then claim the tables for our group (or take them over),
-    waiting for PostgreSQL with backoff. False if stopped first. Raises MigrationError,
-    NotOwner and StoreFailed, which stop the consumer."""
-    delay = RETRY_BASE_SECONDS
+    waiting for PostgreSQL with backoff. False if stopped first. Raises MigrationError and
+    NotOwner (a person must decide), StoreMisconfigured and StoreFailed."""
+    backoff = Backoff()
     while not stop.is_set():
         try:
             for name in store.migrate():
@@ -326,9 +318,9 @@ def prepare_tables(store: Store, settings: Settings, stop: threading.Event) -> b
             store.claim(settings.group_id)
             return True
         except StoreUnavailable as exc:
-            log.error("PostgreSQL unreachable (%s); retrying in %g s", exc, delay)
+            delay = backoff.next_delay()
+            log.error("PostgreSQL unavailable (%s); retrying in %.1f s", exc, delay)
             stop.wait(delay)
-            delay = min(RETRY_MAX_SECONDS, delay * 2)
     return False
 
 
@@ -349,12 +341,57 @@ def take_over(store: Store, group_id: str) -> None:
         )
 
 
+UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    name = exc.__class__.__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """kafka-python wraps what a rebalance callback raised in a KafkaError: unwrap it."""
+    while isinstance(exc, KafkaError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def consume(settings: Settings, store: Store, stop: threading.Event) -> int:
+    """Run the aggregator, recreating the Kafka client after transient failures; the exit code."""
+    aggregator = Aggregator(settings, store, stop)
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return 0 if aggregator.run() else EXIT_FAILED
+        except KafkaError as exc:
+            cause = root_cause(exc)
+            if not isinstance(cause, KafkaError):
+                raise cause from None  # e.g. StoreMisconfigured inside a rebalance callback
+            if isinstance(cause, KafkaConfigurationError):
+                raise
+            if stop.is_set():
+                break
+            delay = backoff.next_delay()
+            what = "unreachable" if isinstance(cause, UNREACHABLE) else "client failed"
+            log.error(
+                "Kafka %s at %s (%s); retrying in %.1f s",
+                what,
+                settings.bootstrap_servers,
+                describe(cause),
+                delay,
+            )
+            aggregator.reset()
+            stop.wait(delay)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"consumer.py: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure_logging(settings.log_level)
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -362,30 +399,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not prepare_tables(store, settings, stop):
             return 0
-        run_until_stopped(Aggregator(settings, store, stop), settings, stop)
+        code = consume(settings, store, stop)
     except (MigrationError, NotOwner) as exc:
         print(f"consumer.py: error: {exc}", file=sys.stderr)
         log.error("Consumer stopped: %s", exc)
-        return 2
+        return EXIT_CONFIG
+    except StoreMisconfigured as exc:
+        log.error("Cannot use PostgreSQL: %s. Fix the POSTGRES_* settings; stopping.", exc)
+        return EXIT_CONFIG
+    except KafkaConfigurationError as exc:
+        log.error("Kafka refuses the client settings: %s; stopping.", exc)
+        return EXIT_CONFIG
     except StoreFailed as exc:
-        log.error("Consumer stopped: PostgreSQL refused a statement (%s)", exc)
-        return 1
+        log.error("PostgreSQL refused the work: %s; stopping (nothing of it was written).", exc)
+        return EXIT_FAILED
     finally:
         store.close()
-    log.info("Consumer stopped")
-    return 0
-
-
-def run_until_stopped(aggregator: Aggregator, settings: Settings, stop: threading.Event) -> None:
-    """Run, reconnecting to Kafka after it is lost, until stopped."""
-    while not stop.is_set():
-        try:
-            aggregator.run()
-        except KafkaError as exc:
-            if stop.is_set():
-                break
-            log.error(
-                "Kafka unreachable at %s (%s); retrying in 5 s", settings.bootstrap_servers, exc
-            )
-            aggregator.reset()
-            stop.wait(5)
+    log.info("Consumer stopped" + ("" if code == 0 else " with unwritten events"))
+    return code

@@ -1,19 +1,41 @@
-"""Consumer configuration: environment variables, with command-line flags over them."""
+"""Consumer configuration: environment variables, with command-line flags over them.
+
+Every setting has its own parser, which converts the text and checks its range; a bad value
+stops the consumer at start, before it connects anywhere, with one sentence naming the
+variable and what it allows. The settings both scripts share follow the same rules as in the
+producer's config.py (tests/test_config_rules.py holds them to that).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+OFFSET_RESETS = ("earliest", "latest")
+MAX_FLUSH_SECONDS = 3600.0  # an hour: a longer interval holds too much in memory to be meant
+# A default broker refuses session timeouts outside group.min.session.timeout.ms (6 s) and
+# group.max.session.timeout.ms (30 min); kafka_edge derives the heartbeat as a third of it.
+SESSION_TIMEOUT_MS = (6_000, 1_800_000)
+MAX_POLL_INTERVAL_MS = (1_000, 2**31 - 1)  # Kafka's int32
+TOPIC_PATTERN = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # Kafka's own rule (clients' Topic.java)
+HOST_PATTERN = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")  # name, IPv4 or [IPv6]
+PORT_PATTERN = re.compile(r"[0-9]{1,5}")  # ASCII digits: int() also reads other scripts
 
 
 class ConfigError(ValueError):
     """A setting that stops the consumer at start, said in one sentence."""
+
+
+class Invalid(ValueError):
+    """Raised by a parser: the text is not allowed; the message says what is."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +106,6 @@ _OPTIONS = [
     ),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 ]
-_NUMBERS = {f.name: f.type for f in fields(Settings) if f.type in ("int", "float")}
 
 
 def psycopg_dsn(**parts: str) -> str:
@@ -94,6 +115,93 @@ def psycopg_dsn(**parts: str) -> str:
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     return " ".join(f"{key}={quote(value)}" for key, value in parts.items())
+
+
+# --- parsers: text -> value, or Invalid saying what is allowed --------------------------------
+
+
+def number(
+    kind: type[int] | type[float], what: str, low: float, high: float, low_open: bool = False
+) -> Callable[[str], float]:
+    """A parser of finite ints or floats in [low, high], or in (low, high] with low_open."""
+    bound = f"greater than {low:g} and at most" if low_open else f"from {low:g} to"
+    rule = f"{what} {bound} {high:g}" if high < 1e6 else f"{what} {bound} {high:,.0f}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise Invalid(rule) from None
+        if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
+            raise Invalid(rule)
+        return value
+
+    return parse
+
+
+def one_of(choices: Sequence[str], normalise: Callable[[str], str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = normalise(text)
+        if value not in choices:
+            raise Invalid(f"{', '.join(choices[:-1])} or {choices[-1]}")
+        return value
+
+    return parse
+
+
+def topic_name(text: str) -> str:
+    if not TOPIC_PATTERN.fullmatch(text) or text in (".", ".."):
+        raise Invalid("a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, but not . or ..)")
+    return text
+
+
+def bootstrap_servers(text: str) -> str:
+    """A comma-separated list of host:port; IPv6 as [addr]:port."""
+    for server in text.split(","):
+        host, _, port = server.strip().rpartition(":")
+        valid_port = PORT_PATTERN.fullmatch(port) and 0 < int(port) < 65536
+        if not HOST_PATTERN.fullmatch(host) or not valid_port:
+            raise Invalid("a comma-separated list of host:port, each port 1-65535")
+    return text
+
+
+def name(text: str) -> str:
+    if not text.strip():
+        raise Invalid("a non-blank name")
+    return text.strip()
+
+
+def folder(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_dir():
+        raise Invalid("an existing folder")
+    return path
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "bootstrap_servers": bootstrap_servers,
+    "topic": topic_name,
+    "group_id": name,
+    "flush_interval": number(
+        float, "a finite number of seconds", 0, MAX_FLUSH_SECONDS, low_open=True
+    ),
+    "postgres_host": name,
+    "postgres_port": number(int, "a whole number", 1, 65535),
+    "postgres_db": name,
+    "postgres_user": name,
+    "postgres_password": str,  # taken as given: spaces may be part of it
+    "instance_id": name,
+    "auto_offset_reset": one_of(OFFSET_RESETS, lambda text: text.strip().lower()),
+    "session_timeout_ms": number(
+        int, "a whole number of milliseconds (a default broker's range)", *SESSION_TIMEOUT_MS
+    ),
+    "max_poll_interval_ms": number(int, "a whole number of milliseconds", *MAX_POLL_INTERVAL_MS),
+    "migrations_dir": folder,
+    "log_level": one_of(LOG_LEVELS, lambda text: text.strip().upper()),
+}
+
+
+# --- the command line ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,55 +222,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--take-over",
         action="store_true",
         help="make --group the group that fills the tables, moving the owning group's stored "
-        "offsets to it in one transaction, then run (stop the old group first)",
+        "offsets to it in one transaction, then run (see README: One owning group)",
+    )
+    parser.add_argument(
+        "--check-hosts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resolve the Kafka and PostgreSQL host names at start [on]",
     )
     return parser
 
 
 def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
+    """Parse flags over environment; raise ConfigError for any bad value."""
     args = build_parser().parse_args(argv)
     values: dict[str, object] = {}
-    for _, var, field, _ in _OPTIONS:
+    for flag, var, field, _ in _OPTIONS:
         text = getattr(args, field) or env.get(var)
-        if text in (None, ""):
-            continue
-        values[field] = _convert(field, var, text)
+        if not text:
+            continue  # unset or empty: the default
+        try:
+            values[field] = _PARSERS[field](text)
+        except Invalid as rule:
+            raise ConfigError(f"{var} ({flag}) must be {rule}, not {text!r}.") from None
     settings = Settings(**values, take_over=args.take_over)
-    _validate(settings)
+    if args.check_hosts:
+        _check_hosts_resolve(settings)
     return settings
 
 
-def _convert(field: str, var: str, text: str) -> object:
-    kind = _NUMBERS.get(field)
-    try:
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{var}={text!r} is not a number.") from None
-    if field == "migrations_dir":
-        return Path(text)
-    # A password is taken as given: spaces may be part of it.
-    return text if field == "postgres_password" else text.strip()
-
-
-def _validate(s: Settings) -> None:
-    if not s.flush_interval > 0:
-        raise ConfigError(
-            f"FLUSH_INTERVAL_SECONDS must be greater than 0 (got {s.flush_interval:g})."
-        )
-    if not 0 < s.postgres_port < 65536:
-        raise ConfigError(f"POSTGRES_PORT={s.postgres_port} is not a TCP port.")
-    if s.auto_offset_reset not in ("earliest", "latest"):
-        raise ConfigError("KAFKA_AUTO_OFFSET_RESET must be earliest or latest.")
-    if s.session_timeout_ms <= 0 or s.max_poll_interval_ms <= 0:
-        raise ConfigError("Kafka timeouts must be greater than 0.")
-    for server in s.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={s.bootstrap_servers!r} is not host:port.")
-    if not s.migrations_dir.is_dir():
-        raise ConfigError(f"MIGRATIONS_DIR={s.migrations_dir} is not a folder.")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL={s.log_level!r} must be DEBUG, INFO, WARNING or ERROR.")
+def _check_hosts_resolve(s: Settings) -> None:
+    """Unknown host names are configuration mistakes: say so now, not in a retry loop."""
+    names = [
+        (server.strip().rpartition(":")[0].strip("[]"), "KAFKA_BOOTSTRAP_SERVERS")
+        for server in s.bootstrap_servers.split(",")
+    ]
+    names.append((s.postgres_host, "POSTGRES_HOST"))
+    for host, var in names:
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            raise ConfigError(f"{var} names host {host!r}, which cannot be resolved.") from None

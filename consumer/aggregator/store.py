@@ -1,12 +1,18 @@
 """The PostgreSQL edge: migrations, the owning group, stored offsets and high-water marks,
-and the one-transaction flush."""
+and the one-transaction flush.
+
+Every call either succeeds, or raises one of three errors that say what the caller can do:
+StoreUnavailable (transient: retry later), StoreMisconfigured (permanent: a person must fix a
+setting) or StoreFailed (the database refused the work: stop and show the cause).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,24 +28,27 @@ log = logging.getLogger("consumer")
 
 SCHEMA_LOCK_ID = 0x6274635F73716C  # any constant shared by all consumers ("btc_sql")
 # Marks of live streams (one per symbol and producer run) are dropped this long after their
-# last event: repeats come from a producer's re-send within minutes, and the topic itself
-# keeps messages 7 days by default. Replay marks stay: a file may be re-run any time.
+# last event: repeats come from a producer's re-send within minutes. Replay marks stay: a file
+# may be re-run any time.
 LIVE_MARK_RETENTION = "30 days"
 PRUNE_EVERY_SECONDS = 3600.0
 
 
+ANSWER_TIMEOUT_SECONDS = 12.0  # a healthy flush takes milliseconds; a hung server, forever
+STATEMENT_TIMEOUT_MS = 10_000  # the server's own limit, below the client's
+
+
 class StoreUnavailable(Exception):
-    """PostgreSQL cannot be reached or failed mid-transaction; nothing was written."""
+    """PostgreSQL cannot be reached, does not answer, or failed mid-transaction; nothing was
+    written. Transient: retry later."""
+
+
+class StoreMisconfigured(Exception):
+    """A setting is wrong (password, database, user, host name): retrying cannot help."""
 
 
 class StoreFailed(Exception):
-    """PostgreSQL refused a statement for a reason a retry cannot fix (a constraint, a missing
-    privilege, a broken schema); the message names the real cause. The consumer stops."""
-
-
-class OffsetsMoved(Exception):
-    """Another consumer stored offsets for our partitions since we read them: we are a
-    zombie of an older generation, and our pending state must be dropped, not written."""
+    """PostgreSQL refused the work itself (a bug, a schema out of step): stop, show why."""
 
 
 class NotOwner(Exception):
@@ -61,6 +70,11 @@ class NotOwner(Exception):
         self.owner = owner
 
 
+class OffsetsMoved(Exception):
+    """Another consumer stored offsets for our partitions since we read them: we are a
+    zombie of an older generation, and our pending state must be dropped, not written."""
+
+
 @dataclass(frozen=True)
 class FlushContext:
     group_id: str
@@ -71,41 +85,96 @@ class FlushContext:
     expected_offsets: dict[int, int | None]  # partition -> what we believe is stored
 
 
+# -- a client-side deadline for every answer ------------------------------------------------
+# statement_timeout is enforced by the server, so it cannot fire when the server itself hangs
+# (a stalled disk or VM, SIGSTOP), and libpq would wait forever. psycopg2 hands every wait for
+# the server to a callback: this one gives up at a deadline, set per call by the Store.
+
+_deadline = threading.local()
+
+
+def _wait_until_deadline(conn: psycopg2.extensions.connection) -> None:
+    """psycopg2's wait callback: psycopg2.extras.wait_select, with a deadline."""
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        at: float | None = getattr(_deadline, "at", None)
+        timeout = None if at is None else at - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            # psycopg2 then closes the connection, and what the caller catches may be about
+            # that ("connection already closed"): keep the real reason where it can be found.
+            _deadline.missed = f"PostgreSQL did not answer within {_deadline.seconds:g} s"
+            raise psycopg2.OperationalError(_deadline.missed)
+        fd = conn.fileno()
+        if state == psycopg2.extensions.POLL_READ:
+            select.select([fd], [], [], timeout)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            select.select([], [fd], [], timeout)
+        else:  # pragma: no cover - psycopg2 documents no other state
+            raise psycopg2.OperationalError(f"unexpected poll state {state}")
+
+
+@contextlib.contextmanager
+def _answer_within(seconds: float):
+    _deadline.at, _deadline.seconds = time.monotonic() + seconds, seconds
+    _deadline.missed = None
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
 class Store:
-    def __init__(self, dsn: str, migrations_dir: Path) -> None:
+    def __init__(
+        self, dsn: str, migrations_dir: Path, answer_timeout: float = ANSWER_TIMEOUT_SECONDS
+    ) -> None:
         self.dsn = dsn
         self.migrations_dir = migrations_dir
-        self._conn: psycopg2.extensions.connection | None = None
+        self.answer_timeout = answer_timeout
         self._pruned_at: float | None = None
+        self.started = False  # after the first success, a host name failing to resolve is DNS
+        self._conn: psycopg2.extensions.connection | None = None
+        psycopg2.extensions.set_wait_callback(_wait_until_deadline)
+
+    @contextlib.contextmanager
+    def _call(self, timeout: float | None = None):
+        """One store call: a connection, a deadline, and errors sorted by what can be done."""
+        with _answer_within(timeout or self.answer_timeout):
+            try:
+                yield self._connection()
+                self.started = True
+            except (StoreUnavailable, StoreMisconfigured, OffsetsMoved):
+                raise
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                raise self._fail(exc) from None
+            except psycopg2.Error as exc:
+                self._drop_connection()
+                raise StoreFailed(_describe(exc)) from None
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
             try:
-                # statement_timeout bounds a flush, which may run inside a rebalance callback.
+                # statement_timeout: the server's own bound, below the client's deadline.
                 self._conn = psycopg2.connect(
-                    self.dsn, connect_timeout=5, options="-c statement_timeout=15000"
+                    self.dsn,
+                    connect_timeout=5,
+                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                 )
             except psycopg2.OperationalError as exc:
-                raise StoreUnavailable(_one_line(exc)) from None
+                reason = _one_line(exc)
+                if _is_permanent(reason, at_start=not self.started):
+                    raise StoreMisconfigured(reason) from None
+                raise StoreUnavailable(reason) from None
         return self._conn
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg2.extensions.cursor]:
-        """One transaction: committed at the end, rolled back on any exception. Connection
-        trouble becomes StoreUnavailable (retry), any other database error StoreFailed."""
-        conn = self._connection()
-        try:
-            with conn, conn.cursor() as cur:
-                yield cur
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self._drop_connection()
-            raise StoreUnavailable(_one_line(exc)) from None
-        except psycopg2.Error as exc:
-            self._drop_connection()
-            raise StoreFailed(f"{exc.__class__.__name__}: {_one_line(exc)}") from exc
+    def _fail(self, exc: Exception) -> StoreUnavailable:
+        """Close a connection that failed: the next call reconnects."""
+        self._drop_connection()
+        missed = getattr(_deadline, "missed", None)
+        return StoreUnavailable(f"{missed} (server hung?)" if missed else _one_line(exc))
 
     def _drop_connection(self) -> None:
-        """Close a connection that failed: the next call reconnects."""
         if self._conn is not None:
             with contextlib.suppress(psycopg2.Error):
                 self._conn.close()
@@ -116,7 +185,9 @@ class Store:
         an advisory lock (consumers starting together wait for each other). Returns their
         names. Raises MigrationError for a folder or database it cannot work with."""
         migrations = migrations_in(self.migrations_dir)
-        with self._transaction() as cur:
+        # A long migration may take longer than a flush: the server's statement_timeout and
+        # a generous deadline still bound it.
+        with self._call(timeout=max(60.0, self.answer_timeout)) as conn, conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
             cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
             applied: set[int] = set()
@@ -134,7 +205,7 @@ class Store:
 
     def claim(self, group_id: str) -> None:
         """Become the owning group of empty tables; raise NotOwner if another group owns them."""
-        with self._transaction() as cur:
+        with self._call() as conn, conn, conn.cursor() as cur:
             cur.execute(
                 "INSERT INTO table_owner (group_id) VALUES (%s) ON CONFLICT DO NOTHING",
                 (group_id,),
@@ -149,7 +220,7 @@ class Store:
         transaction: the new group continues exactly where the old one stopped. The marks
         belong to the tables, not to a group, so they stay as they are. Returns the previous
         owner and how many partition offsets moved."""
-        with self._transaction() as cur:
+        with self._call() as conn, conn, conn.cursor() as cur:
             cur.execute("SELECT group_id FROM table_owner FOR UPDATE")
             row = cur.fetchone()
             previous = row[0] if row else None
@@ -172,8 +243,16 @@ class Store:
             )
         return previous, moved
 
-    def stored_offsets(self, group_id: str, topic: str, partitions: list[int]) -> dict[int, int]:
-        with self._transaction() as cur:
+    def stream_marks(self, timeout: float | None = None) -> dict[str, int]:
+        """Every stream's high-water mark: what the tables have counted."""
+        with self._call(timeout) as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT stream, last_seq FROM stream_marks")
+            return dict(cur.fetchall())
+
+    def stored_offsets(
+        self, group_id: str, topic: str, partitions: list[int], timeout: float | None = None
+    ) -> dict[int, int]:
+        with self._call(timeout) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT partition, next_offset FROM consumer_offsets "
                 "WHERE group_id = %s AND topic = %s AND partition = ANY(%s)",
@@ -181,21 +260,17 @@ class Store:
             )
             return dict(cur.fetchall())
 
-    def stream_marks(self) -> dict[str, int]:
-        """Every stream's high-water mark: what the tables have counted."""
-        with self._transaction() as cur:
-            cur.execute("SELECT stream, last_seq FROM stream_marks")
-            return dict(cur.fetchall())
+    def write(
+        self, pending: PendingFlush, ctx: FlushContext, timeout: float | None = None
+    ) -> float:
+        """Write windows, marks, dead letters, metrics and offsets in ONE transaction, with an
+        answer due within `timeout` seconds (default: answer_timeout).
 
-    def write(self, pending: PendingFlush, ctx: FlushContext) -> float:
-        """Write windows, marks, dead letters, metrics and offsets in ONE transaction.
-
-        Returns the flush duration in ms. Raises StoreUnavailable (retry later),
-        OffsetsMoved (drop the pending state), NotOwner or StoreFailed (stop); whatever it
-        raises, nothing was written.
+        Returns the flush duration in ms. Raises StoreUnavailable (retry later), OffsetsMoved
+        (drop the pending state), NotOwner or StoreFailed; in every case nothing was written.
         """
         started = time.perf_counter()
-        with self._transaction() as cur:
+        with self._call(timeout) as conn, conn, conn.cursor() as cur:
             _check_owner(cur, ctx.group_id)  # waits for a take-over in progress
             _advance_offsets(cur, pending, ctx)  # it locks the rows that fence us
             marks = pending.advanced_marks()
@@ -362,3 +437,21 @@ def _binary(data: bytes | None) -> psycopg2.Binary | None:
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+def _describe(exc: psycopg2.Error) -> str:
+    """The server's own words and SQLSTATE, e.g. for a constraint a flush violated."""
+    code = f" [SQLSTATE {exc.pgcode}]" if exc.pgcode else ""
+    return f"{exc.__class__.__name__}: {_one_line(exc)}{code}"
+
+
+# libpq's messages for settings that no retry can fix (it gives no SQLSTATE for a failed
+# connection). A host name that does not resolve is a mistake at start, a DNS hiccup later.
+_PERMANENT = ("password authentication failed", "does not exist", "no password supplied")
+_PERMANENT_AT_START = ("could not translate host name",)
+
+
+def _is_permanent(reason: str, at_start: bool) -> bool:
+    return any(text in reason for text in _PERMANENT) or (
+        at_start and any(text in reason for text in _PERMANENT_AT_START)
+    )

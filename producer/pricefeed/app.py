@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from kafka.errors import KafkaConfigurationError
+
 from pricefeed.binance import (
     RESTRICTED_FIX,
     BinanceClient,
@@ -27,6 +29,8 @@ from pricefeed.sources import BinanceSource, SimulatedSource
 from pricefeed.timing import Backoff, FixedRateSchedule
 
 log = logging.getLogger("producer")
+
+EXIT_UNDELIVERED = 1  # stopped with events Kafka never acknowledged: a supervisor should know
 
 
 def run_polling(
@@ -46,36 +50,38 @@ def run_polling(
             backoff.reset()
             _, due = schedule.next_tick(clock())
         except BinanceError as exc:
-            delay = retry_delay(exc, backoff)
-            _, due = schedule.next_tick(clock() + delay)
+            _, due = schedule.next_tick(clock() + retry_delay(exc, backoff))
+            report_failure(exc, next_poll_in=due - clock())
 
 
 def retry_delay(exc: BinanceError, backoff: Backoff) -> float:
-    """Log what went wrong and how long to wait before polling again (0: the next tick)."""
+    """The least wait before polling again (0: the next tick). The poll itself comes at the
+    first tick of the grid after it."""
+    if isinstance(exc, RateLimited):
+        return backoff.next_delay() if exc.retry_after is None else exc.retry_after
+    if isinstance(exc, InvalidResponse):
+        return 0.0
+    return backoff.next_delay()
+
+
+def report_failure(exc: BinanceError, next_poll_in: float) -> None:
+    """Say what went wrong, and when the next poll really comes."""
+    then = f"next poll in {next_poll_in:.1f} s"
+    Then = then[0].upper() + then[1:]  # the same words, starting a sentence
     if isinstance(exc, RateLimited):
         if exc.retry_after is None:
-            delay = backoff.next_delay()
-            log.warning("Binance rate limit: %s, no Retry-After; waiting %.1f s", exc, delay)
-            return delay
-        what = "IP banned" if exc.status == 418 else "rate limit"
-        log.warning("Binance %s: %s; waiting %g s as Retry-After asks", what, exc, exc.retry_after)
-        return exc.retry_after
-    if isinstance(exc, InvalidResponse):
-        log.warning("Skipped poll: Binance sent an invalid body (%s)", exc)
-        return 0.0
-    delay = backoff.next_delay()
-    if isinstance(exc, Restricted):
-        log.error(
-            "Binance refuses this location (%s). To fix: %s. Retrying in %.1f s",
-            exc,
-            RESTRICTED_FIX,
-            delay,
-        )
+            log.warning("Binance rate limit: %s, no Retry-After; %s", exc, then)
+        else:
+            what = "IP banned" if exc.status == 418 else "rate limit"
+            log.warning("Binance %s: %s; Retry-After %g s, %s", what, exc, exc.retry_after, then)
+    elif isinstance(exc, InvalidResponse):
+        log.warning("Skipped poll: Binance sent an invalid body (%s); %s", exc, then)
+    elif isinstance(exc, Restricted):
+        log.error("Binance refuses this location (%s). To fix: %s. %s", exc, RESTRICTED_FIX, Then)
     elif isinstance(exc, Rejected):
-        log.error("Binance rejected the request: %s; check SYMBOLS. Retrying in %.1f s", exc, delay)
+        log.error("Binance rejected the request: %s; check SYMBOLS. %s", exc, Then)
     else:
-        log.warning("Binance unavailable: %s; retrying in %.1f s", exc, delay)
-    return delay
+        log.warning("Binance unavailable: %s; %s", exc, then)
 
 
 def build_source(settings: Settings) -> BinanceSource | SimulatedSource:
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = None
     if settings.source == "replay":
         try:
-            replay = open_replay(settings.replay_files)
+            replay = open_replay(settings.replay_files, settings.replay_symbol)
         except ReplayFileError as exc:
             print(f"producer.py: error: {exc}", file=sys.stderr)
             return 2
@@ -130,9 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop,
         Backoff(settings.backoff_base, settings.backoff_max, random.Random()),
         stall_warning=max(5.0, 2 * settings.poll_interval),  # a couple of silent ticks
+        delivery_timeout_ms=settings.delivery_timeout_ms,
     )
-    if not sink.connect():
-        return 0  # stopped before Kafka was reachable: nothing to flush
+    try:
+        if not sink.connect():
+            return 0  # stopped before Kafka was reachable: nothing to flush
+    except KafkaConfigurationError as exc:
+        print(f"producer.py: error: Kafka refuses the client settings: {exc}", file=sys.stderr)
+        return 2
+    lost = 0
     try:
         if replay is not None:
             run_replay(replay, settings, sink, stop)
@@ -150,6 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("Replay stopped: %s", exc)
         return 2
     finally:
-        sink.close()
+        lost = sink.close()
         log.info("Producer stopped: %d messages delivered", sink.delivered)
-    return 0
+    return EXIT_UNDELIVERED if lost else 0

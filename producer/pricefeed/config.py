@@ -1,12 +1,20 @@
-"""Producer configuration: environment variables, with command-line flags over them."""
+"""Producer configuration: environment variables, with command-line flags over them.
+
+Every setting has its own parser, which converts the text and checks its range; a bad value
+stops the producer at start, before anything is created, with one sentence naming the
+variable and what it allows. The consumer's config.py applies the same rules to the settings
+both scripts share (tests/test_config_rules.py holds them to that).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,10 +22,20 @@ from pricefeed.contract import ContractError, check_symbol
 
 SOURCES = ("binance", "simulated", "replay")
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
+MAX_PARTITIONS = 2**31 - 1  # Kafka's int32
+TOPIC_PATTERN = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # Kafka's own rule (clients' Topic.java)
+HOST_PATTERN = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")  # name, IPv4 or [IPv6]
+PORT_PATTERN = re.compile(r"[0-9]{1,5}")  # ASCII digits: int() also reads other scripts
 
 
 class ConfigError(ValueError):
     """A setting that stops the producer at start, said in one sentence."""
+
+
+class Invalid(ValueError):
+    """Raised by a parser: the text is not allowed; the message says what is."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +51,11 @@ class Settings:
     http_timeout: float = 5.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    delivery_timeout_ms: int = 120_000
     seed: int | None = None
     replay_files: tuple[Path, ...] = ()
     replay_speed: float | None = None  # None: as fast as the broker takes it
+    replay_symbol: str | None = None  # None: from each file's name
     replay_state_dir: Path = DEFAULT_REPLAY_STATE_DIR  # notes of what Kafka acknowledged
     resume: bool = False  # --resume only: skip lines acknowledged in an earlier run
     log_level: str = "INFO"
@@ -54,8 +74,20 @@ _OPTIONS = [
     ("--timeout", "HTTP_TIMEOUT_SECONDS", "http_timeout", "HTTP timeout per request, seconds"),
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "backoff_base", "first retry delay, seconds"),
     ("--backoff-max", "BACKOFF_MAX_SECONDS", "backoff_max", "longest retry delay, seconds"),
+    (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "delivery_timeout_ms",
+        "how long Kafka may take to acknowledge a message before it is sent again",
+    ),
     ("--seed", "SIMULATION_SEED", "seed", "random seed of --source simulated"),
     ("--speed", "REPLAY_SPEED", "replay_speed", "replay N times real time, or 'max'"),
+    (
+        "--replay-symbol",
+        "REPLAY_SYMBOL",
+        "replay_symbol",
+        "symbol of every replayed file, for files whose name does not say it",
+    ),
     (
         "--replay-state-dir",
         "REPLAY_STATE_DIR",
@@ -64,6 +96,142 @@ _OPTIONS = [
     ),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 ]
+_SHOWN_DEFAULTS = {
+    "replay_speed": "max",
+    "replay_symbol": "from the file name",
+    "seed": "random",
+    "replay_state_dir": "~/.cache/btc-pipeline/replay",
+}
+
+
+# --- parsers: text -> value, or Invalid saying what is allowed --------------------------------
+
+
+def number(
+    kind: type[int] | type[float], what: str, low: float, high: float, low_open: bool = False
+) -> Callable[[str], float]:
+    """A parser of finite ints or floats in [low, high], or in (low, high] with low_open."""
+    bound = f"greater than {low:g} and at most" if low_open else f"from {low:g} to"
+    rule = f"{what} {bound} {high:g}" if high < 1e6 else f"{what} {bound} {high:,.0f}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise Invalid(rule) from None
+        if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
+            raise Invalid(rule)
+        return value
+
+    return parse
+
+
+seconds = number(float, "a finite number of seconds", 0, MAX_SECONDS, low_open=True)
+
+
+def one_of(choices: Sequence[str], normalise: Callable[[str], str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = normalise(text)
+        if value not in choices:
+            raise Invalid(f"{', '.join(choices[:-1])} or {choices[-1]}")
+        return value
+
+    return parse
+
+
+def topic_name(text: str) -> str:
+    if not TOPIC_PATTERN.fullmatch(text) or text in (".", ".."):
+        raise Invalid("a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, but not . or ..)")
+    return text
+
+
+def kafka_hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """(host, port) of each `host:port` in a comma-separated list; IPv6 as [addr]:port."""
+    hosts = []
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        valid_port = PORT_PATTERN.fullmatch(port) and 0 < int(port) < 65536
+        if not HOST_PATTERN.fullmatch(host) or not valid_port:
+            raise Invalid("a comma-separated list of host:port, each port 1-65535")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+def bootstrap_servers(text: str) -> str:
+    kafka_hosts(text)
+    return text
+
+
+def symbol_list(text: str) -> tuple[str, ...]:
+    rule = "comma-separated distinct Binance symbols like BTCUSDT,ETHUSDT (1-20 of A-Z 0-9 - _ .)"
+    try:
+        symbols = tuple(binance_symbol(symbol) for symbol in text.split(","))
+    except Invalid:
+        raise Invalid(rule) from None
+    if len(set(symbols)) != len(symbols):
+        raise Invalid(rule)
+    return symbols
+
+
+def binance_symbol(text: str) -> str:
+    try:
+        return check_symbol(text.strip().upper())
+    except ContractError:
+        raise Invalid("a Binance symbol like BTCUSDT (1-20 of A-Z 0-9 - _ .)") from None
+
+
+def http_url(text: str) -> str:
+    url = urlparse(text.strip())
+    try:
+        url.port  # noqa: B018 - raises ValueError for a port outside 0-65535
+    except ValueError:
+        raise Invalid("an http(s) URL like https://api.binance.com, with a port 1-65535") from None
+    if url.scheme not in ("http", "https") or not url.hostname or url.port == 0:
+        raise Invalid("an http(s) URL like https://api.binance.com, with a port 1-65535")
+    return text.strip()
+
+
+def replay_speed(text: str) -> float | None:
+    if text.strip().lower() == "max":
+        return None
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = math.nan
+    if not (math.isfinite(speed) and speed > 0):
+        raise Invalid("max, or a finite number greater than 0 (times real time)")
+    return speed
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise Invalid("a whole number") from None
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "source": one_of(SOURCES, lambda text: text.strip().lower()),
+    "bootstrap_servers": bootstrap_servers,
+    "topic": topic_name,
+    "topic_partitions": number(int, "a whole number", 1, MAX_PARTITIONS),
+    "symbols": symbol_list,
+    "poll_interval": seconds,
+    "poll_jitter": number(float, "a finite number of seconds", 0, MAX_SECONDS),
+    "binance_base_url": http_url,
+    "http_timeout": seconds,
+    "backoff_base": seconds,
+    "backoff_max": seconds,
+    "delivery_timeout_ms": number(int, "a whole number of milliseconds", 1000, 2**31 - 1),
+    "seed": whole_number,
+    "replay_speed": replay_speed,
+    "replay_symbol": binance_symbol,
+    "replay_state_dir": lambda text: Path(text.strip()).expanduser(),
+    "log_level": one_of(LOG_LEVELS, lambda text: text.strip().upper()),
+}
+
+
+# --- the command line ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, field)
         if isinstance(default, tuple):
             default = ",".join(default)
-        shown = {"replay_speed": "max", "replay_state_dir": "~/.cache/btc-pipeline/replay"}.get(
-            field, default
-        )
+        shown = _SHOWN_DEFAULTS.get(field, default)
         parser.add_argument(flag, dest=field, metavar=env, help=f"{text} [{env}={shown}]")
     parser.add_argument(
         "files", nargs="*", type=Path, help="Binance public-data CSV or zip files (--source replay)"
@@ -102,96 +268,40 @@ def build_parser() -> argparse.ArgumentParser:
 def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
     """Parse flags over environment; raise ConfigError for any bad value."""
     args = build_parser().parse_args(argv)
-    raw = {field: getattr(args, field) or env.get(var) for _, var, field, _ in _OPTIONS}
-    settings = _convert({k: v for k, v in raw.items() if v not in (None, "")}, args.files)
-    settings = replace(settings, resume=args.resume)
-    _validate(settings)
+    values: dict[str, object] = {"replay_files": tuple(args.files), "resume": args.resume}
+    for flag, var, field, _ in _OPTIONS:
+        text = getattr(args, field) or env.get(var)
+        if not text:
+            continue  # unset or empty: the default
+        try:
+            values[field] = _PARSERS[field](text)
+        except Invalid as rule:
+            raise ConfigError(f"{var} ({flag}) must be {rule}, not {text!r}.") from None
+    settings = Settings(**values)
+    _check_together(settings)
     if args.check_hosts:
         _check_hosts_resolve(settings)
     return settings
 
 
-def _convert(raw: dict[str, str], files: list[Path]) -> Settings:
-    values: dict[str, object] = {"replay_files": tuple(files)}
-    for field, text in raw.items():
-        values[field] = _convert_one(field, text)
-    return Settings(**values)
-
-
-def _convert_one(field: str, text: str) -> object:
-    env = next(var for _, var, f, _ in _OPTIONS if f == field)
-    try:
-        if field == "symbols":
-            return tuple(s.strip().upper() for s in text.split(",") if s.strip())
-        if field == "replay_speed":
-            return None if text.strip().lower() == "max" else float(text)
-        if field == "replay_state_dir":
-            return Path(text.strip()).expanduser()
-        if field in ("topic_partitions", "seed"):
-            return int(text)
-        if field in ("poll_interval", "poll_jitter", "http_timeout", "backoff_base", "backoff_max"):
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{env}={text!r} is not a number.") from None
-    return text.strip()
-
-
-def _validate(s: Settings) -> None:
-    if s.source not in SOURCES:
-        raise ConfigError(f"PRODUCER_SOURCE={s.source!r} must be one of {', '.join(SOURCES)}.")
-    if not s.symbols:
-        raise ConfigError("SYMBOLS is empty: give at least one symbol, like BTCUSDT.")
-    for symbol in s.symbols:
-        try:
-            check_symbol(symbol)
-        except ContractError:
-            raise ConfigError(
-                f"SYMBOLS contains {symbol!r}, which is not a Binance symbol (like BTCUSDT)."
-            ) from None
-    if len(set(s.symbols)) != len(s.symbols):
-        raise ConfigError(f"SYMBOLS={','.join(s.symbols)} names a symbol twice.")
-    _require_positive("POLL_INTERVAL_SECONDS", s.poll_interval)
-    _require_positive("HTTP_TIMEOUT_SECONDS", s.http_timeout)
-    _require_positive("BACKOFF_BASE_SECONDS", s.backoff_base)
-    _require_positive("KAFKA_TOPIC_PARTITIONS", s.topic_partitions)
+def _check_together(s: Settings) -> None:
+    """Rules between settings, once each is valid on its own."""
     if s.backoff_max < s.backoff_base:
-        raise ConfigError("BACKOFF_MAX_SECONDS must not be below BACKOFF_BASE_SECONDS.")
-    if not 0 <= s.poll_jitter < s.poll_interval:
-        raise ConfigError("POLL_JITTER_SECONDS must be at least 0 and below the poll interval.")
-    if s.replay_speed is not None:
-        _require_positive("REPLAY_SPEED", s.replay_speed)
-    kafka_hosts(s.bootstrap_servers)
-    if not s.topic or len(s.topic) > 249:
-        raise ConfigError(f"KAFKA_TOPIC={s.topic!r} is not a valid topic name.")
-    url = urlparse(s.binance_base_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(
-            f"BINANCE_BASE_URL={s.binance_base_url!r} is not an http(s) URL "
-            "like https://api.binance.com."
+            f"BACKOFF_MAX_SECONDS ({s.backoff_max:g}) must not be below "
+            f"BACKOFF_BASE_SECONDS ({s.backoff_base:g})."
+        )
+    if s.poll_jitter >= s.poll_interval:
+        raise ConfigError(
+            f"POLL_JITTER_SECONDS ({s.poll_jitter:g}) must be below "
+            f"POLL_INTERVAL_SECONDS ({s.poll_interval:g})."
         )
     if s.source == "replay" and not s.replay_files:
         raise ConfigError("--source replay needs at least one file to replay.")
     if s.source != "replay" and s.replay_files:
         raise ConfigError("Files are only read with --source replay.")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL={s.log_level!r} must be DEBUG, INFO, WARNING or ERROR.")
-
-
-def _require_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be greater than 0 (got {value:g}).")
-
-
-def kafka_hosts(bootstrap_servers: str) -> list[tuple[str, int]]:
-    hosts = []
-    for server in bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(
-                f"KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers!r} is not a list of host:port."
-            )
-        hosts.append((host.strip("[]"), int(port)))
-    return hosts
+    if s.source != "replay" and s.replay_symbol is not None:
+        raise ConfigError("REPLAY_SYMBOL (--replay-symbol) is only used with --source replay.")
 
 
 def _check_hosts_resolve(s: Settings) -> None:

@@ -100,12 +100,15 @@ class Replay:
     contents: dict[Path, FileContent]
 
 
-def open_replay(files: tuple[Path, ...]) -> Replay:
+def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
     """Check every file before anything is sent: a bad one stops the replay at the start
-    with ReplayFileError's one-sentence reason."""
+    with ReplayFileError's one-sentence reason. `symbol`, if given, is every file's symbol;
+    otherwise each file's name says it."""
     stats = {path: ReplayStats() for path in files}
     contents = {path: scan_content(path) for path in files}
-    streams = [read_events(p, stats=stats[p], digest=contents[p].digest) for p in files]
+    streams = [
+        read_events(path, symbol, stats=stats[path], digest=contents[path].digest) for path in files
+    ]
     return Replay(files, streams, stats, contents)
 
 

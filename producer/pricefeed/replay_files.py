@@ -299,7 +299,7 @@ def _resolve_symbol(path: Path, symbol: str | None) -> str:
         if match is None:
             raise ReplayFileError(
                 f"{path.name} does not say its symbol: name it like BTCUSDT-1m-2024-03-01.csv "
-                "or pass the symbol explicitly."
+                "or pass its symbol with --replay-symbol (REPLAY_SYMBOL)."
             )
         symbol = match["symbol"]
     try:

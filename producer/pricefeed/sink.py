@@ -1,30 +1,36 @@
-"""The Kafka edge: an idempotent producer that retries what it could not deliver."""
+"""The Kafka edge: an idempotent producer that re-sends, in order, what Kafka did not take.
+
+kafka-python's idempotent producer gives up on a batch after `delivery_timeout_ms` and then
+cannot recover by itself (3.0.12 resets its producer id but never asks for a new one, so it
+sends nothing ever again). So the first failed delivery retires the client: a new one, with a
+new producer id, sends every event not yet acknowledged again, in the order they were first
+sent, before anything newer. Per partition the unacknowledged events are always the tail of
+what was sent (acknowledgements arrive in order), so a re-send repeats a run of the stream in
+its original order; the events' identities let the consumer count each one once.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 
 from pricefeed.contract import PriceEvent
 from pricefeed.timing import Backoff
 
 log = logging.getLogger("producer")
 
+DEFAULT_DELIVERY_TIMEOUT_MS = 120_000  # kafka-python's and Java's default
+LINGER_MS = 5
+
 
 class KafkaSink:
-    """Publishes events keyed by symbol, with the record timestamp set to the event time.
-
-    A send that fails after the client's own retries (broker gone for longer than
-    delivery_timeout_ms) is queued and sent again before newer events, so nothing is lost
-    while the producer keeps running.
-    """
+    """Publishes events keyed by symbol, with the record timestamp set to the event time."""
 
     def __init__(
         self,
@@ -35,24 +41,34 @@ class KafkaSink:
         backoff: Backoff,
         echo: bool = True,
         stall_warning: float = 20.0,
+        delivery_timeout_ms: int = DEFAULT_DELIVERY_TIMEOUT_MS,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.partitions = partitions
         self.echo = echo
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.stall_warning = stall_warning  # no acknowledgement this long while messages wait
         self._stop = stop
         self._backoff = backoff
         self._producer: KafkaProducer | None = None
-        self._retry: deque[PriceEvent] = deque()
+        self._generation = 0  # which client a callback belongs to
         self._lock = threading.Lock()
+        # Sent and not acknowledged, in send order (dicts keep insertion order).
+        self._unacked: dict[int, PriceEvent] = {}
+        self._next_id = 0
+        self._failure: Exception | None = None  # first failed delivery of this client
+        self._waiting: list[PriceEvent] = []  # to send, after everything in _unacked
+        self._retry_at = 0.0  # monotonic time before which no new client is tried
         self.delivered = 0
-        self._unacked = 0  # sent, neither acknowledged nor failed yet
         self._last_ack = time.monotonic()
         self._stall_warned: float | None = None
-        self.stall_warning = stall_warning  # no acknowledgement this long while messages wait
+
+    # -- connecting -------------------------------------------------------------------------
 
     def connect(self) -> bool:
-        """Connect and make sure the topic exists, retrying until it works or we are stopped."""
+        """Connect and make sure the topic exists, retrying until it works or we are stopped.
+        A setting the client refuses raises KafkaConfigurationError: retrying cannot help."""
         while not self._stop.is_set():
             try:
                 self._producer = self._new_producer()
@@ -60,6 +76,9 @@ class KafkaSink:
                 self._backoff.reset()
                 log.info("Connected to Kafka at %s, topic %s", self.bootstrap_servers, self.topic)
                 return True
+            except KafkaConfigurationError:
+                self._close_producer()
+                raise
             except KafkaError as exc:
                 self._close_producer()
                 if self._stop.is_set():
@@ -77,12 +96,16 @@ class KafkaSink:
     def _new_producer(self) -> KafkaProducer:
         # acks=all with explicit idempotence: kafka-python raises instead of silently
         # downgrading when an idempotence requirement cannot be met.
+        self._generation += 1
         return KafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            linger_ms=LINGER_MS,
             max_block_ms=10_000,
+            delivery_timeout_ms=self.delivery_timeout_ms,
+            # A request may not outlive the delivery it belongs to.
+            request_timeout_ms=min(30_000, self.delivery_timeout_ms - LINGER_MS),
             bootstrap_timeout_ms=5_000,  # short, so a stop request is never kept waiting long
             client_id="btc-price-producer",
         )
@@ -101,17 +124,29 @@ class KafkaSink:
         finally:
             admin.close()
 
+    # -- publishing -------------------------------------------------------------------------
+
     def publish(self, events: Iterable[PriceEvent]) -> None:
-        """Send events (after any waiting for a retry), without waiting for acknowledgements."""
+        """Send events after everything still waiting, without waiting for acknowledgements.
+        Events that cannot be handed to the client now wait, in order, for the next call."""
         self._warn_if_stalled()
-        with self._lock:
-            pending = [*self._retry, *events]
-            self._retry.clear()
-        for index, event in enumerate(pending):
+        self._waiting.extend(events)
+        if self._failure is not None and not self._replace_client():
+            return
+        self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for index, event in enumerate(waiting):
             try:
                 self._send(event)
-            except KafkaError as exc:
-                self._requeue(pending[index:], exc)
+            except KafkaError as exc:  # e.g. the client's buffer stayed full for max_block_ms
+                self._waiting = waiting[index:]
+                log.warning(
+                    "Kafka is not taking messages (%s); %d events wait to be sent",
+                    _describe(exc),
+                    len(self._waiting),
+                )
                 return
 
     def _send(self, event: PriceEvent) -> None:
@@ -122,25 +157,66 @@ class KafkaSink:
         with self._lock:
             if not self._unacked:
                 self._last_ack = time.monotonic()  # a stall is measured from the first wait
-            self._unacked += 1
-        future.add_callback(self._on_delivered, event)
-        future.add_errback(self._on_failed, event)
+            send_id = self._next_id
+            self._next_id += 1
+            self._unacked[send_id] = event
+        future.add_callback(self._on_delivered, send_id)
+        future.add_errback(self._on_failed, send_id, self._generation)
 
-    def _on_delivered(self, event: PriceEvent, _metadata: object) -> None:
+    def _on_delivered(self, send_id: int, _metadata: object) -> None:
         with self._lock:
-            self._unacked -= 1
+            event = self._unacked.pop(send_id, None)
             self._last_ack = time.monotonic()
             recovered, self._stall_warned = self._stall_warned is not None, None
+        if event is None:
+            return
         self.delivered += 1
         if recovered:
             log.info("Kafka is acknowledging messages again")
         if self.echo:
             log.info("Produced: %s", event.to_json_bytes().decode())
 
-    def _on_failed(self, event: PriceEvent, exc: Exception) -> None:
+    def _on_failed(self, _send_id: int, generation: int, exc: Exception) -> None:
+        """The event stays unacknowledged; the next publish retires this client."""
         with self._lock:
-            self._unacked -= 1
-        self._requeue([event], exc)
+            if generation == self._generation and self._failure is None:
+                self._failure = exc
+
+    def _replace_client(self) -> bool:
+        """Retire the failed client and queue every unacknowledged event again, in order,
+        before what was waiting. False if no new client could be made yet (tried again later)."""
+        if self._producer is not None:
+            self._close_producer()  # its callbacks are done: nothing is acknowledged any more
+            with self._lock:
+                unacked = list(self._unacked.values())
+                self._unacked.clear()
+            self._waiting[:0] = unacked
+            log.warning(
+                "Kafka did not acknowledge in time (%s); sending %d unacknowledged events "
+                "again, in order, with a new producer session",
+                _describe(self._failure),
+                len(unacked),
+            )
+        if time.monotonic() < self._retry_at:
+            return False
+        try:
+            self._producer = self._new_producer()
+        except KafkaError as exc:
+            delay = self._backoff.next_delay()
+            self._retry_at = time.monotonic() + delay
+            log.warning(
+                "Kafka not reachable at %s (%s); %d events wait; next attempt in %.1f s or at "
+                "the next publish after that",
+                self.bootstrap_servers,
+                _describe(exc),
+                len(self._waiting),
+                delay,
+            )
+            return False
+        self._backoff.reset()
+        with self._lock:
+            self._failure = None
+        return True
 
     def _warn_if_stalled(self) -> None:
         """The client retries on its own for delivery_timeout_ms (idempotently, so without
@@ -148,7 +224,7 @@ class KafkaSink:
         now = time.monotonic()
         with self._lock:
             stalled_for = now - self._last_ack if self._unacked else 0.0
-            waiting = self._unacked
+            waiting = len(self._unacked) + len(self._waiting)
             due = self._stall_warned is None or now - self._stall_warned >= 60
             if stalled_for >= self.stall_warning and due:
                 self._stall_warned = now
@@ -162,49 +238,60 @@ class KafkaSink:
             waiting,
         )
 
-    def _requeue(self, events: list[PriceEvent], exc: Exception) -> None:
-        with self._lock:
-            self._retry.extend(events)
-            waiting = len(self._retry)
-        log.warning(
-            "Kafka delivery failed (%s: %s); %d events will be sent again",
-            exc.__class__.__name__,
-            exc,
-            waiting,
-        )
+    # -- stopping ---------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> None:
         if self._producer is not None:
             try:
                 self._producer.flush(timeout=timeout)
             except KafkaError as exc:
-                log.warning("Kafka flush incomplete: %s", exc)
+                log.warning("Kafka flush incomplete: %s", _describe(exc))
 
-    def undelivered(self) -> int:
-        """Events waiting to be sent again, or sent and not yet acknowledged."""
+    def backlog(self) -> int:
+        """Events waiting to be sent, or sent and not yet acknowledged."""
         with self._lock:
-            return len(self._retry) + self._unacked
+            return len(self._unacked) + len(self._waiting)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is pending (within `timeout`), then disconnect."""
-        if self._producer is not None:
-            self.publish(())  # one more try for events waiting to be sent again
-        self.flush(timeout)
-        if self.undelivered():
-            log.error("Stopping with %d events Kafka did not accept", self.undelivered())
+    undelivered = backlog
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is pending (within `timeout`), then disconnect. Returns how many events
+        Kafka did not accept (lost when the process ends: the caller exits non-zero)."""
+        deadline = time.monotonic() + timeout
+        if self._producer is not None or self._waiting:
+            self.publish(())
+            self.flush(max(0.0, deadline - time.monotonic()))
+        if self._failure is not None and time.monotonic() < deadline:
+            self._retry_at = 0.0  # one last new session for what failed
+            self.publish(())
+            self.flush(max(0.0, deadline - time.monotonic()))
+        lost = self.backlog()
+        if lost:
+            log.error(
+                "Stopping with %d events Kafka did not acknowledge: they were not delivered", lost
+            )
         self._close_producer()
+        return lost
 
     def _close_producer(self) -> None:
-        """Disconnect without waiting: close() has already given delivery its time."""
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except KafkaError as exc:
-                # kafka-python 3.0 flushes inside close() and gives up half-way when records
-                # are stuck (broker gone); finish the close so its __del__ does not retry it.
-                log.debug("Kafka producer close: %s", exc)
-                sender = getattr(self._producer, "_sender", None)
-                if sender is not None:
-                    sender.force_close()
-                self._producer._closed = True
-            self._producer = None
+        """Disconnect without waiting: callers have already given delivery its time."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        self._generation += 1  # late errbacks of the old client are not new failures
+        try:
+            producer.close(timeout=0)
+        except KafkaError as exc:
+            # kafka-python 3.0 flushes inside close() and gives up half-way when records are
+            # stuck (broker gone); finish the close so its __del__ does not retry it.
+            log.debug("Kafka producer close: %s", exc)
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            producer._closed = True
+
+
+def _describe(exc: BaseException | None) -> str:
+    text = " ".join(str(exc).split())
+    name = exc.__class__.__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name

@@ -6,6 +6,7 @@
         first, second, third = binance.wait_for_requests(3, timeout=10)
 
 Faults only ever apply to `/api/v3/ticker/price`, one per request, in the order queued.
+A person can queue them over HTTP too, under `/_harness` (see fault_control.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.harness.net import free_port, wait_until
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 TICKER_PATH = "/api/v3/ticker/price"
+CONTROL_PREFIX = "/_harness"  # by-hand fault control, see fault_control.py
 DEFAULT_PRICES = {"BTCUSDT": "43250.75000000"}
 
 RESTRICTED_LOCATION_BODY = (
@@ -204,6 +206,16 @@ class FakeBinance:
     def fail_next(self, *faults: Fault) -> None:
         with self._lock:
             self._faults.extend(faults)
+
+    def queued_faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def clear_faults(self) -> int:
+        """Drop every queued fault; returns how many there were."""
+        with self._lock:
+            cleared, self._faults = len(self._faults), []
+            return cleared
 
     def ticker_requests(self) -> list[RecordedRequest]:
         with self._lock:
@@ -413,6 +425,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         fake, url = self.server.fake, urlsplit(self.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
+        if url.path.startswith(CONTROL_PREFIX):
+            self._control("GET", url.path, query)
+            return
         headers = dict(self.headers.items())
         record = fake._record(url.path, query, headers)
         weight = fake._use_weight(_weight(url.path, query))
@@ -423,6 +438,26 @@ class _Handler(BaseHTTPRequestHandler):
             return
         record.status = response.status
         self._send(response, weight)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        self._control("POST", url.path, dict(parse_qsl(url.query, keep_blank_values=True)))
+
+    def do_DELETE(self) -> None:
+        url = urlsplit(self.path)
+        self._control("DELETE", url.path, dict(parse_qsl(url.query, keep_blank_values=True)))
+
+    def _control(self, method: str, path: str, query: dict[str, str]) -> None:
+        """The by-hand control endpoint (tests/harness/fault_control.py); never recorded."""
+        from tests.harness import fault_control  # it builds on this module
+
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a body is not used
+        try:
+            answer = fault_control.control(self.server.fake, method, path, query)
+            response = _Response(200, fault_control.to_json(answer))
+        except fault_control.BadRequest as error:
+            response = _Response(400, fault_control.to_json({"error": str(error)}))
+        self._send(response, weight=0)
 
     def _send(self, response: _Response, weight: int) -> None:
         body = response.body.encode()

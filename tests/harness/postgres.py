@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.harness.freeze import children, freeze, thaw
 from tests.harness.net import free_port
 
 SUPERUSER = "postgres"
@@ -44,6 +45,7 @@ class PostgresServer:
         self.durable = durable
         self._owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         self._initialised = False
+        self._frozen: list[int] = []
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         user = {"user": self._owner.pw_uid, "group": self._owner.pw_gid} if self._owner else {}
@@ -102,8 +104,25 @@ class PostgresServer:
         )
         return self
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's pid (first line of postmaster.pid)."""
+        return int((self.datadir / "data" / "postmaster.pid").read_text().split()[0])
+
+    def freeze(self) -> None:
+        """Hang the whole server (SIGSTOP of the postmaster and every backend), as a stalled
+        disk or VM would: connections stay open and new ones are accepted, nothing answers."""
+        self._frozen = [self.pid, *children(self.pid)]
+        freeze(self._frozen)
+
+    def thaw(self) -> None:
+        thaw(self._frozen)
+        self._frozen = []
+
     def stop(self) -> None:
         """Fast shutdown: open connections are cut, as in a real outage."""
+        if self._frozen:
+            self.thaw()
         if (self.datadir / "data" / "postmaster.pid").exists():
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.datadir / "data"))
 

@@ -44,7 +44,10 @@ class Script:
                 raise AssertionError(f"{self.name} exited early:\n{self.output()[-3000:]}")
             return self.output().count(text) >= count
 
-        wait_until(seen, timeout, f"{count} x {text!r} from {self.name}")
+        try:
+            wait_until(seen, timeout, f"{count} x {text!r} from {self.name}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; it printed:\n{self.output()[-3000:]}") from None
         return self.output()
 
     def signal(self, signum: int = signal.SIGTERM) -> None:

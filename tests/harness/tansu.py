@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.harness.freeze import freeze, thaw
 from tests.harness.net import free_port, port_open, wait_until
 
 
@@ -53,11 +54,24 @@ class TansuBroker:
             raise RuntimeError(f"Tansu exited with {self._process.returncode}: {self.log_text()}")
         return port_open(self.port)
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    def freeze(self) -> None:
+        """Hang the broker (SIGSTOP): connections stay open, nothing answers."""
+        freeze([self.pid])
+
+    def thaw(self) -> None:
+        thaw([self.pid])
+
     def log_text(self) -> str:
         return self._log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            thaw([self._process.pid])  # a frozen process cannot act on SIGTERM
             self._process.terminate()
             try:
                 self._process.wait(10)
