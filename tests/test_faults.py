@@ -168,3 +168,11 @@ def test_consumer_holds_its_interval_through_a_hung_postgres_and_a_rebalance(bro
         assert_tables_equal_truth(dsn, before + during)
     assert said_after < 20
     assert "Lost partitions" not in output, "evicted: heartbeats were held up"
+
+
+@pytest.mark.slow
+def test_producer_recovers_from_a_broker_frozen_past_the_default_delivery_timeout(
+    binance: FakeBinance, topic: str
+) -> None:
+    """The same at kafka-python's default delivery timeout (120 s), as users run it."""
+    frozen_broker_then_thawed(binance, topic, 130, None)

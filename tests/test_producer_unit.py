@@ -709,6 +709,9 @@ class LoopRig:
     def publish(self, events: list[PriceEvent]) -> None:
         self.published.append(list(events))
 
+    def tend(self) -> None:
+        """The sink's upkeep between polls: nothing to do here."""
+
     def offsets(self) -> list[float]:
         """Poll times since the start, to the millisecond."""
         return [round(t - self.start, 3) for t in self.poll_times]

@@ -44,7 +44,7 @@ def run_polling(
     schedule = FixedRateSchedule(clock(), settings.poll_interval, settings.poll_jitter)
     backoff = Backoff(settings.backoff_base, settings.backoff_max)
     _, due = schedule.next_tick(schedule.start)  # tick 0 fires at once, not an interval late
-    while not stop.wait(max(0.0, due - clock())):
+    while not wait_tending(sink, due, stop, clock):
         try:
             sink.publish(source.poll())
             backoff.reset()
@@ -52,6 +52,21 @@ def run_polling(
         except BinanceError as exc:
             _, due = schedule.next_tick(clock() + retry_delay(exc, backoff))
             report_failure(exc, next_poll_in=due - clock())
+
+
+TEND_EVERY_SECONDS = 1.0
+
+
+def wait_tending(sink: KafkaSink, due: float, stop: threading.Event, clock) -> bool:
+    """Wait until `due`, tending the sink every second meanwhile (so that a stalled Kafka
+    client is replaced within a second, not a poll interval); True if stopped."""
+    while True:
+        left = due - clock()
+        if stop.wait(max(0.0, min(TEND_EVERY_SECONDS, left))):
+            return True
+        if left <= TEND_EVERY_SECONDS:
+            return False
+        sink.tend()
 
 
 def retry_delay(exc: BinanceError, backoff: Backoff) -> float:

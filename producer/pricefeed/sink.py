@@ -1,10 +1,13 @@
 """The Kafka edge: an idempotent producer that re-sends, in order, what Kafka did not take.
 
-kafka-python's idempotent producer gives up on a batch after `delivery_timeout_ms` and then
-cannot recover by itself (3.0.12 resets its producer id but never asks for a new one, so it
-sends nothing ever again). So the first failed delivery retires the client: a new one, with a
-new producer id, sends every event not yet acknowledged again, in the order they were first
-sent, before anything newer. Per partition the unacknowledged events are always the tail of
+kafka-python 3.0.12 cannot be left to ride out a hung broker: once a request times out it
+reconnects in a busy loop (a core at 100 %), and once a batch expires after
+`delivery_timeout_ms` its idempotent producer resets its producer id but never asks for a new
+one, so it sends nothing ever again. So a client that failed a delivery, or has had no
+acknowledgement for `request_timeout_ms`, is retired: a new one is made only when the broker
+answers again (making one is the probe: it gives up quietly after a few seconds), and it sends
+every event not yet acknowledged again, in the order they were first sent, before anything
+newer. Per partition the unacknowledged events are always the tail of
 what was sent (acknowledgements arrive in order), so a re-send repeats a run of the stream in
 its original order; the events' identities let the consumer count each one once.
 """
@@ -18,7 +21,12 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConfigurationError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
 from pricefeed.contract import PriceEvent
 from pricefeed.timing import Backoff
@@ -26,7 +34,9 @@ from pricefeed.timing import Backoff
 log = logging.getLogger("producer")
 
 DEFAULT_DELIVERY_TIMEOUT_MS = 120_000  # kafka-python's and Java's default
+DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 LINGER_MS = 5
+RECONNECT_MAX_SECONDS = 20.0  # with the 5 s probe: publishing again within 30 s of recovery
 
 
 class KafkaSink:
@@ -48,9 +58,12 @@ class KafkaSink:
         self.partitions = partitions
         self.echo = echo
         self.delivery_timeout_ms = delivery_timeout_ms
+        # A request may not outlive the delivery it belongs to.
+        self.request_timeout_ms = min(DEFAULT_REQUEST_TIMEOUT_MS, delivery_timeout_ms - LINGER_MS)
         self.stall_warning = stall_warning  # no acknowledgement this long while messages wait
         self._stop = stop
         self._backoff = backoff
+        self._reconnect = Backoff(backoff.base, min(backoff.cap, RECONNECT_MAX_SECONDS))
         self._producer: KafkaProducer | None = None
         self._generation = 0  # which client a callback belongs to
         self._lock = threading.Lock()
@@ -104,8 +117,7 @@ class KafkaSink:
             linger_ms=LINGER_MS,
             max_block_ms=10_000,
             delivery_timeout_ms=self.delivery_timeout_ms,
-            # A request may not outlive the delivery it belongs to.
-            request_timeout_ms=min(30_000, self.delivery_timeout_ms - LINGER_MS),
+            request_timeout_ms=self.request_timeout_ms,
             bootstrap_timeout_ms=5_000,  # short, so a stop request is never kept waiting long
             client_id="btc-price-producer",
         )
@@ -129,11 +141,18 @@ class KafkaSink:
     def publish(self, events: Iterable[PriceEvent]) -> None:
         """Send events after everything still waiting, without waiting for acknowledgements.
         Events that cannot be handed to the client now wait, in order, for the next call."""
-        self._warn_if_stalled()
+        stalled_for = self._warn_if_stalled()
+        if stalled_for * 1000 >= self.request_timeout_ms and self._failure is None:
+            self._failure = KafkaTimeoutError(f"no acknowledgement for {stalled_for:.0f} s")
         self._waiting.extend(events)
         if self._failure is not None and not self._replace_client():
             return
         self._send_waiting()
+
+    def tend(self) -> None:
+        """Upkeep between publishes: warn about a stall, retire a stalled client, and send
+        what waits once Kafka answers again."""
+        self.publish(())
 
     def _send_waiting(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -202,7 +221,7 @@ class KafkaSink:
         try:
             self._producer = self._new_producer()
         except KafkaError as exc:
-            delay = self._backoff.next_delay()
+            delay = self._reconnect.next_delay()
             self._retry_at = time.monotonic() + delay
             log.warning(
                 "Kafka not reachable at %s (%s); %d events wait; next attempt in %.1f s or at "
@@ -213,14 +232,14 @@ class KafkaSink:
                 delay,
             )
             return False
-        self._backoff.reset()
+        self._reconnect.reset()
         with self._lock:
             self._failure = None
+            self._last_ack = time.monotonic()  # the new client's stall starts now
         return True
 
-    def _warn_if_stalled(self) -> None:
-        """The client retries on its own for delivery_timeout_ms (idempotently, so without
-        duplicates); meanwhile say that Kafka has stopped answering, once a minute."""
+    def _warn_if_stalled(self) -> float:
+        """Say that Kafka has stopped answering, once a minute. Returns for how long."""
         now = time.monotonic()
         with self._lock:
             stalled_for = now - self._last_ack if self._unacked else 0.0
@@ -229,7 +248,7 @@ class KafkaSink:
             if stalled_for >= self.stall_warning and due:
                 self._stall_warned = now
             else:
-                return
+                return stalled_for
         log.warning(
             "Kafka at %s has acknowledged nothing for %.0f s (%d messages waiting); "
             "the client keeps retrying",
@@ -237,6 +256,7 @@ class KafkaSink:
             stalled_for,
             waiting,
         )
+        return stalled_for
 
     # -- stopping ---------------------------------------------------------------------------
 
