@@ -12,10 +12,12 @@ import signal
 
 import pytest
 
+from tests.harness import FakeBinance, TansuBroker
 from tests.harness.net import wait_until
 from tests.harness.scripts import Script, run_script
 from tests.pipeline import (
     SHARED_DATA,
+    Event,
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
@@ -30,6 +32,7 @@ from tests.pipeline import (
     wait_for_total,
     wait_until_all_read,
 )
+from tests.test_producer import BTC, ETH, printed, producer_args, stop_cleanly
 from tests.test_replay import truth_from_csv
 
 AGG_TRADES = SHARED_DATA / "BTCUSDT-aggTrades-2026-01-01.head5000.csv"
@@ -142,36 +145,33 @@ def test_a_live_stream_resent_from_its_first_unacknowledged_event_is_counted_onc
     assert metric_sums(dsn)[:2] == (len(events), cut - resend_from)
 
 
-@pytest.mark.skip(
-    reason="NEEDS ISSUE 8's SINK (lead): the producer re-sends unacknowledged events only once "
-    "it recreates its KafkaProducer after a delivery timeout, and takes a short delivery "
-    "timeout from KAFKA_DELIVERY_TIMEOUT_MS; until then it wedges (issue 8, point 1)"
-)
-def test_the_producers_resend_after_a_kafka_outage_is_counted_once(
-    broker, postgres, database, dsn, topic
-):
-    create_topic(broker.bootstrap, topic)
-    env = {"KAFKA_DELIVERY_TIMEOUT_MS": "3000"}
-    args = ["--source", "simulated", "--interval", "0.05", "--symbols", "BTCUSDT,ETHUSDT"]
-    args += ["--bootstrap-servers", broker.bootstrap, "--topic", topic, "--seed", "3"]
-    with Script("producer", args, env=env) as producer:
-        producer.wait_for_output("Connected to Kafka", timeout=30)
-        producer.wait_for_output("Produced:", timeout=30, count=40)
-        # Frozen past the delivery timeout (issue 8b's harness fault controls may offer this).
-        broker._process.send_signal(signal.SIGSTOP)
-        try:
-            producer.wait_for_output("Kafka delivery failed", timeout=30)
-        finally:
-            broker._process.send_signal(signal.SIGCONT)
-        producer.wait_for_output("Kafka is acknowledging messages again", timeout=60)
-        assert producer.stop() == 0
-        output = producer.output()
-    produced = [line for line in output.splitlines() if "Produced: " in line]
-    with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
-        wait_until_all_read(dsn, broker.bootstrap, topic, 90)
-        assert consumer.stop() == 0
-    # Every acknowledged event once, whatever the topic holds twice.
-    assert total_events(dsn) == len({line.split("Produced: ", 1)[1] for line in produced})
+def test_the_producers_resend_after_a_kafka_outage_is_counted_once(postgres, database, topic):
+    """The real producer, its broker frozen past a short delivery timeout: it makes a new client
+    and sends every unacknowledged event again, in order, so the topic may hold some twice.
+    Ground truth: every event it reports delivered, once by identity."""
+    dsn = postgres.dsn(database)
+    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as binance, TansuBroker() as broker:
+        args = producer_args(binance, broker.bootstrap, topic, "--delivery-timeout-ms", "4000")
+        with Script("producer", args) as producer:
+            producer.wait_for_output("Produced:", timeout=30, count=6)
+            broker.freeze()
+            try:
+                producer.wait_for_output("Kafka did not acknowledge in time", timeout=40)
+            finally:
+                broker.thaw()
+            before = producer.output().count("Produced:")
+            producer.wait_for_output("Produced:", timeout=30, count=before + 6)
+            output = stop_cleanly(producer)
+        assert "again, in order" in output
+        delivered = {(body["stream"], body["seq"]): body for body in printed(output)}
+        truth = [Event(**body) for body in delivered.values()]  # type: ignore[arg-type]
+        with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
+            wait_until_all_read(dsn, broker.bootstrap, topic, 90)
+            assert consumer.stop() == 0
+        on_topic = messages_in(broker.bootstrap, topic)
+    assert_tables_equal_truth(dsn, truth)
+    events, repeats, _ = metric_sums(dsn)
+    assert (events, repeats) == (len(truth), on_topic - len(truth))
 
 
 def test_a_second_group_is_refused_then_takes_over_exactly(broker, postgres, database, dsn, topic):
