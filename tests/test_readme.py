@@ -9,7 +9,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from aggregator.config import DEFAULT_SCHEMA
+from aggregator.config import DEFAULT_MIGRATIONS
+from aggregator.store import Store
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,9 +27,9 @@ def readme_queries() -> dict[str, str]:
 @pytest.fixture
 def dsn(postgres, database) -> str:
     dsn = postgres.dsn(database)
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(DEFAULT_SCHEMA.read_text())
-    conn.close()
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.close()
     return dsn
 
 
