@@ -16,6 +16,8 @@ for folder in ("producer", "consumer"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
+from aggregator.config import DEFAULT_MIGRATIONS  # noqa: E402
+from aggregator.store import Store  # noqa: E402
 from tests.harness import PostgresServer, TansuBroker  # noqa: E402
 
 _names = itertools.count()
@@ -37,6 +39,16 @@ def postgres() -> Iterator[PostgresServer]:
 def database(postgres: PostgresServer) -> str:
     """A new, empty database for one test (the schema is not applied)."""
     return postgres.create_database(f"test_{next(_names)}")
+
+
+@pytest.fixture
+def migrated_dsn(postgres: PostgresServer, database: str) -> str:
+    """The test's database with every migration applied, as the consumer applies them."""
+    dsn = postgres.dsn(database)
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.close()
+    return dsn
 
 
 @pytest.fixture

@@ -31,9 +31,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
-from aggregator.config import DEFAULT_MIGRATIONS  # consumer/ is on sys.path (conftest.py)
-from aggregator.report import PER_MESSAGE_LIMIT
-from aggregator.store import Store
+from aggregator.report import PER_MESSAGE_LIMIT  # consumer/ is on sys.path (conftest.py)
 from tests.grafana_sql import (
     ALERT_RULES_FILE,
     CONTACT_POINTS_FILE,
@@ -452,12 +450,8 @@ class QueryResult:
 
 
 @pytest.fixture
-def schema_dsn(postgres: PostgresServer, database: str) -> str:
-    dsn = postgres.dsn(database)
-    store = Store(dsn, DEFAULT_MIGRATIONS)
-    store.migrate()
-    store.close()
-    return dsn
+def schema_dsn(migrated_dsn: str) -> str:
+    return migrated_dsn
 
 
 def set_reader_password(postgres: PostgresServer, database: str, password: str | None) -> None:

@@ -93,9 +93,9 @@ def test_the_entrypoint_script_and_the_consumer_apply_the_same_files(postgres):
     store.close()
 
 
-def test_a_database_newer_than_the_consumer_is_refused(dsn_migrated):
-    execute(dsn_migrated, "INSERT INTO schema_migrations (version, name) VALUES (99, '099_x')")
-    store = Store(dsn_migrated, DEFAULT_MIGRATIONS)
+def test_a_database_newer_than_the_consumer_is_refused(migrated_dsn):
+    execute(migrated_dsn, "INSERT INTO schema_migrations (version, name) VALUES (99, '099_x')")
+    store = Store(migrated_dsn, DEFAULT_MIGRATIONS)
     with pytest.raises(MigrationError, match="schema version 99, newer than this consumer"):
         store.migrate()
     store.close()
@@ -114,15 +114,6 @@ def test_a_folder_of_misnamed_migrations_is_refused(tmp_path, names, words):
         (tmp_path / name).write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=words):
         migrations_in(tmp_path)
-
-
-@pytest.fixture
-def dsn_migrated(postgres, database) -> str:
-    dsn = postgres.dsn(database)
-    store = Store(dsn, DEFAULT_MIGRATIONS)
-    store.migrate()
-    store.close()
-    return dsn
 
 
 def fill_as_the_previous_release(dsn: str, topic: str, group: str, events: list[Event]) -> None:

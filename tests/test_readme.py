@@ -9,9 +9,6 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from aggregator.config import DEFAULT_MIGRATIONS
-from aggregator.store import Store
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -25,12 +22,8 @@ def readme_queries() -> dict[str, str]:
 
 
 @pytest.fixture
-def dsn(postgres, database) -> str:
-    dsn = postgres.dsn(database)
-    store = Store(dsn, DEFAULT_MIGRATIONS)
-    store.migrate()
-    store.close()
-    return dsn
+def dsn(migrated_dsn) -> str:
+    return migrated_dsn
 
 
 # (raw value as the consumer stored it, what the README's query shows for it)
