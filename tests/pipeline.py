@@ -311,13 +311,22 @@ class StreamWriter(threading.Thread):
     """Publishes events in chunks over time, so that faults can strike mid-stream."""
 
     def __init__(
-        self, bootstrap: str, topic: str, events: Sequence[Event], chunk: int, pause: float
+        self,
+        bootstrap: str,
+        topic: str,
+        events: Sequence[Event],
+        chunk: int,
+        pause: float,
+        until: threading.Event | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.events = bootstrap, topic, events
         self.chunk, self.pause = chunk, pause
         self.sent = 0
         self.halt = threading.Event()
+        # Once this is set, the rest goes out without pauses: a test that has seen what it
+        # needed mid-stream need not wait for the stream's natural end.
+        self.until = until
 
     def run(self) -> None:
         producer = new_producer(self.bootstrap)
@@ -332,6 +341,8 @@ class StreamWriter(threading.Thread):
                     )
                 producer.flush()
                 self.sent = min(len(self.events), start + self.chunk)
+                if self.until is not None and self.until.is_set():
+                    continue
                 if self.halt.wait(self.pause):  # paces the stream; not a synchronisation
                     return
         finally:
@@ -420,3 +431,40 @@ def group_member(
         yield
     finally:
         member.close()
+
+
+END_MARKER = b"__end_of_test__"
+
+
+def read_all_records(bootstrap: str, topic: str, timeout: float = 30) -> dict[int, list[Any]]:
+    """Every record of every partition, in offset order, up to an end marker appended now
+    (Tansu's end offsets cannot be trusted for multi-record batches)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = sorted(
+            wait_until(lambda: consumer.partitions_for_topic(topic), timeout, topic)
+        )
+        marker = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        for partition in partitions:
+            marker.send(topic, key=END_MARKER, value=b"", partition=partition)
+        marker.flush(timeout=timeout)
+        marker.close()
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        records: dict[int, list[Any]] = {p: [] for p in partitions}
+        ended: set[int] = set()
+
+        def read() -> bool:
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                for record in batch:
+                    if record.key == END_MARKER:
+                        ended.add(tp.partition)
+                    elif tp.partition not in ended:
+                        records[tp.partition].append(record)
+            return len(ended) == len(partitions)
+
+        wait_until(read, timeout, "the end markers", interval=0)
+        return records
+    finally:
+        consumer.close()

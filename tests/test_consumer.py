@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -72,9 +73,11 @@ def test_windows_equal_ground_truth_in_every_column(broker, env, dsn, topic):
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, env, dsn, topic):
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
-    events = random_stream(rng, 50_000)
-    # The stream keeps arriving while the consumer is killed and restarted.
-    writer = StreamWriter(broker.bootstrap, topic, events, chunk=1000, pause=1.0)
+    # The stream keeps arriving while the consumer is killed and restarted: 80 s of it, with
+    # room for a slow machine; after the fifth kill the rest goes out at once.
+    events = random_stream(rng, 80_000)
+    kills_done = threading.Event()
+    writer = StreamWriter(broker.bootstrap, topic, events, chunk=1000, pause=1.0, until=kills_done)
     writer.start()
     env = {**env, "FLUSH_INTERVAL_SECONDS": "0.2"}  # many flushes: some kills land inside one
     kills_mid_stream = 0
@@ -92,6 +95,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, env, dsn, t
             if kills_mid_stream >= 5:
                 break
     finally:
+        kills_done.set()
         if kills_mid_stream < 5:
             writer.halt.set()  # failing anyway: do not wait for the rest of the stream
         writer.join()

@@ -133,6 +133,7 @@ def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: thread
             # At a real-time pace, hand each event over at once; at full speed, in chunks.
             if len(chunk) >= CHUNK or settings.replay_speed is not None:
                 sink.publish(chunk)
+                sink.wait_for_room()
                 sent += len(chunk)
                 noted = (chunk[-1].stream, chunk[-1].seq)
                 chunk = []

@@ -149,6 +149,13 @@ class KafkaSink:
             return
         self._send_waiting()
 
+    def wait_for_room(self, limit: int = 10_000) -> None:
+        """Block, tending, while more than `limit` events wait to be handed to the client: a
+        replay then reads no faster than Kafka takes it, and memory stays bounded through an
+        outage. (The client's own buffer is bounded: a full one makes `send` wait.)"""
+        while len(self._waiting) > limit and not self._stop.wait(0.2):
+            self.tend()
+
     def tend(self) -> None:
         """Upkeep between publishes: warn about a stall, retire a stalled client, and send
         what waits once Kafka answers again."""
