@@ -1,18 +1,33 @@
-"""Grafana's PostgreSQL query expansion, reproduced for tests; loaders for the provisioned files.
+r"""Grafana's PostgreSQL query expansion, reproduced for tests; loaders for the provisioned files.
 
 Grafana never runs here, so the tests run the provisioned SQL themselves. The expansion follows
-Grafana (11-13) step by step, in its order:
+the pinned Grafana (12.0.2, docker-compose.yml) step by step, in its order. Sources, in
+grafana/grafana (re-check them when the image tag changes):
 
-1. dashboard template variables (frontend `templateSrv.replace`): `$name`, `${name}`, `[[name]]`;
-   multi-value / include-All variables become quoted literals joined by commas, single values are
-   inserted as they are with `'` doubled;
-2. global substitutions (`sqleng.Interpolate`): `$__interval_ms`, `$__interval`,
+1. dashboard template variables, in the browser: `templateSrv.replace(rawSql, scopedVars,
+   interpolateVariable)` (public/app/features/plugins/sql/datasource/SqlDatasource.ts,
+   applyTemplateVariables, interpolateVariable): `$name`, `${name}`, `[[name]]`; an array value
+   becomes quoted literals joined by commas; a string value is quoted when the variable is
+   multi-value or include-All, else inserted with `'` doubled. Variable queries
+   (metricFindQuery) also get `$__searchFilter` = the typed search text + `%`, or `%`
+   (public/app/features/variables/utils.ts, getSearchFilterScopedVar);
+2. global substitutions (pkg/tsdb/grafana-postgresql-datasource/sqleng/sql_engine.go,
+   `Interpolate`, called first by `executeQuery`): `$__interval_ms`, `$__interval`,
    `$__unixEpochFrom()`, `$__unixEpochTo()`;
-3. quote-aware removal of `--` and `/* */` comments (so macros in comments are never expanded);
-4. macros matching `\\$([_a-zA-Z0-9]+)\\(([^\\)]*)\\)`, arguments split on commas and trimmed;
-   `$__timeGroup(...)` directly followed by `,` gets the `AS "time"` alias.
+3. macros (pkg/tsdb/grafana-postgresql-datasource/macros.go, blob 0577088: the pattern `sExpr`
+   at L15-16, `Interpolate` L30-67, `evaluateMacro` L70-160): every match of
+   `\$([_a-zA-Z0-9]+)\(([^\)]*)\)`, arguments split on commas and trimmed of spaces (L50-53);
+   `$__timeGroup(...)` whose FIRST occurrence is directly followed by `,` gets the `AS "time"`
+   alias (L40-48); an unknown macro fails the query (L157-158).
 
-Times are RFC 3339 in UTC with trailing zeros of the fraction trimmed (Go's RFC3339Nano).
+12.0.2 sends SQL comments to PostgreSQL as they are and expands macros inside them too: the
+quote-aware comment stripping in macros.go came with grafana/grafana#121772, backported to
+11.6.15, 12.1.11, 12.2.9, 12.3.7 and 12.4.3, not to 12.0.x. The provisioned queries therefore
+hold no comments at all (tests/test_grafana.py), which reads the same on either side of that
+change.
+
+Times are RFC 3339 in UTC with trailing zeros of the fraction trimmed (Go's RFC3339Nano,
+macros.go L87-91).
 """
 
 from __future__ import annotations
@@ -175,6 +190,16 @@ def interpolate_variables(sql: str, variables: Mapping[str, Variable]) -> str:
     return _VARIABLE_PATTERN.sub(replace, sql)
 
 
+SEARCH_FILTER = "__searchFilter"
+
+
+def search_filter(typed: str = "") -> dict[str, Variable]:
+    """getSearchFilterScopedVar: what a variable query's `$__searchFilter` becomes while the
+    user types `typed` in the variable's box (`%` when nothing is typed). A scoped variable that
+    is neither multi nor include-All: inserted with `'` doubled, unquoted."""
+    return {SEARCH_FILTER: Variable(f"{typed}%" if typed else "%")}
+
+
 # --- step 2: global substitutions --------------------------------------------------------------
 
 
@@ -186,68 +211,7 @@ def interpolate_globals(sql: str, time_range: TimeRange, interval: timedelta) ->
     return sql.replace("$__unixEpochTo()", str(_epoch_seconds(time_range.end)))
 
 
-# --- step 3: comments --------------------------------------------------------------------------
-
-
-def _is_tag_char(char: str) -> bool:
-    return char.isascii() and (char.isalnum() or char == "_")
-
-
-def _dollar_quote_at(sql: str, i: int) -> str | None:
-    """The opening `$$` or `$tag$` at sql[i], or None (a macro `$__x(` or `$1` is not one)."""
-    if sql.startswith("$$", i):
-        return "$$"
-    j = i + 1
-    if j < len(sql) and _is_tag_char(sql[j]) and not sql[j].isdigit():
-        k = j + 1
-        while k < len(sql) and _is_tag_char(sql[k]):
-            k += 1
-        if k < len(sql) and sql[k] == "$":
-            return sql[i : k + 1]
-    return None
-
-
-def _end_of_quoted(sql: str, i: int, quote: str) -> int:
-    """Index after the literal opened at sql[i]; a doubled quote is an escaped quote."""
-    i += 1
-    while i < len(sql):
-        if sql[i] == quote:
-            if i + 1 < len(sql) and sql[i + 1] == quote:
-                i += 2
-                continue
-            return i + 1
-        i += 1
-    return i
-
-
-def strip_sql_comments(sql: str) -> str:
-    """Remove comments outside quotes; a line comment keeps its newline."""
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        char = sql[i]
-        if char == "$" and (tag := _dollar_quote_at(sql, i)):
-            close = sql.find(tag, i + len(tag))
-            end = n if close < 0 else close + len(tag)
-            out.append(sql[i:end])
-            i = end
-        elif char in "'\"":
-            end = _end_of_quoted(sql, i, char)
-            out.append(sql[i:end])
-            i = end
-        elif sql.startswith("/*", i):
-            close = sql.find("*/", i + 2)
-            i = n if close < 0 else close + 2
-        elif sql.startswith("--", i):
-            newline = sql.find("\n", i)
-            i = n if newline < 0 else newline
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
-
-
-# --- step 4: macros ----------------------------------------------------------------------------
+# --- step 3: macros ----------------------------------------------------------------------------
 
 
 def _time_group(column: str, interval_arg: str) -> str:
@@ -321,7 +285,6 @@ def expand(
     """The SQL Grafana sends to PostgreSQL for `sql` over `time_range`."""
     sql = interpolate_variables(sql, variables or {})
     sql = interpolate_globals(sql, time_range, interval)
-    sql = strip_sql_comments(sql)
     return interpolate_macros(sql, time_range)
 
 
@@ -423,6 +386,13 @@ def iter_alert_queries(path: Path = ALERT_RULES_FILE) -> Iterator[AlertQuery]:
                 format=query["model"].get("format", "time_series"),
                 raw_sql=query["model"]["rawSql"],
             )
+
+
+def iter_routes(route: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """A notification policy and its nested routes."""
+    yield route
+    for child in route.get("routes", []):
+        yield from iter_routes(child)
 
 
 def dashboard_variables(

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import io
 import json
+import os
 import posixpath
 import re
+import shutil
+import subprocess
+import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,8 +50,11 @@ GRAFANA_PROVISIONING = {
 }
 PINNED_IMAGES = {
     "kafka": r"apache/kafka:(3\.9\.\d+|4\.\d+\.\d+)",
-    "postgres": r"postgres:15(\.\d+)?",
-    "grafana": r"grafana/grafana:(11|12)\.\d+\.\d+",
+    # The major version's moving tag (each 15.x minor release, with its security fixes) on a
+    # fixed Debian release (glibc collations stay those the volume's indexes were built with).
+    "postgres": r"postgres:15-bookworm",
+    # tests/grafana_sql.py and tests/test_grafana_upstream.py cite this exact version.
+    "grafana": r"grafana/grafana:12\.0\.2",
 }
 DATA_VOLUMES = {
     "kafka": "/var/lib/kafka/data",
@@ -172,6 +180,124 @@ def test_the_schema_check_catches_mistakes(compose: dict[str, Any]) -> None:
     assert len(list(compose_validator().iter_errors(broken))) == 2
 
 
+# --- docker-compose 1.29 ---------------------------------------------------------------------
+# Debian's and Ubuntu's `docker-compose` package (1.29.2; tests/setup.sh installs it) validates
+# and interpolates the file without a Docker engine. Compose v2 follows the Compose
+# Specification schema checked above.
+
+# What .env.example allows in single quotes. Not allowed, because docker-compose 1.29's
+# python-dotenv reads them differently from Compose v2: ' and \ (escapes), and ${ (it expands
+# ${NAME} even in single quotes).
+SPECIAL_PASSWORD = 's3cr$t $HOME #1 "x" $$'
+
+
+def docker_compose_config(tmp_path: Path, dotenv: str | None) -> dict[str, Any]:
+    """`docker-compose config` of this repository in a copy holding only `dotenv` as .env and
+    nothing from this process's environment (compose reads both)."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not installed: run tests/setup.sh"
+    project = tmp_path / "project"
+    project.mkdir(parents=True)
+    shutil.copy(COMPOSE_FILE, project / COMPOSE_FILE.name)
+    for folder in ("producer", "consumer", "infra", "grafana"):
+        (project / folder).symlink_to(ROOT / folder)
+    if dotenv is not None:
+        (project / ".env").write_text(dotenv)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, *args], cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("version", "--short").stdout.startswith("1.29.")
+    quiet = run("config", "-q")
+    assert quiet.returncode == 0 and not quiet.stderr, quiet.stderr
+    full = run("config")
+    assert full.returncode == 0 and not full.stderr, full.stderr
+    return yaml.safe_load(full.stdout.replace(str(project), "<project>"))
+
+
+def resolved_env(config: Mapping[str, Any], service: str) -> dict[str, str]:
+    """A service's environment as `docker-compose config` prints it (`$$` is a literal `$`)."""
+    return {k: v.replace("$$", "$") for k, v in environment(config["services"][service]).items()}
+
+
+def test_docker_compose_1_29_accepts_the_file_without_env(tmp_path: Path) -> None:
+    config = docker_compose_config(tmp_path, None)
+    assert config["services"]["kafka"]["ports"] == ["127.0.0.1:9092:9092/tcp"]
+    assert resolved_env(config, "consumer")["POSTGRES_PASSWORD"] == "pipeline_writer"
+    assert resolved_env(config, "producer")["SYMBOLS"] == "BTCUSDT"
+
+
+def test_docker_compose_1_29_reads_env_example_and_special_characters(tmp_path: Path) -> None:
+    """.env.example as it is gives the defaults; then other ports, and a password quoted the
+    way .env.example says arrives exactly."""
+    example = ENV_EXAMPLE.read_text()
+    assert docker_compose_config(tmp_path / "a", example) == docker_compose_config(
+        tmp_path / "b", None
+    )
+    dotenv = example.replace(
+        "POSTGRES_PASSWORD=postgres", f"POSTGRES_PASSWORD='{SPECIAL_PASSWORD}'"
+    )
+    dotenv = dotenv.replace("KAFKA_HOST_PORT=9092", "KAFKA_HOST_PORT=19092")
+    config = docker_compose_config(tmp_path / "c", dotenv)
+    assert resolved_env(config, "postgres")["POSTGRES_PASSWORD"] == SPECIAL_PASSWORD
+    assert config["services"]["kafka"]["ports"] == ["127.0.0.1:19092:9092/tcp"]
+    advertised = resolved_env(config, "kafka")["KAFKA_ADVERTISED_LISTENERS"]
+    assert advertised == "HOST://localhost:19092,INTERNAL://kafka:29092"
+
+
+def test_env_example_explains_quoting() -> None:
+    text = ENV_EXAMPLE.read_text()
+    assert "single quotes" in text and "$NAME" in text
+
+
+# --- line endings -----------------------------------------------------------------------------
+
+
+def test_a_windows_checkout_keeps_lf_line_endings(tmp_path: Path) -> None:
+    """What `git clone` with core.autocrlf=true (Git for Windows' default) writes, simulated by
+    `git archive`, which applies the same conversion, with this tree's .gitattributes: no CRLF
+    in any file, above all the init scripts, SQL, YAML and JSON the containers read."""
+    archive = subprocess.run(
+        ["git", "-c", "core.autocrlf=true", "archive", "--worktree-attributes", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    names = []
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                names.append(member.name)
+                content = tar.extractfile(member).read()
+                assert b"\r\n" not in content, f"{member.name} gets CRLF line endings"
+    for required in (
+        "infra/migrations/001_initial_schema.sql",
+        "docker-compose.yml",
+        ".env.example",
+    ):
+        assert required in names
+    assert any(name.endswith(".sh") for name in names)
+    assert any(name.endswith(".json") for name in names)
+
+
+def test_without_gitattributes_windows_would_get_crlf(tmp_path: Path) -> None:
+    """The check above can fail: the same archive without the attributes has CRLF."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "init.sh").write_text("#!/usr/bin/env bash\necho ok\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    archive = subprocess.run(
+        [*git, "-c", "core.autocrlf=true", "archive", "HEAD"], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert b"\r\n" in tar.extractfile("init.sh").read()
+
+
 # --- settings ----------------------------------------------------------------------------------
 
 
@@ -187,11 +313,60 @@ def test_every_setting_has_a_default_documented_in_env_example(compose: dict[str
     assert set(documented) == used, f"documented but unused: {set(documented) - used}"
 
 
-def test_script_environment_uses_the_names_the_scripts_read(services: dict[str, Any]) -> None:
+# Script settings compose fixes instead of taking from .env: addresses and paths inside the
+# compose network and the images, and the consumer's own database role.
+CONTAINER_SETTINGS = {
+    "producer": {"KAFKA_BOOTSTRAP_SERVERS": "kafka:29092"},
+    "consumer": {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092",
+        "POSTGRES_HOST": "postgres",
+        "POSTGRES_PORT": "5432",
+        "POSTGRES_USER": "pipeline_writer",
+        "MIGRATIONS_DIR": "/app/infra/migrations",
+    },
+}
+# .env names that differ from the script's variable.
+RENAMED = {("consumer", "POSTGRES_PASSWORD"): "CONSUMER_DB_PASSWORD"}
+
+
+def test_every_variable_the_scripts_read_is_set_from_env(services: dict[str, Any]) -> None:
+    """Every variable of the scripts' own configuration tables is set: from .env (same name,
+    `${NAME:-default}`), or fixed for the containers (CONTAINER_SETTINGS)."""
     for name, expected in SCRIPT_ENV.items():
-        unknown = set(environment(services[name])) - expected
-        assert not unknown, f"{name} sets variables its script does not read: {unknown}"
-        assert "KAFKA_BOOTSTRAP_SERVERS" in environment(services[name])
+        env = environment(services[name])
+        assert set(env) == expected, (
+            f"{name}: missing {expected - set(env)}, extra {set(env) - expected}"
+        )
+        for variable, value in env.items():
+            if variable in CONTAINER_SETTINGS[name]:
+                assert value == CONTAINER_SETTINGS[name][variable], (name, variable)
+                continue
+            source = RENAMED.get((name, variable), variable)
+            assert re.fullmatch(rf"\$\{{{source}:-[^}}]*\}}", value), f"{name}: {variable}={value}"
+
+
+# Stand-ins for names that only resolve inside the compose network or image, so that the
+# scripts' own validation (which resolves host names) can read compose's settings here.
+LOCAL_STAND_INS = {
+    "KAFKA_BOOTSTRAP_SERVERS": "localhost:29092",
+    "POSTGRES_HOST": "localhost",
+    "BINANCE_BASE_URL": "http://localhost:1",
+    "MIGRATIONS_DIR": str(ROOT / "infra" / "migrations"),
+}
+
+
+@pytest.mark.parametrize("dotenv", [{}, "example"], ids=["no-env", "env-example"])
+def test_scripts_accept_the_settings_compose_gives_them(
+    services: dict[str, Any], dotenv: dict[str, str] | str
+) -> None:
+    """Each script's own configuration loader takes what compose passes (empty values such as
+    SIMULATION_SEED= mean "not set"), with the defaults and with .env.example."""
+    values = read_env_example() if dotenv == "example" else dotenv
+    loaders = {"producer": producer_config.load_settings, "consumer": consumer_config.load_settings}
+    for name, load in loaders.items():
+        env = {k: resolve(v, values) for k, v in environment(services[name]).items()}
+        env.update({k: v for k, v in LOCAL_STAND_INS.items() if k in env})
+        load([], env)
 
 
 def test_scripts_reach_kafka_through_the_internal_listener(services: dict[str, Any]) -> None:
@@ -221,11 +396,84 @@ def test_kafka_is_single_node_kraft_with_host_and_internal_listeners(
     controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
     assert controller in listeners and controller not in advertised
     assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
-    assert "localhost:9092" in advertised.values()
-    assert "127.0.0.1:9092:9092" in kafka["ports"]
-    # Each advertised port is one the broker listens on.
-    for name, address in advertised.items():
-        assert listeners[name].rsplit(":", 1)[1] == address.rsplit(":", 1)[1]
+    assert advertised["HOST"] == "localhost:${KAFKA_HOST_PORT:-9092}"
+    assert kafka["ports"] == ["127.0.0.1:${KAFKA_HOST_PORT:-9092}:9092"]
+    # Containers reach each advertised address on a port the broker listens on.
+    assert listeners["INTERNAL"].rsplit(":", 1)[1] == advertised["INTERNAL"].rsplit(":", 1)[1]
+
+
+# apache/kafka's docker/resources/common-scripts/configureDefaults (3.9 image): `run` sources
+# it and every one of these left unset gets a single-node default (listeners on localhost,
+# voters 1@localhost:29093, logs in /tmp). Mixing those with our settings breaks the broker,
+# so compose sets them all. `configure` exits unless CLUSTER_ID is set in KRaft mode.
+KAFKA_IMAGE_DEFAULTS = {
+    "CLUSTER_ID",
+    "KAFKA_NODE_ID",
+    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+    "KAFKA_LISTENERS",
+    "KAFKA_ADVERTISED_LISTENERS",
+    "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+    "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS",
+    "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+    "KAFKA_PROCESS_ROLES",
+    "KAFKA_CONTROLLER_QUORUM_VOTERS",
+    "KAFKA_INTER_BROKER_LISTENER_NAME",
+    "KAFKA_CONTROLLER_LISTENER_NAMES",
+    "KAFKA_LOG_DIRS",
+}
+# kafka-propertiesSpec.json: KAFKA_* variables that are not server properties.
+KAFKA_NOT_PROPERTIES = {
+    "KAFKA_VERSION",
+    "KAFKA_HEAP_OPT",
+    "KAFKA_LOG4J_OPTS",
+    "KAFKA_OPTS",
+    "KAFKA_JMX_OPTS",
+    "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",
+    "KAFKA_LOG4J_ROOT_LOGLEVEL",
+    "KAFKA_LOG4J_LOGGERS",
+    "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+}
+
+
+def test_kafka_sets_every_variable_the_image_would_default(services: dict[str, Any]) -> None:
+    env = environment(services["kafka"])
+    assert set(env) >= KAFKA_IMAGE_DEFAULTS, KAFKA_IMAGE_DEFAULTS - set(env)
+    assert not set(env) & KAFKA_NOT_PROPERTIES
+    # The image unpacks Kafka into /opt/kafka (docker/jvm/Dockerfile); tools are not on PATH.
+    (command,) = services["kafka"]["healthcheck"]["test"][1:]
+    assert command.startswith("/opt/kafka/bin/kafka-broker-api-versions.sh ")
+    assert "--bootstrap-server kafka:29092" in command  # the listener the scripts use
+    # /var/lib/kafka/data is created for the image's user and declared a VOLUME there.
+    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+
+
+HOST_PORTS = {
+    "kafka": ("KAFKA_HOST_PORT", "9092"),
+    "postgres": ("POSTGRES_HOST_PORT", "5432"),
+    "grafana": ("GRAFANA_HOST_PORT", "3000"),
+}
+
+
+def test_host_ports_come_from_env(services: dict[str, Any]) -> None:
+    """A port taken on the laptop (a local PostgreSQL on 5432) is changed in .env alone; Kafka
+    then advertises the new port to host clients, and Grafana's links use its new port."""
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == set(HOST_PORTS)
+    custom = {
+        "KAFKA_HOST_PORT": "19092",
+        "POSTGRES_HOST_PORT": "15432",
+        "GRAFANA_HOST_PORT": "13000",
+    }
+    for name, (variable, default) in HOST_PORTS.items():
+        (port,) = published[name]
+        assert resolve(port, {}) == f"127.0.0.1:{default}:{default}"
+        assert resolve(port, custom) == f"127.0.0.1:{custom[variable]}:{default}"
+    kafka = environment(services["kafka"])
+    assert "HOST://localhost:19092" in resolve(kafka["KAFKA_ADVERTISED_LISTENERS"], custom)
+    grafana = environment(services["grafana"])
+    assert resolve(grafana["GF_SERVER_ROOT_URL"], custom) == "http://localhost:13000/"
 
 
 def test_images_are_pinned(services: dict[str, Any]) -> None:
@@ -296,20 +544,58 @@ def test_grafana_gets_every_variable_its_provisioning_files_use(services: dict[s
     assert used == {"POSTGRES_DB", "GRAFANA_DB_PASSWORD"}
 
 
-def test_postgres_runs_the_migrations_then_the_reader_password(services: dict[str, Any]) -> None:
+# Settings of grafana/grafana's conf/defaults.ini ([section] key) that compose overrides;
+# pkg/setting/setting.go (applyEnvVariableOverrides) reads GF_<SECTION>_<KEY>, upper case,
+# with "." and "-" written "_". A misspelt variable would be silently ignored.
+GRAFANA_SETTINGS = {
+    ("server", "root_url"),
+    ("security", "admin_user"),
+    ("security", "admin_password"),
+    ("users", "allow_sign_up"),
+    ("analytics", "reporting_enabled"),
+    ("dashboards", "min_refresh_interval"),
+}
+
+
+def grafana_env_name(section: str, key: str) -> str:
+    return re.sub(r"[.-]", "_", f"GF_{section}_{key}".upper())
+
+
+def test_grafana_variables_name_settings_grafana_has(services: dict[str, Any]) -> None:
+    env = environment(services["grafana"])
+    configured = {name for name in env if name.startswith("GF_")}
+    assert configured == {grafana_env_name(s, k) for s, k in GRAFANA_SETTINGS}
+    assert grafana_env_name("auth.basic", "enabled") == "GF_AUTH_BASIC_ENABLED"
+
+
+def test_grafana_healthcheck_calls_a_tool_both_image_variants_have(
+    services: dict[str, Any],
+) -> None:
+    """grafana/grafana's Dockerfile installs curl in the alpine and the ubuntu variant; wget is
+    only busybox's, in alpine."""
+    test = services["grafana"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "curl"] and "-f" in "".join(test[2:])
+    assert test[-1] == "http://localhost:3000/api/health"  # the container port, not the host's
+
+
+def test_postgres_runs_the_migrations_then_the_passwords(services: dict[str, Any]) -> None:
+    """The entrypoint runs /docker-entrypoint-initdb.d/* in name order (docker-library/postgres
+    15/bookworm/docker-entrypoint.sh, docker_process_init_files), the scripts with the
+    container's environment: the migrations (tables, then the grants on them) before the
+    passwords of the roles they create."""
     mounts = bind_mounts(services["postgres"])
     init = {t: s for t, s in mounts.items() if t.startswith("/docker-entrypoint-initdb.d/")}
-    assert init == {
-        "/docker-entrypoint-initdb.d/00-migrate.sh": (ROOT / "infra" / "00-migrate.sh"),
-        "/docker-entrypoint-initdb.d/10-reader-password.sh": (
-            ROOT / "infra" / "10-reader-password.sh"
-        ),
-    }
+    assert [(PurePosixPath(t).name, init[t].name) for t in sorted(init)] == [
+        ("00-migrate.sh", "00-migrate.sh"),
+        ("10-role-passwords.sh", "10-role-passwords.sh"),
+    ]
     # The folder the consumer applies, where 00-migrate.sh reads it.
     assert mounts["/migrations"] == ROOT / "infra" / "migrations"
-    script = (ROOT / "infra" / "10-reader-password.sh").read_text()
+    script = (ROOT / "infra" / "10-role-passwords.sh").read_text()
     assert "set -euo pipefail" in script and ":'pw'" in script
-    assert "GRAFANA_DB_PASSWORD" in environment(services["postgres"])
+    env = environment(services["postgres"])
+    for variable in ("GRAFANA_DB_PASSWORD", "CONSUMER_DB_PASSWORD"):
+        assert variable in script and variable in env
 
 
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:

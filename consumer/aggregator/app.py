@@ -28,7 +28,7 @@ from kafka.structs import OffsetAndMetadata
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
-from aggregator.kafka_edge import CalmPoller, new_consumer
+from aggregator.kafka_edge import KafkaUnresponsive, SpinGuard, new_consumer
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
 from aggregator.retry import Backoff
@@ -46,6 +46,7 @@ log = logging.getLogger("consumer")
 
 EXIT_CONFIG = 2  # a setting no retry can fix
 EXIT_FAILED = 1  # stopped with work not written, or the database refused it
+CLOSE_TIMEOUT_MS = 5_000
 
 
 class Aggregator(ConsumerRebalanceListener):
@@ -54,7 +55,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.store = store
         self.stop = stop
         self.consumer: KafkaConsumer | None = None
-        self.poller = CalmPoller(stop, settings.bootstrap_servers)
+        self.poller = SpinGuard(settings.bootstrap_servers)
         self.accumulator = Accumulator()
         self.consumed_log = ConsumedLog()
         # What we believe PostgreSQL holds per partition (None: no row yet). The flush
@@ -64,6 +65,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
         self.store_down_since: float | None = None
+        self.was_assigned = False  # since the last reset: the Kafka client worked
         self.backoff = Backoff(cap=10.0)  # PostgreSQL back: resume within seconds
         # Inside a rebalance callback the client sends no heartbeats: PostgreSQL must answer
         # well within the session timeout there, or the member is evicted.
@@ -90,7 +92,9 @@ class Aggregator(ConsumerRebalanceListener):
                     self.flush_on_timer()
             return self.flush_final()
         finally:
-            self.consumer.close()  # revokes partitions: flushes again if anything is pending
+            # Revokes partitions (flushing again if anything is pending) and leaves the group;
+            # bounded, for a broker that does not answer.
+            self.consumer.close(timeout_ms=CLOSE_TIMEOUT_MS)
             self.store.close()
 
     def poll_once(self) -> None:
@@ -225,6 +229,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.stored.clear()
         self.unresolved.clear()
         self.store_down_since = None
+        self.was_assigned = False
 
     # -- rebalancing (runs on kafka-python's IO loop, which also sends heartbeats) ----------
 
@@ -252,6 +257,7 @@ class Aggregator(ConsumerRebalanceListener):
         partitions = sorted(tp.partition for tp in assigned)
         log.info("Assigned partitions %s of %s", partitions, self.settings.topic)
         self.unresolved.update(partitions)
+        self.was_assigned = True
         self.resolve_positions(self.callback_timeout)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
@@ -341,7 +347,7 @@ def take_over(store: Store, group_id: str) -> None:
         )
 
 
-UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError)
+UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, KafkaUnresponsive)
 
 
 def describe(exc: BaseException) -> str:
@@ -360,11 +366,13 @@ def root_cause(exc: BaseException) -> BaseException:
 def consume(settings: Settings, store: Store, stop: threading.Event) -> int:
     """Run the aggregator, recreating the Kafka client after transient failures; the exit code."""
     aggregator = Aggregator(settings, store, stop)
-    backoff = Backoff()
+    backoff = Backoff(cap=15.0)  # with the 5 s bootstrap: consuming again within 20 s
     while not stop.is_set():
         try:
             return 0 if aggregator.run() else EXIT_FAILED
         except KafkaError as exc:
+            if aggregator.was_assigned:
+                backoff.reset()  # it worked for a while: a new outage starts with short waits
             cause = root_cause(exc)
             if not isinstance(cause, KafkaError):
                 raise cause from None  # e.g. StoreMisconfigured inside a rebalance callback

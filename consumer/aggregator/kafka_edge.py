@@ -1,16 +1,13 @@
-"""The Kafka edge: a group consumer whose offsets live in PostgreSQL, polled without spinning."""
+"""The Kafka edge: a group consumer whose offsets live in PostgreSQL, given up when it spins."""
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 
 from aggregator.config import Settings
-
-log = logging.getLogger("consumer")
 
 
 def new_consumer(settings: Settings) -> KafkaConsumer:
@@ -32,48 +29,44 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
     )
 
 
-class CalmPoller:
-    """`consumer.poll`, minus kafka-python 3.0.12's busy loop against a hung broker.
+class KafkaUnresponsive(KafkaError):
+    """The broker does not answer and the client busy-loops waiting for it: replace it."""
 
-    When the broker stops answering (frozen, not refused), the client's poll returns nothing
-    while keeping a core busy for its whole timeout. An empty poll that used the CPU for most
-    of its wait is that spin: then poll only briefly and rest in between, until records come
-    or a poll waits quietly again. Resting stays far below max.poll.interval.ms.
+
+class SpinGuard:
+    """`consumer.poll`, watching for kafka-python 3.0.12's busy loop against a hung broker.
+
+    When the broker stops answering (frozen, not refused), the client spins: first in `poll`,
+    which returns nothing while keeping a core busy for its whole timeout, later on its own
+    network thread, whatever we do. An empty poll that used the CPU for most of its wait is
+    that spin; twice in a row, and the client is given up (KafkaUnresponsive), to be replaced
+    once the broker answers again (making a client is the probe: it waits quietly).
     """
 
-    SPIN_SHARE = 0.5  # CPU seconds per second of an empty poll that count as spinning
+    # CPU seconds per second of an empty poll that count as spinning: a quiet poll uses about
+    # 0.01, a spinning one up to 1 (less when other processes share the core).
+    SPIN_SHARE = 0.2
+    SPINS_TO_GIVE_UP = 2
     SHORT_POLL_MS = 50
-    REST_SECONDS = 1.0
 
-    def __init__(self, stop: threading.Event, bootstrap_servers: str) -> None:
-        self.stop = stop
+    def __init__(self, bootstrap_servers: str) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.spinning_since: float | None = None
+        self.spins = 0
 
     def poll(self, consumer: KafkaConsumer, timeout_ms: int) -> dict:
-        if self.spinning_since is not None:
-            timeout_ms = min(timeout_ms, self.SHORT_POLL_MS)
+        if self.spins:
+            timeout_ms = min(timeout_ms, self.SHORT_POLL_MS)  # confirm it quickly
         wall, cpu = time.monotonic(), time.process_time()
         records = consumer.poll(timeout_ms=timeout_ms)
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        if records or (wall >= 0.04 and cpu < self.SPIN_SHARE * wall):
-            self._calm()
+        if records or cpu < self.SPIN_SHARE * wall:
+            self.spins = 0
         elif wall >= 0.04:
-            self._spinning()
+            self.spins += 1
+            if self.spins >= self.SPINS_TO_GIVE_UP:
+                self.spins = 0
+                raise KafkaUnresponsive(
+                    f"Kafka at {self.bootstrap_servers} does not answer and the client "
+                    "busy-loops waiting"
+                )
         return records
-
-    def _spinning(self) -> None:
-        if self.spinning_since is None:
-            self.spinning_since = time.monotonic()
-            log.warning(
-                "Kafka at %s is not answering; polling once a second until it does",
-                self.bootstrap_servers,
-            )
-        self.stop.wait(self.REST_SECONDS)
-
-    def _calm(self) -> None:
-        if self.spinning_since is not None:
-            log.info(
-                "Kafka is answering again after %.0f s", time.monotonic() - self.spinning_since
-            )
-            self.spinning_since = None

@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from aggregator.batch import PendingFlush
-from aggregator.migrations import migrations_in, missing
+from aggregator.migrations import MigrationError, migrations_in, missing
 from aggregator.windows import MERGE_INTO_ROW_SQL, merge_params
 
 log = logging.getLogger("consumer")
@@ -195,12 +196,20 @@ class Store:
                 cur.execute("SELECT version FROM schema_migrations")
                 applied = {row[0] for row in cur.fetchall()}
             todo = missing(migrations, applied)
-            for migration in todo:
-                cur.execute(migration.path.read_text())
-                cur.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
+            try:
+                for migration in todo:
+                    cur.execute(migration.path.read_text())
+                    cur.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+            except psycopg2.errors.InsufficientPrivilege:
+                raise MigrationError(
+                    f"the database lacks migration(s) {', '.join(m.name for m in todo)}, "
+                    f"and user {conn.info.user!r} may not change the schema: apply them as its "
+                    "owner (in docker compose: docker compose exec postgres bash "
+                    "/docker-entrypoint-initdb.d/00-migrate.sh), then start the consumer again."
+                ) from None
         return [m.name for m in todo]
 
     def claim(self, group_id: str) -> None:

@@ -103,17 +103,26 @@ WINDOW last_30_min AS (
 );
 
 -- Read-only role for dashboards. Created without a password; deployments set one
--- (infra/10-reader-password.sh in docker-compose). Skipped quietly without CREATEROLE.
+-- (infra/10-role-passwords.sh in docker-compose). Skipped quietly without CREATEROLE. Roles
+-- belong to the whole server: another database may be creating it at this moment.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'grafana_reader') THEN
-        CREATE ROLE grafana_reader LOGIN;
+    CREATE ROLE grafana_reader LOGIN;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN NULL;  -- there already
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'grafana_reader not created: this user lacks CREATEROLE';
+END
+$$;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'grafana_reader') THEN
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO grafana_reader', current_database());
+        GRANT USAGE ON SCHEMA public TO grafana_reader;
+        GRANT SELECT ON five_min_bitcoin_event, pipeline_metrics, rolling_avg_30min
+            TO grafana_reader;
     END IF;
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO grafana_reader', current_database());
-    GRANT USAGE ON SCHEMA public TO grafana_reader;
-    GRANT SELECT ON five_min_bitcoin_event, pipeline_metrics, rolling_avg_30min
-        TO grafana_reader;
 EXCEPTION WHEN insufficient_privilege THEN
-    RAISE NOTICE 'grafana_reader not created: this user lacks CREATEROLE';
+    RAISE NOTICE 'grafana_reader not granted: this user may not grant';
 END
 $$;

@@ -3,6 +3,7 @@ and the kernel still accepts connections, but nothing answers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterable
@@ -28,13 +29,18 @@ def children(pid: int) -> list[int]:
 
 
 def freeze(pids: Iterable[int]) -> None:
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    _signal_each(pids, signal.SIGSTOP)
 
 
 def thaw(pids: Iterable[int]) -> None:
+    _signal_each(pids, signal.SIGCONT)
+
+
+def _signal_each(pids: Iterable[int], signum: int) -> None:
     for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+        # A backend may have ended between the listing and the signal.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,0 +1,164 @@
+"""pipeline_writer: the consumer writes through a least-privilege role, as docker-compose runs it.
+
+The database is set up as PostgreSQL's entrypoint sets up a new compose volume (tests/deploy.py:
+the superuser applies infra/migrations/ with infra/00-migrate.sh, then the password script).
+consumer.py then runs as the role docker-compose.yml gives it, with the real broker, and must
+store exactly what was published, across a restart; the role can do nothing else.
+"""
+
+from __future__ import annotations
+
+import random
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import pytest
+import yaml
+
+from tests.deploy import COMPOSE_FILE, PASSWORDS, role_connection, run_init
+from tests.harness import PostgresServer, TansuBroker
+from tests.pipeline import (
+    assert_tables_equal_truth,
+    consumer_env,
+    create_topic,
+    produce,
+    produce_raw,
+    query,
+    random_stream,
+    start_consumer,
+    wait_for_total,
+)
+
+WRITER = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["consumer"]["environment"][
+    "POSTGRES_USER"
+]
+WRITER_PASSWORD = PASSWORDS["CONSUMER_DB_PASSWORD"]
+
+# What the consumer's SQL needs (consumer/aggregator/store.py, windows.py), and nothing more.
+TABLE_PRIVILEGES = {
+    ("five_min_bitcoin_event", "SELECT"),  # ON CONFLICT DO UPDATE reads the row
+    ("five_min_bitcoin_event", "INSERT"),
+    ("five_min_bitcoin_event", "UPDATE"),
+    ("consumer_offsets", "SELECT"),  # stored offsets; compare-and-set WHERE and RETURNING
+    ("consumer_offsets", "INSERT"),
+    ("consumer_offsets", "UPDATE"),
+    ("consumer_offsets", "DELETE"),  # a take-over drops the new group's out-of-date offsets
+    ("pipeline_metrics", "INSERT"),
+    ("dead_letter_events", "INSERT"),
+    ("stream_marks", "SELECT"),  # loaded at assignment; GREATEST reads the row
+    ("stream_marks", "INSERT"),
+    ("stream_marks", "UPDATE"),
+    ("stream_marks", "DELETE"),  # idle live marks are pruned
+    ("table_owner", "SELECT"),
+    ("table_owner", "INSERT"),  # the first group claims the tables
+    ("table_owner", "UPDATE"),  # take-over; and SELECT ... FOR SHARE in every flush
+    ("schema_migrations", "SELECT"),  # at start: nothing left to apply
+}
+
+
+@pytest.fixture
+def deployed(postgres: PostgresServer, database: str) -> str:
+    """A database as compose deploys it; returns the superuser's DSN."""
+    run_init(postgres, database)
+    return postgres.dsn(database)
+
+
+def writer_connection(postgres: PostgresServer, database: str):
+    return role_connection(postgres, database, WRITER, WRITER_PASSWORD)
+
+
+def test_compose_runs_the_consumer_as_the_writer_role() -> None:
+    assert WRITER == "pipeline_writer"
+
+
+def test_writer_holds_exactly_the_privileges_the_consumer_needs(deployed: str) -> None:
+    grants = query(
+        deployed,
+        "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+        "WHERE grantee = %s",
+        (WRITER,),
+    )
+    assert set(grants) == TABLE_PRIVILEGES
+    ((sequence_usage,),) = query(
+        deployed,
+        "SELECT has_sequence_privilege(%s, 'dead_letter_events_id_seq', 'USAGE')",
+        (WRITER,),
+    )
+    assert sequence_usage
+    (flags,) = query(
+        deployed,
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolcanlogin "
+        "FROM pg_roles WHERE rolname = %s",
+        (WRITER,),
+    )
+    assert flags == (False, False, False, False, False, True)
+    ((create_in_schema, create_in_database),) = query(
+        deployed,
+        "SELECT has_schema_privilege(%s, 'public', 'CREATE'), "
+        "has_database_privilege(%s, current_database(), 'CREATE')",
+        (WRITER, WRITER),
+    )
+    assert (create_in_schema, create_in_database) == (False, False)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE five_min_bitcoin_event",
+        "CREATE TABLE writer_scratch (x int)",
+        "ALTER TABLE pipeline_metrics ADD COLUMN x int",
+        "CREATE INDEX writer_idx ON consumer_offsets (topic)",
+        "CREATE SCHEMA writer_schema",
+        "DELETE FROM five_min_bitcoin_event",
+        "TRUNCATE consumer_offsets",
+        "UPDATE pipeline_metrics SET late_events = 0",
+        "SELECT count(*) FROM pipeline_metrics",
+        "SELECT count(*) FROM dead_letter_events",
+        "CREATE FUNCTION writer_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE OR REPLACE VIEW rolling_avg_30min AS SELECT 1 AS x",
+    ],
+)
+def test_writer_cannot_change_the_schema_delete_or_read_beyond_its_sql(
+    postgres: PostgresServer, database: str, deployed: str, statement: str
+) -> None:
+    with (
+        writer_connection(postgres, database) as conn,
+        conn.cursor() as cur,
+        pytest.raises(psycopg2.errors.InsufficientPrivilege),
+    ):
+        cur.execute(statement)
+
+
+def test_consumer_runs_as_the_writer_on_a_schema_the_superuser_created(
+    broker: TansuBroker, postgres: PostgresServer, database: str, deployed: str, topic: str
+) -> None:
+    """Two runs of consumer.py as pipeline_writer (the second resumes from its stored offsets,
+    compare-and-set, and merges into existing windows), with dead letters: the tables hold
+    exactly the published events, and the writer ran no DDL."""
+    create_topic(broker.bootstrap, topic)
+    env = {
+        **consumer_env(broker, postgres, database, topic),
+        "POSTGRES_USER": WRITER,
+        "POSTGRES_PASSWORD": WRITER_PASSWORD,
+    }
+    rng = random.Random(11)
+    events = random_stream(rng, 600)
+    first, second = events[:350], events[350:]
+    for batch, invalid in ((first, [b"not json"]), (second, [b'{"symbol": "BTCUSDT"}'])):
+        with start_consumer(env, "writer-1") as consumer:
+            consumer.wait_for_output("Resuming from stored offsets")
+            produce(broker.bootstrap, topic, batch)
+            produce_raw(broker.bootstrap, topic, invalid, key=b"BTCUSDT")
+            expected = len(first) if batch is first else len(events)
+            wait_for_total(deployed, expected, 60, [consumer])
+            assert consumer.stop() == 0, consumer.output()[-3000:]
+            assert "Applied migration" not in consumer.output()
+    assert_tables_equal_truth(deployed, events)
+    assert query(deployed, "SELECT count(*) FROM dead_letter_events") == [(2,)]
+    ((processed, invalid),) = query(
+        deployed, "SELECT sum(events_processed), sum(invalid_events) FROM pipeline_metrics"
+    )
+    assert (processed, invalid) == (len(events), 2)
+    ((stored_next,),) = query(deployed, "SELECT sum(next_offset) FROM consumer_offsets")
+    assert stored_next == len(events) + 2
