@@ -21,8 +21,10 @@ apply_migrations() (
             --username "${POSTGRES_USER:-postgres}" \
             --dbname "${POSTGRES_DB:-${POSTGRES_USER:-postgres}}" "$@"
     }
-    applied=" $(run_psql -tA -c "SELECT CASE WHEN to_regclass('schema_migrations') IS NULL
-        THEN '' ELSE (SELECT string_agg(version::text, ' ') FROM schema_migrations) END") "
+    applied=" "
+    if [ "$(run_psql -tA -c "SELECT to_regclass('schema_migrations') IS NOT NULL")" = t ]; then
+        applied=" $(run_psql -tA -c "SELECT string_agg(version::text, ' ') FROM schema_migrations") "
+    fi
     for file in "$dir"/[0-9][0-9][0-9]_*.sql; do
         name=$(basename "$file" .sql)
         version=$((10#${name%%_*}))

@@ -199,7 +199,8 @@ def test_a_database_of_the_previous_release_upgrades_in_place_and_continues_exac
     assert query(dsn, "SELECT count(*) FROM dead_letter_events") == [(1,)]
     metrics = query(dsn, "SELECT instance_id, duplicate_events FROM pipeline_metrics")
     assert ("old", 0) in metrics and len(metrics) > 1
-    assert query(dsn, "SELECT max(version) FROM schema_migrations") == [(2,)]
+    newest = len(migrations_in(DEFAULT_MIGRATIONS))
+    assert query(dsn, "SELECT max(version) FROM schema_migrations") == [(newest,)]
     store = Store(dsn, DEFAULT_MIGRATIONS)
     assert store.migrate() == []  # the next start has nothing to apply
     store.close()

@@ -393,8 +393,10 @@ def _insert_dead_letters(cur: psycopg2.extensions.cursor, pending: PendingFlush,
         "raw_size, error, received_at) SELECT %s, p, o, k, v, s, e, "
         "to_timestamp(0) + r * interval '1 millisecond' FROM unnest(%s::int[], %s::bigint[], "
         "%s::bytea[], %s::bytea[], %s::int[], %s::text[], %s::bigint[]) AS u(p, o, k, v, s, e, r) "
-        # Read again (offsets rewound by an operator): the letter is there already.
-        'ON CONFLICT (topic, partition, "offset") DO NOTHING',
+        # Read again (offsets rewound by an operator): the letter is there already. No
+        # conflict target: naming one would need SELECT on its columns, which the writer
+        # role does not have (the only other unique key is the id, which never conflicts).
+        "ON CONFLICT DO NOTHING",
         (
             topic,
             [d.partition for d in letters],

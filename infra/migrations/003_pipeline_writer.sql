@@ -11,7 +11,7 @@
 --                           next_offset = expected RETURNING, INSERT ... RETURNING; DELETE:
 --                           a take-over drops the new group's out-of-date rows
 --   pipeline_metrics        INSERT
---   dead_letter_events      INSERT ... ON CONFLICT DO NOTHING, and its id sequence
+--   dead_letter_events      INSERT ... ON CONFLICT DO NOTHING (no target: no SELECT), its id sequence
 --   stream_marks            SELECT (loaded at assignment), INSERT ... ON CONFLICT DO UPDATE
 --                           (GREATEST reads the row), DELETE (idle live marks are pruned)
 --   table_owner             SELECT ... FOR SHARE in every flush (a row lock: needs UPDATE),
