@@ -3,9 +3,7 @@ docker entrypoint, and a database of the previous release upgraded in place by c
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 from aggregator.config import DEFAULT_MIGRATIONS
 from aggregator.migrations import MigrationError, migrations_in
 from aggregator.store import Store
+from tests.deploy import entrypoint_env, run_init_file
 from tests.harness import PostgresServer
 from tests.pipeline import (
     Event,
@@ -43,20 +42,7 @@ def execute(dsn: str, sql: str, params: Any = None) -> None:
 
 def run_entrypoint_script(postgres: PostgresServer, database: str) -> str:
     """infra/00-migrate.sh as the postgres image's entrypoint runs it on a new volume."""
-    env = {
-        "PATH": f"{postgres.bindir}:{os.environ['PATH']}",
-        "PGHOST": postgres.host,
-        "PGPORT": str(postgres.port),
-        "PGPASSWORD": "postgres",
-        "POSTGRES_USER": "postgres",
-        "POSTGRES_DB": database,
-        "MIGRATIONS_DIR": str(DEFAULT_MIGRATIONS),
-    }
-    done = subprocess.run(
-        ["bash", str(MIGRATE_SCRIPT)], env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return run_init_file(MIGRATE_SCRIPT, entrypoint_env(postgres, database)).stdout
 
 
 def schema_of(dsn: str) -> list[tuple[Any, ...]]:
