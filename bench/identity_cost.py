@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "consumer")]
+sys.path[:0] = [str(ROOT / "consumer")]
+
+import orjson  # noqa: E402
 
 from aggregator.batch import Accumulator  # noqa: E402
 from aggregator.events import decode_event  # noqa: E402
-from tests.pipeline import Event, with_identity  # noqa: E402
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT")
 
@@ -38,14 +39,22 @@ class Record:
 
 
 def messages(count: int, identity: bool) -> list[Record]:
+    """Live messages as producer.py writes them, one run's streams (seq per symbol)."""
     now = time.time_ns() // 1_000_000
-    events = [
-        Event(SYMBOLS[i % len(SYMBOLS)], f"{40_000 + i % 997}.12345678", now - count + i, "binance")
-        for i in range(count)
-    ]
-    if identity:
-        events = with_identity(events, run="cost")
-    return [Record(i, e.symbol.encode(), e.message()) for i, e in enumerate(events)]
+    run = "20260101T000000Z-1a2b3c4d"
+    records = []
+    for i in range(count):
+        symbol = SYMBOLS[i % len(SYMBOLS)]
+        body: dict[str, object] = {
+            "symbol": symbol,
+            "price": f"{40_000 + i % 997}.12345678",
+            "event_time": now - count + i,
+            "source": "binance",
+        }
+        if identity:
+            body |= {"stream": f"binance/{symbol}/{run}", "seq": i // len(SYMBOLS) + 1}
+        records.append(Record(i, symbol.encode(), orjson.dumps(body)))
+    return records
 
 
 def fold(records: list[Record], accumulator: Accumulator) -> float:

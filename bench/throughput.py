@@ -1,108 +1,363 @@
-"""Consumer throughput benchmark. Prints figures; asserts nothing about time.
+"""Pipeline throughput benchmark. Prints figures and ratios; asserts nothing about time.
 
-In one run, on one broker: fill a topic with N events (several symbols and partitions), then
-(a) the ceiling: a bare kafka-python consumer that polls and JSON-decodes every message;
-(b) the whole path: consumer.py decoding, validating, windowing and flushing to PostgreSQL
-    with offsets, until every event is in the tables (checked against the ground truth).
-Then events/s of both, the ratio (b)/(a), the consumer's peak RSS, and how long a fresh live
-event takes to show in its window once the consumer has caught up.
+One run, one Kafka-protocol broker (Tansu), one PostgreSQL, this machine:
+ 0. kafka-python must use the `crc32c` C extension: the bench stops if it fell back to its
+    pure-Python CRC32C (about half of either client's time).
+ 1. Replay producer: (d) a bare kafka-python idempotent producer sending the messages of an
+    aggTrades file (same client settings as producer.py), (e) `producer.py --source replay`.
+ 2. Consumer, on the topic (e) filled: (a) a bare kafka-python consumer, poll + json.loads
+    (same fetch settings), (b) `consumer.py` until every event is in PostgreSQL (then checked
+    exact), (c) Quix Streams doing the same windows with no sink (optional peer).
+ 3. Backfill end to end: `producer.py --source replay` and `consumer.py` at the same time,
+    from the file to visible in PostgreSQL, checked exact.
+ 4. Many symbols: `SYMBOLS=ALL` against a fake Binance listing 3,000 pairs: the producer's
+    tick duration and the consumer's flush duration.
 
-Events carry their identity (stream, seq), so (b) includes the high-water-mark check of every
-event; --without-identity sends them as the previous release did, to measure what it costs.
-
-Run: bench/run.sh [--events 500000] [--partitions 3] [--symbols 8] [--flush-interval 0.5]
+Run: bench/run.sh [--events 500000] [--partitions 3] [--flush-interval 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import importlib.util
 import json
 import os
-import random
+import re
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
+import orjson
 import psycopg2
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "producer"), str(ROOT / "consumer")]
 
-from tests.harness import PostgresServer, TansuBroker  # noqa: E402
-from tests.harness.net import wait_until  # noqa: E402
-from tests.pipeline import (  # noqa: E402
-    Event,
-    assert_tables_equal_truth,
-    consumer_env,
-    create_topic,
-    new_producer,
-    start_consumer,
-    with_identity,
-)
+from aggregator.kafka_edge import FETCH_SETTINGS  # noqa: E402
+from bench.data import check_tables, file_windows, write_agg_trades  # noqa: E402
+from pricefeed.contract import replay_stream  # noqa: E402
+from pricefeed.sink import CLIENT_SETTINGS  # noqa: E402
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT")
+# The real servers of the test harness (a Kafka-protocol broker, PostgreSQL, a fake Binance):
+# the bench measures the scripts against the same servers the tests use.
+from tests.harness import FakeBinance, PostgresServer, TansuBroker  # noqa: E402
+from tests.harness.fake_binance import listed_pairs  # noqa: E402
+
+SYMBOL = "BTCUSDT"
+PEERS_REQUIREMENTS = "bench/requirements-peers.txt"
 
 
-@dataclass
-class Figures:
-    events: int
-    fill_rate: float
-    ceiling_rate: float
-    consumer_rate: float
-    peak_rss_mb: float
-    visible_after_s: float
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=500_000, help="trades in the file")
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--flush-interval", type=float, default=0.5, help="consumer.py's")
+    parser.add_argument("--pairs", type=int, default=3000, help="pairs for SYMBOLS=ALL")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each compared pair")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["quix", "backfill", "pairs"])
+    args = parser.parse_args()
 
-    def print(self) -> None:
-        ratio = self.consumer_rate / self.ceiling_rate
-        print(
-            f"\nevents                      {self.events:>12,}\n"
-            f"fill (kafka-python producer) {self.fill_rate:>11,.0f} events/s\n"
-            f"(a) bare consumer + JSON     {self.ceiling_rate:>11,.0f} events/s\n"
-            f"(b) consumer.py to Postgres  {self.consumer_rate:>11,.0f} events/s\n"
-            f"ratio (b)/(a)                {ratio:>11.2f}\n"
-            f"consumer peak RSS            {self.peak_rss_mb:>11.1f} MB\n"
-            f"live event -> visible        {self.visible_after_s:>11.2f} s"
+    require_crc32c_extension()
+    report = Report()
+    report.line(f"machine: {os.cpu_count()} cores, load {load()} at start (shared machine)")
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(TansuBroker())
+        postgres = stack.enter_context(PostgresServer(durable=True))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        bench = Bench(broker, postgres, folder, args, report)
+        bench.producers()
+        bench.consumers("quix" not in args.skip)
+        if "backfill" not in args.skip:
+            bench.backfill()
+        if "pairs" not in args.skip:
+            bench.many_pairs()
+    report.line(f"machine: load {load()} at the end")
+    report.print()
+
+
+def require_crc32c_extension() -> None:
+    """kafka-python picks up `crc32c` by itself, and silently falls back without it."""
+    from kafka.record import util
+
+    try:
+        import crc32c
+    except ImportError:
+        sys.exit("bench: the crc32c package is not installed: run tests/setup.sh (or bench/run.sh)")
+    if util.calc_crc32c.__defaults__[0] is not crc32c.crc32c:
+        sys.exit("bench: kafka-python fell back to its pure-Python CRC32C despite crc32c")
+    print(
+        f"kafka-python uses the crc32c C extension (hardware-accelerated: {crc32c.hardware_based})",
+        flush=True,
+    )
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+        self.rows.append(text)
+
+    def rates(self, label: str, events: int, seconds: list[float]) -> list[float]:
+        """The best run's rate (the least disturbed by other work), then every run's."""
+        rates = [events / s for s in seconds]
+        runs = ", ".join(f"{rate:,.0f}" for rate in rates)
+        self.line(f"{label:<52} {max(rates):>10,.0f} events/s  (runs: {runs}; {events:,} events)")
+        return rates
+
+    def ratios(self, label: str, ours: list[float], theirs: list[float]) -> None:
+        pairs = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=False))
+        self.line(
+            f"    {label:<48} {max(ours) / max(theirs):>10.2f}  (best/best; run by run: {pairs})"
         )
 
+    def print(self) -> None:
+        print("\n" + "\n".join(self.rows))
 
-def backlog(count: int, symbols: int, seed: int, identity: bool) -> list[Event]:
-    """Live-looking events ending now, so none is rejected as implausible; with identity, as
-    one producer run numbers them."""
-    rng = random.Random(seed)
-    names = (
-        SYMBOLS[:symbols] if symbols <= len(SYMBOLS) else [f"SYM{i}USDT" for i in range(symbols)]
+
+class Bench:
+    def __init__(
+        self,
+        broker: TansuBroker,
+        postgres: PostgresServer,
+        folder: Path,
+        args: argparse.Namespace,
+        report: Report,
+    ) -> None:
+        self.broker, self.postgres, self.folder = broker, postgres, folder
+        self.args, self.report = args, report
+        self.file = folder / f"{SYMBOL}-aggTrades-2026-01-01.csv"
+        print(f"Writing {args.events:,} aggTrades lines to {self.file.name}...", flush=True)
+        write_agg_trades(self.file, args.events)
+        self.replay_topic = ""
+
+    # -- 1. the replay producer ---------------------------------------------------------------
+
+    def producers(self) -> None:
+        """Bare and replay alternate `--repeat` times: the machine is shared, so each is
+        reported at its best run, next to the ratio of each pair of runs."""
+        n, bare, replay, rss = self.args.events, [], [], 0.0
+        for run in range(1, self.args.repeat + 1):
+            topic = self.topic(f"bench_bare_producer_{run}")
+            print(f"(d) bare idempotent producer, run {run}...", flush=True)
+            bare.append(bare_producer_seconds(self.broker.bootstrap, topic, self.file))
+            topic = self.topic(f"bench_replay_{run}")
+            self.replay_topic = self.replay_topic or topic
+            print(f"(e) producer.py --source replay, run {run}...", flush=True)
+            args = ["--source", "replay", str(self.file)]
+            script = self.script("producer", args, self.kafka_env(topic))
+            rss = max(rss, script.finish(wait=True))
+            script.expect_success()
+            replay.append(script.seconds_between("Connected to Kafka", "Producer stopped"))
+        d = self.report.rates("(d) bare kafka-python idempotent producer", n, bare)
+        e = self.report.rates("(e) producer.py --source replay", n, replay)
+        self.report.ratios("(e)/(d)", e, d)
+        self.report.line(f"    producer.py peak RSS {rss:.0f} MB (file of {n:,} lines)")
+
+    # -- 2. the consumers ---------------------------------------------------------------------
+
+    def consumers(self, with_quix: bool) -> None:
+        n, topic = self.args.events, self.replay_topic
+        bare, ours, rss, markers = [], [], 0.0, []
+        for run in range(1, self.args.repeat + 1):
+            print(f"(a) bare consumer, run {run}...", flush=True)
+            bare.append(
+                bare_consumer_seconds(self.broker.bootstrap, topic, self.args.partitions, n)
+            )
+            print(f"(b) consumer.py, run {run}...", flush=True)
+            dsn, env = self.database(f"bench_consumer_{run}", topic)
+            consumer = self.script("consumer", [], env)
+            consumer.wait_for("Resuming from stored offsets")
+            started = time.perf_counter()
+            with StoredCount(dsn) as stored:
+                # The topic also holds the live events of the runs before.
+                wait(lambda: stored() >= n + len(markers), 3600, "the backlog", consumer)
+                ours.append(time.perf_counter() - started)
+                marker, visible_after = live_event_latency(self.broker.bootstrap, topic, stored)
+                markers.append(marker)
+            rss = max(rss, consumer.finish())
+            check_tables(dsn, file_windows(self.file, SYMBOL, markers))
+        a = self.report.rates("(a) bare kafka-python consumer, poll + json.loads", n, bare)
+        b = self.report.rates("(b) consumer.py into PostgreSQL (checked exact)", n, ours)
+        self.report.ratios("(b)/(a)", b, a)
+        self.report.line(
+            f"    consumer.py peak RSS {rss:.0f} MB; a live event visible after "
+            f"{visible_after:.2f} s (flush every {self.args.flush_interval:g} s)"
+        )
+        if not with_quix:
+            return
+        if importlib.util.find_spec("quixstreams") is None:
+            self.report.line(
+                f"(c) Quix Streams: skipped, not installed (pip install -r {PEERS_REQUIREMENTS})"
+            )
+            return
+        print("(c) Quix Streams...", flush=True)
+        quix = quix_seconds(self.broker.bootstrap, topic, n)
+        c = self.report.rates("(c) Quix Streams, same windows, no sink", n, [quix])
+        self.report.ratios("(b)/(c)", b, c)
+
+    # -- 3. backfill end to end ---------------------------------------------------------------
+
+    def backfill(self) -> None:
+        n, topic = self.args.events, self.topic("bench_backfill")
+        dsn, env = self.database("bench_backfill", topic)
+        print("Backfill: producer.py --source replay and consumer.py together...", flush=True)
+        consumer = self.script("consumer", [], env)
+        consumer.wait_for("Resuming from stored offsets")
+        started = time.perf_counter()
+        producer = self.script("producer", ["--source", "replay", str(self.file)], env)
+        with StoredCount(dsn) as stored:
+            wait(lambda: stored() >= n, 3600, "the backfill in PostgreSQL", consumer)
+        seconds = time.perf_counter() - started
+        producer_rss = producer.finish(wait=True)
+        producer.expect_success()
+        consumer_rss = consumer.finish()
+        check_tables(dsn, file_windows(self.file, SYMBOL))
+        self.report.rates("backfill: file -> visible in PostgreSQL (checked exact)", n, [seconds])
+        self.report.line(
+            f"    peak RSS producer.py {producer_rss:.0f} MB, consumer.py {consumer_rss:.0f} MB"
+        )
+
+    # -- 4. many symbols ----------------------------------------------------------------------
+
+    def many_pairs(self) -> None:
+        pairs, interval = self.args.pairs, 2.0
+        topic = self.topic("bench_all_pairs")
+        dsn, env = self.database("bench_all_pairs", topic)
+        env = {**env, "FLUSH_INTERVAL_SECONDS": str(interval)}
+        print(f"SYMBOLS=ALL with {pairs:,} pairs, a tick and a flush every {interval:g} s...")
+        with FakeBinance(listed_pairs(pairs)) as binance:
+            consumer = self.script("consumer", [], env)
+            consumer.wait_for("Resuming from stored offsets")
+            producer = self.script(
+                "producer",
+                [
+                    "--symbols",
+                    "ALL",
+                    "--interval",
+                    str(interval),
+                    "--binance-url",
+                    binance.base_url,
+                ],
+                env,
+            )
+            producer.wait_for(f"Produced: {pairs} prices", count=8, timeout=120)
+            with StoredCount(dsn) as stored:
+                wait(lambda: stored() >= 6 * pairs, 120, "six ticks in PostgreSQL", consumer)
+            producer.finish()
+            consumer.finish()
+        ticks = [
+            float(ms)
+            for ms in re.findall(rf"Produced: {pairs} prices in (\d+) ms", producer.output())
+        ]
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT flush_duration_ms FROM pipeline_metrics WHERE windows_updated >= %s",
+                (pairs,),
+            )
+            flushes = [float(row[0]) for row in cur.fetchall()]
+        conn.close()
+        self.report.line(
+            f"SYMBOLS=ALL, {pairs:,} pairs: producer tick {spread(ticks)} ms "
+            f"(request to hand-over), consumer flush of {pairs:,} windows "
+            f"{spread(flushes)} ms; cadence {interval:g} s (default 10 s)"
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def topic(self, name: str) -> str:
+        admin = KafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        try:
+            admin.create_topics([NewTopic(name, self.args.partitions, 1)])
+        finally:
+            admin.close()
+        return name
+
+    def script(self, name: str, args: list[str], env: Mapping[str, str]) -> Script:
+        return Script(name, args, env, self.folder)
+
+    def kafka_env(self, topic: str) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "KAFKA_TOPIC": topic}
+
+    def database(self, name: str, topic: str) -> tuple[str, dict[str, str]]:
+        database = self.postgres.create_database(name)
+        env = {
+            **self.postgres.env(database),
+            **self.kafka_env(topic),
+            "KAFKA_CONSUMER_GROUP": name,
+            "CONSUMER_INSTANCE_ID": name,
+            "FLUSH_INTERVAL_SECONDS": str(self.args.flush_interval),
+        }
+        return self.postgres.dsn(database), env
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"median {statistics.median(values):.0f}, max {max(values):.0f} (n={len(values)})"
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- the bare clients and the peer ----------------------------------------------------------
+
+
+def replay_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
+    """(key, value, timestamp) of every line, byte for byte what producer.py sends: with the
+    identity of the line (the file's stream, the line number)."""
+    key, messages = SYMBOL.encode(), []
+    stream = replay_stream(SYMBOL, hashlib.sha256(path.read_bytes()).hexdigest())
+    with path.open() as lines:
+        for line_number, line in enumerate(lines, start=1):
+            fields = line.split(",")
+            event_ms = int(fields[5]) // 1000
+            body = {
+                "symbol": SYMBOL,
+                "price": fields[1],
+                "event_time": event_ms,
+                "source": "replay",
+                "stream": stream,
+                "seq": line_number,
+            }
+            messages.append((key, orjson.dumps(body), event_ms))
+    return messages
+
+
+def bare_producer_seconds(bootstrap: str, topic: str, path: Path) -> float:
+    """The ceiling: kafka-python's idempotent producer (default partitioner), prepared
+    messages, producer.py's client settings; from the first send to the last acknowledgement."""
+    messages = replay_messages(path)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **CLIENT_SETTINGS
     )
-    start = time.time_ns() // 1_000_000 - count  # one event per ms, up to now
-    prices = {s: 40_000.0 for s in names}
-    events = []
-    for i in range(count):
-        symbol = names[i % len(names)]
-        prices[symbol] *= 1 + rng.gauss(0, 0.0005)
-        events.append(Event(symbol, f"{prices[symbol]:.8f}", start + i, "binance"))
-    return with_identity(events, run="bench") if identity else events
-
-
-def fill(bootstrap: str, topic: str, events: list[Event]) -> float:
-    producer = new_producer(bootstrap)
+    producer.partitions_for(topic)  # connected, metadata known: time the sending only
     started = time.perf_counter()
-    for e in events:
-        producer.send(topic, key=e.symbol.encode(), value=e.message(), timestamp_ms=e.event_time)
+    for key, value, timestamp in messages:
+        producer.send(topic, key=key, value=value, timestamp_ms=timestamp)
     producer.flush()
-    elapsed = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     producer.close()
-    return len(events) / elapsed
+    return seconds
 
 
-def bare_consumer_rate(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
-    """The ceiling: poll and decode, nothing else, with the consumer's fetch settings."""
+def bare_consumer_seconds(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
+    """The ceiling: poll and decode, nothing else, with consumer.py's fetch settings."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_poll_records=2000,
-        fetch_max_bytes=16 * 1024 * 1024,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **FETCH_SETTINGS
     )
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     consumer.seek_to_beginning()
@@ -113,62 +368,57 @@ def bare_consumer_rate(bootstrap: str, topic: str, partitions: int, expected: in
             for m in messages:
                 json.loads(m.value)
                 seen += 1
-    elapsed = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     consumer.close()
-    return seen / elapsed
+    return seconds
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=500_000)
-    parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--symbols", type=int, default=8)
-    parser.add_argument("--flush-interval", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--no-verify", action="store_true", help="skip the ground-truth check")
-    parser.add_argument(
-        "--without-identity", action="store_true", help="messages without (stream, seq)"
+def quix_seconds(bootstrap: str, topic: str, events: int) -> float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            str(ROOT / "bench" / "quix_peer.py"),
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            topic,
+            "--events",
+            str(events),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
     )
-    args = parser.parse_args()
+    if out.returncode != 0:
+        raise RuntimeError(f"Quix Streams peer failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
-    events = backlog(args.events, args.symbols, args.seed, not args.without_identity)
-    with TansuBroker() as broker, PostgresServer(durable=True) as postgres:
-        topic, database = "btc_price_bench", postgres.create_database("bench")
-        dsn = postgres.dsn(database)
-        create_topic(broker.bootstrap, topic, args.partitions)
-        print(
-            f"Filling {topic} with {args.events:,} events ({args.symbols} symbols, "
-            f"{args.partitions} partitions)...",
-            flush=True,
-        )
-        fill_rate = fill(broker.bootstrap, topic, events)
-        print("(a) bare consumer...", flush=True)
-        ceiling = bare_consumer_rate(broker.bootstrap, topic, args.partitions, len(events))
-        print("(b) consumer.py...", flush=True)
-        env = consumer_env(broker, postgres, database, topic, flush_interval=args.flush_interval)
-        with start_consumer(env, "bench") as consumer:
-            consumer.wait_for_output("Resuming from stored offsets", timeout=120)
-            started = time.perf_counter()
-            with StoredCount(dsn) as stored:
-                wait_until(lambda: stored() >= len(events), 3600, "the backlog", 0.05)
-                consumer_rate = len(events) / (time.perf_counter() - started)
-                marker, visible_after = live_event_latency(
-                    broker.bootstrap, topic, stored, not args.without_identity
-                )
-            rss = peak_rss_mb(consumer.process.pid)
-            consumer.stop()
-        if not args.no_verify:
-            assert_tables_equal_truth(dsn, [*events, marker])
-            print("verified: every window equals the ground truth", flush=True)
-    Figures(len(events), fill_rate, ceiling, consumer_rate, rss, visible_after).print()
-    print(f"identity (stream, seq)       {'off' if args.without_identity else 'on':>11}")
+
+def live_event_latency(
+    bootstrap: str, topic: str, stored: StoredCount
+) -> tuple[tuple[str, int], float]:
+    """Produce one live event into a caught-up pipeline; seconds until its window shows it."""
+    now_ms = time.time_ns() // 1_000_000
+    body = {
+        "symbol": SYMBOL,
+        "price": "40000.00000001",
+        "event_time": now_ms,
+        "source": "binance",
+        "stream": f"binance/{SYMBOL}/bench-live-{now_ms}",  # a new stream: never a repeat
+        "seq": 1,
+    }
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer.partitions_for(topic)  # connect first: time the pipeline, not our start-up
+    before = stored()
+    sent = time.perf_counter()
+    producer.send(topic, key=SYMBOL.encode(), value=orjson.dumps(body), timestamp_ms=now_ms)
+    producer.flush()
+    producer.close()
+    wait(lambda: stored() > before, 120, "the live event", interval=0.01)
+    return (body["price"], now_ms), time.perf_counter() - sent
 
 
 class StoredCount:
@@ -191,24 +441,93 @@ class StoredCount:
         self.conn.close()
 
 
-def live_event_latency(
-    bootstrap: str, topic: str, stored: StoredCount, identity: bool
-) -> tuple[Event, float]:
-    """Produce one live event into a caught-up pipeline; seconds until its window shows it."""
-    marker = Event("BTCUSDT", "40000.00000001", time.time_ns() // 1_000_000, "binance")
-    if identity:
-        (marker,) = with_identity([marker], run="bench-live")
-    producer = new_producer(bootstrap)
-    producer.partitions_for(topic)  # connect first: time the pipeline, not our start-up
-    sent = time.perf_counter()
-    producer.send(topic, key=b"BTCUSDT", value=marker.message(), timestamp_ms=marker.event_time)
-    producer.flush()
-    producer.close()
-    before = stored()
-    wait_until(lambda: stored() > before, 120, "the live event", 0.01)
-    return marker, time.perf_counter() - sent
+def wait(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    script: Script | None = None,
+    interval: float = 0.05,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if script is not None and script.process.poll() is not None:
+            raise RuntimeError(f"{script.name} exited:\n{script.output()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {timeout:g} s")
+        time.sleep(interval)  # polling a condition with a deadline, not a synchronisation
+
+
+# -- the scripts as real processes ------------------------------------------------------------
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)
+
+
+class Script:
+    """producer.py or consumer.py run from its folder, output to a file, with its peak RSS
+    (VmHWM, sampled while it runs: the rusage of a child also counts the bench's own memory
+    from before its exec)."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], logs: Path) -> None:
+        self.name = name
+        fd, log_path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=logs)
+        self.log_path = Path(log_path)
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, f"{name}.py", *args],
+                cwd=ROOT / name,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.peak_rss_mb = 0.0
+        self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
+        self._sampler.start()
+
+    def _sample_rss(self) -> None:
+        status = Path(f"/proc/{self.process.pid}/status")
+        while self.process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
+            time.sleep(0.02)  # a sampling period, not a synchronisation
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 120) -> None:
+        wait(
+            lambda: self.output().count(text) >= count,
+            timeout,
+            f"{text!r} from {self.name}",
+            self,
+            interval=0.02,
+        )
+
+    def finish(self, wait: bool = False) -> float:
+        """Stop (SIGTERM) or, with `wait`, let it end; returns its peak RSS in MB."""
+        if not wait:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait()
+        self._sampler.join()
+        return self.peak_rss_mb
+
+    def expect_success(self) -> None:
+        if self.process.returncode != 0:
+            raise RuntimeError(
+                f"{self.name} exited {self.process.returncode}:\n{self.output()[-3000:]}"
+            )
+
+    def seconds_between(self, first: str, last: str) -> float:
+        """Between two of its own log lines, by their timestamps (ms)."""
+        times = {}
+        for line in self.output().splitlines():
+            for text in (first, last):
+                if text in line and (match := LOG_TIME.match(line)):
+                    times.setdefault(text, datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f"))
+        return (times[last] - times[first]).total_seconds()
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -710,3 +710,17 @@ def test_defaults_resolve_to_the_documented_configuration(services: dict[str, An
     assert consumer["POSTGRES_HOST"] == "postgres" and consumer["POSTGRES_DB"] == "eventsdb"
     assert consumer["KAFKA_CONSUMER_GROUP"] == "btc-aggregator"
     assert resolve("${X:-a}$$", {"X": "b"}) == "b$"
+
+
+@pytest.mark.parametrize("script", ["producer", "consumer"])
+def test_script_images_install_kafka_pythons_crc32c_accelerator(script: str) -> None:
+    """Without `crc32c` kafka-python silently checks every record batch in pure Python."""
+    dockerfile = ROOT / script / "Dockerfile"
+    assert "pip install -r requirements.txt" in dockerfile_instructions(dockerfile, "RUN")
+    requirements = (ROOT / script / "requirements.txt").read_text().splitlines()
+    assert any(re.fullmatch(r"crc32c==[0-9][\w.]*", line) for line in requirements)
+    # The same pins are installed here: the client must actually have picked it up.
+    import crc32c
+    from kafka.record import util
+
+    assert util.calc_crc32c.__defaults__[0] is crc32c.crc32c

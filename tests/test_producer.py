@@ -23,7 +23,7 @@ from pricefeed.contract import make_event
 from pricefeed.sink import KafkaSink
 from pricefeed.timing import Backoff
 from tests.harness import FakeBinance, Fault, TansuBroker, free_port, wait_until
-from tests.harness.fake_binance import MISSING, RecordedRequest
+from tests.harness.fake_binance import MISSING, RecordedRequest, listed_pairs
 from tests.harness.scripts import Script, run_script
 
 BTC, ETH = "43250.75000000", "2300.10000000"
@@ -345,6 +345,26 @@ def test_fifty_symbols_are_one_request_per_tick(broker: TansuBroker, topic: str)
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(requests)
     assert all(poll == prices for poll in polls)
+
+
+def test_symbols_all_polls_every_listed_pair_in_one_request(
+    broker: TansuBroker, topic: str
+) -> None:
+    prices = listed_pairs(3000)
+    with FakeBinance(prices) as binance:
+        args = producer_args(binance, broker.bootstrap, topic, "--symbols", "ALL", symbols=None)
+        with Script("producer", args) as producer:
+            wait_for_requests(producer, binance, 3, timeout=20)
+            output = stop_cleanly(producer)
+        requests = binance.ticker_requests()
+
+    assert all(r.query == {} and r.status == 200 for r in requests)  # no symbol parameter
+    polls = by_poll(messages(read_topic(broker.bootstrap, topic, timeout=30)))
+    assert len(polls) == len(requests) >= 3
+    assert all(poll == prices for poll in polls)
+    # One line per tick, not one per price.
+    assert len(re.findall(r"Produced: 3000 prices in \d+ ms", output)) == len(requests)
+    assert not printed(output)
 
 
 # --- Binance faults --------------------------------------------------------------------------

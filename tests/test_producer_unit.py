@@ -13,9 +13,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
+from kafka.partitioner import DefaultPartitioner
 
 from pricefeed.app import report_failure, retry_delay, run_polling
 from pricefeed.binance import (
+    ALL_SYMBOLS,
     InvalidResponse,
     RateLimited,
     Rejected,
@@ -26,6 +28,7 @@ from pricefeed.binance import (
 )
 from pricefeed.config import ConfigError, Settings, load_settings
 from pricefeed.contract import ContractError, PriceEvent, check_price, make_event
+from pricefeed.sink import KeyPartitionCache
 from pricefeed.sources import Sequencer, SimulatedSource, events_from_pairs, new_run_id
 from pricefeed.timing import Backoff, FixedRateSchedule
 from tests.harness.fake_binance import SYMBOLS_PATTERN
@@ -170,6 +173,33 @@ def test_fifty_symbols_stay_one_parameter_binance_accepts() -> None:
     assert json.loads(params["symbols"]) == FIFTY_SYMBOLS
     assert " " not in params["symbols"]
     assert re.fullmatch(SYMBOLS_PATTERN, params["symbols"])
+
+
+def test_all_symbols_is_the_request_without_parameters() -> None:
+    assert ticker_price_params(ALL_SYMBOLS) == {}
+
+
+def test_symbols_all_in_any_case_means_every_pair_binance_lists() -> None:
+    assert load_settings([OFFLINE], env={"SYMBOLS": "all"}).symbols == ALL_SYMBOLS
+    assert load_settings([OFFLINE, "--symbols", "ALL"]).symbols == ALL_SYMBOLS
+
+
+@pytest.mark.parametrize(
+    "args", [["--symbols", "ALL,BTCUSDT"], ["--symbols", "ALL", "--source", "simulated"]]
+)
+def test_symbols_all_stands_alone_with_binance(args: list[str]) -> None:
+    with pytest.raises(ConfigError, match="SYMBOLS=ALL"):
+        load_settings([OFFLINE, *args])
+
+
+def test_events_from_pairs_with_all_symbols_takes_every_valid_pair(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pairs = [(f"C{i}USDT", f"{i + 1}.5") for i in range(3000)] + [("BADUSDT", "-1")]
+    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, "binance")
+    assert [(e.symbol, e.price) for e in events] == pairs[:-1]
+    assert "Skipped invalid price for BADUSDT" in caplog.text
+    assert "not asked for" not in caplog.text and "no price for" not in caplog.text
 
 
 def test_parse_one_object_and_a_list() -> None:
@@ -827,3 +857,29 @@ def test_the_announced_next_poll_is_when_the_loop_polls_again(
     assert next_poll - failed_at == pytest.approx(gap, abs=0.001)
     [announced] = re.findall(r"next poll in ([0-9.]+) s", caplog.text, re.IGNORECASE)
     assert float(announced) == pytest.approx(next_poll - failed_at, abs=0.05)
+
+
+class FakeCluster:
+    """What a partitioner reads of kafka-python's cluster metadata."""
+
+    def __init__(self, partitions: int) -> None:
+        self.count = partitions
+
+    def topics(self) -> set[str]:
+        return {"btc_price"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.count))
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.count))
+
+
+def test_key_partition_cache_places_every_key_as_kafkas_default_partitioner() -> None:
+    cache, default, cluster = KeyPartitionCache(), DefaultPartitioner(), FakeCluster(3)
+    keys = [f"S{i}USDT".encode() for i in range(300)]
+    for count in (3, 7, 3):  # the topic grows, and (another topic of that name) shrinks
+        cluster.count = count
+        for key in keys * 2:  # the second time from the cache
+            want = default.partition("btc_price", key, key, b"v", b"v", cluster)
+            assert cache.partition("btc_price", key, key, b"v", b"v", cluster) == want, key

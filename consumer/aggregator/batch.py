@@ -22,7 +22,7 @@ from aggregator.events import (
     PriceEvent,
     decode_event,
 )
-from aggregator.windows import WINDOW_MS, WindowDeltas
+from aggregator.windows import WINDOW_MS, WindowDeltas, WindowStats
 
 
 class ConsumerRecord(Protocol):  # what the Kafka client hands us, as far as we use it
@@ -140,22 +140,33 @@ class Accumulator:
         pending = self.pending
         pending.first_offsets.setdefault(partition, records[0].offset)
         pending.next_offsets[partition] = records[-1].offset + 1
-        add_to_window = pending.windows.add
+        # Names bound once per batch: global and attribute lookups add up per message.
+        deltas, new_stats = pending.windows.deltas, WindowStats.of
         newest = self._current_window
         marks, marks_before = self.marks, pending.marks_before
+        decode, invalid, replay_source, window_ms = (
+            decode_event,
+            InvalidEvent,
+            REPLAY_SOURCE,
+            WINDOW_MS,
+        )
         size = events = live = lag_sum = late_count = dups = 0
         lag_max = -1
+        # The window of the event before: a partition mostly holds runs of one stream's events
+        # in one window, which then need neither the late check nor the window lookup.
+        last: tuple[object, int] | None = None
+        last_late, stats = False, None
         for record in records:
             key, value = record.key, record.value
             size += (len(key) if key else 0) + (len(value) if value else 0)
             try:
-                event = decode_event(value, received_ms)
-            except InvalidEvent as exc:
+                event = decode(value, received_ms)
+            except invalid as exc:
                 self._dead_letter(partition, record.offset, key, value, str(exc), received_ms)
                 continue
             symbol, price, event_time, source, stream, seq = event
-            if stream is None:
-                stream_key: str | tuple[str, str] = (symbol, source)
+            if stream is None:  # previous release: late per symbol and source
+                late_key: str | tuple[str, str] = (symbol, source)
             else:
                 mark = marks.get(stream)
                 if mark is not None and seq <= mark:
@@ -164,22 +175,36 @@ class Accumulator:
                 if stream not in marks_before:
                     marks_before[stream] = (mark, source, partition)
                 marks[stream] = seq
-                stream_key = stream
+                late_key = stream
             events += 1
-            if source != REPLAY_SOURCE:  # replayed history is not processing lag
+            if source != replay_source:  # replayed history is not processing lag
                 live += 1
                 lag = received_ms - event_time if received_ms > event_time else 0
                 lag_sum += lag
                 if lag > lag_max:
                     lag_max = lag
-            start = event_time - event_time % WINDOW_MS
-            current = newest.get(stream_key)
-            late = current is not None and start < current
+            start = event_time - event_time % window_ms
+            if (late_key, start) == last:
+                # Same stream and window as the event before (a stream has one symbol): late
+                # exactly when it was (the newest window only moves on for an event that is
+                # not late), same delta.
+                late = last_late
+                stats.add(price, event_time)
+            else:
+                # Late: older than the newest window seen in this event's own stream.
+                current = newest.get(late_key)
+                late = current is not None and start < current
+                if not late and (current is None or start > current):
+                    newest[late_key] = start
+                # WindowDeltas.add, inlined: one call less per message.
+                stats = deltas.get((symbol, start))
+                if stats is None:
+                    stats = deltas[symbol, start] = new_stats(price, event_time)
+                else:
+                    stats.add(price, event_time)
+                last, last_late = (late_key, start), late
             if late:
                 late_count += 1
-            elif current is None or start > current:
-                newest[stream_key] = start
-            add_to_window(symbol, start, price, event_time)
             if consumed is not None:
                 consumed.append((event, late))
         pending.metrics.add(size, events, live, lag_sum, lag_max, late_count, dups)

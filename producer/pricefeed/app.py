@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from kafka.errors import KafkaConfigurationError
 
 from pricefeed.binance import (
+    ALL_SYMBOLS,
     RESTRICTED_FIX,
     BinanceClient,
     BinanceError,
@@ -31,6 +32,11 @@ from pricefeed.timing import Backoff, FixedRateSchedule
 log = logging.getLogger("producer")
 
 EXIT_UNDELIVERED = 1  # stopped with events Kafka never acknowledged: a supervisor should know
+ECHO_MAX_SYMBOLS = 20  # beyond this, one `Produced:` line per tick instead of one per price
+
+
+def echoes_each_price(settings: Settings) -> bool:
+    return settings.symbols != ALL_SYMBOLS and len(settings.symbols) <= ECHO_MAX_SYMBOLS
 
 
 def run_polling(
@@ -44,9 +50,15 @@ def run_polling(
     schedule = FixedRateSchedule(clock(), settings.poll_interval, settings.poll_jitter)
     backoff = Backoff(settings.backoff_base, settings.backoff_max)
     _, due = schedule.next_tick(schedule.start)  # tick 0 fires at once, not an interval late
+    summarise = not echoes_each_price(settings)
     while not wait_tending(sink, due, stop, clock):
         try:
-            sink.publish(source.poll())
+            started = clock()
+            events = source.poll()
+            sink.publish(events)
+            if summarise:  # the tick's duration: request, parsing, hand-over to the client
+                took_ms = (clock() - started) * 1000
+                log.info("Produced: %d prices in %.0f ms", len(events), took_ms)
             backoff.reset()
             _, due = schedule.next_tick(clock())
         except BinanceError as exc:
@@ -151,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop,
         Backoff(settings.backoff_base, settings.backoff_max, random.Random()),
         stall_warning=max(5.0, 2 * settings.poll_interval),  # a couple of silent ticks
+        echo=echoes_each_price(settings),
         delivery_timeout_ms=settings.delivery_timeout_ms,
     )
     try:
@@ -169,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Polling %s every %g s for %s (run %s: each symbol's events numbered from 1)",
                 settings.source,
                 settings.poll_interval,
-                ", ".join(settings.symbols),
+                "every pair Binance lists"
+                if settings.symbols == ALL_SYMBOLS
+                else ", ".join(settings.symbols),
                 source.sequencer.run_id,
             )
             run_polling(source, sink, settings, stop)

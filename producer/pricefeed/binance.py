@@ -42,8 +42,14 @@ class InvalidResponse(BinanceError):
     """A 200 whose body is not the documented JSON."""
 
 
+ALL_SYMBOLS = ("ALL",)  # SYMBOLS=ALL: every pair Binance lists (no such symbol exists)
+
+
 def ticker_price_params(symbols: Sequence[str]) -> dict[str, str]:
-    """One request for any number of symbols: `symbol=` for one, `symbols=[...]` for more."""
+    """One request for any number of symbols: `symbol=` for one, `symbols=[...]` for more,
+    and no parameter at all for every pair Binance lists (ALL_SYMBOLS)."""
+    if tuple(symbols) == ALL_SYMBOLS:
+        return {}
     if len(symbols) == 1:
         return {"symbol": symbols[0]}
     return {"symbols": json.dumps(list(symbols), separators=(",", ":"))}

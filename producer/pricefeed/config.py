@@ -67,7 +67,7 @@ _OPTIONS = [
     ("--bootstrap-servers", "KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "Kafka brokers"),
     ("--topic", "KAFKA_TOPIC", "topic", "topic to publish to"),
     ("--partitions", "KAFKA_TOPIC_PARTITIONS", "topic_partitions", "partitions if it is created"),
-    ("--symbols", "SYMBOLS", "symbols", "comma-separated Binance symbols"),
+    ("--symbols", "SYMBOLS", "symbols", "comma-separated Binance symbols, or ALL pairs"),
     ("--interval", "POLL_INTERVAL_SECONDS", "poll_interval", "seconds between polls"),
     ("--jitter", "POLL_JITTER_SECONDS", "poll_jitter", "random extra delay per tick, seconds"),
     ("--binance-url", "BINANCE_BASE_URL", "binance_base_url", "Binance REST base URL"),
@@ -286,6 +286,8 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> S
 
 def _check_together(s: Settings) -> None:
     """Rules between settings, once each is valid on its own."""
+    if "ALL" in s.symbols and (len(s.symbols) > 1 or s.source == "simulated"):
+        raise ConfigError("SYMBOLS=ALL (every pair Binance lists) stands alone, with Binance.")
     if s.backoff_max < s.backoff_base:
         raise ConfigError(
             f"BACKOFF_MAX_SECONDS ({s.backoff_max:g}) must not be below "

@@ -11,13 +11,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import ClassVar
 
-from pricefeed.binance import BinanceClient
-from pricefeed.contract import (
-    ContractError,
-    PriceEvent,
-    live_stream,
-    make_event,
-)
+from pricefeed.binance import ALL_SYMBOLS, BinanceClient
+from pricefeed.contract import ContractError, PriceEvent, live_stream, make_event
 
 log = logging.getLogger("producer")
 
@@ -76,16 +71,18 @@ def events_from_pairs(
     event_time: int,
     sequencer: Sequencer,
 ) -> list[PriceEvent]:
+    # A set: thousands of pairs with SYMBOLS=ALL, where whatever Binance sent was asked for.
+    asked = {symbol for symbol, _ in pairs} if tuple(wanted) == ALL_SYMBOLS else set(wanted)
     events = []
     for symbol, price in pairs:
-        if symbol not in wanted:
+        if symbol not in asked:
             log.warning("Skipped: Binance sent %r, which was not asked for", symbol)
             continue
         try:
             events.append(sequencer.event(symbol, price, event_time))  # type: ignore[arg-type]
         except ContractError as exc:
             log.warning("Skipped invalid price for %s: %s", symbol, exc)
-    missing = set(wanted) - {symbol for symbol, _ in pairs}
+    missing = asked - {symbol for symbol, _ in pairs}
     if missing:
         log.warning("Skipped: no price for %s in Binance's answer", ", ".join(sorted(missing)))
     return events
