@@ -196,8 +196,13 @@ def test_events_from_pairs_with_all_symbols_takes_every_valid_pair(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pairs = [(f"C{i}USDT", f"{i + 1}.5") for i in range(3000)] + [("BADUSDT", "-1")]
-    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, "binance")
+    sequencer = Sequencer("binance", run_id="r")
+    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, sequencer)
     assert [(e.symbol, e.price) for e in events] == pairs[:-1]
+    assert {(e.stream, e.seq) for e in events[:2]} == {
+        ("binance/C0USDT/r", 1),
+        ("binance/C1USDT/r", 1),
+    }
     assert "Skipped invalid price for BADUSDT" in caplog.text
     assert "not asked for" not in caplog.text and "no price for" not in caplog.text
 
