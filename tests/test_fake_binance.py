@@ -1,4 +1,5 @@
-"""The fake Binance answers like the contract in /work/shared/binance-api.md, over real HTTP."""
+"""The fake Binance answers as Binance's spot API documentation (rest-api.md, errors.md) says,
+over real HTTP."""
 
 from __future__ import annotations
 

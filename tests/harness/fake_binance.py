@@ -1,4 +1,5 @@
-"""A local HTTP server that answers like Binance's spot REST API (see /work/shared/binance-api.md).
+"""A local HTTP server that answers like Binance's spot REST API, as Binance's spot API
+documentation (binance-spot-api-docs: rest-api.md, errors.md) describes it.
 
     with FakeBinance({"BTCUSDT": "43250.75000000"}) as binance:
         binance.fail_next(Fault.rate_limited(retry_after=2), Fault.slow(5))
