@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -45,6 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "producer"), str(ROOT / "consumer")]
 
 from aggregator.kafka_edge import FETCH_SETTINGS  # noqa: E402
 from bench.data import check_tables, file_windows, write_agg_trades  # noqa: E402
+from pricefeed.contract import replay_stream  # noqa: E402
 from pricefeed.sink import CLIENT_SETTINGS  # noqa: E402
 
 # The real servers of the test harness (a Kafka-protocol broker, PostgreSQL, a fake Binance):
@@ -315,10 +317,12 @@ def load() -> str:
 
 
 def replay_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
-    """(key, value, timestamp) of every line, byte for byte what producer.py sends."""
+    """(key, value, timestamp) of every line, byte for byte what producer.py sends: with the
+    identity of the line (the file's stream, the line number)."""
     key, messages = SYMBOL.encode(), []
+    stream = replay_stream(SYMBOL, hashlib.sha256(path.read_bytes()).hexdigest())
     with path.open() as lines:
-        for line in lines:
+        for line_number, line in enumerate(lines, start=1):
             fields = line.split(",")
             event_ms = int(fields[5]) // 1000
             body = {
@@ -326,6 +330,8 @@ def replay_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
                 "price": fields[1],
                 "event_time": event_ms,
                 "source": "replay",
+                "stream": stream,
+                "seq": line_number,
             }
             messages.append((key, orjson.dumps(body), event_ms))
     return messages
@@ -396,7 +402,14 @@ def live_event_latency(
 ) -> tuple[tuple[str, int], float]:
     """Produce one live event into a caught-up pipeline; seconds until its window shows it."""
     now_ms = time.time_ns() // 1_000_000
-    body = {"symbol": SYMBOL, "price": "40000.00000001", "event_time": now_ms, "source": "binance"}
+    body = {
+        "symbol": SYMBOL,
+        "price": "40000.00000001",
+        "event_time": now_ms,
+        "source": "binance",
+        "stream": f"binance/{SYMBOL}/bench-live-{now_ms}",  # a new stream: never a repeat
+        "seq": 1,
+    }
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     producer.partitions_for(topic)  # connect first: time the pipeline, not our start-up
     before = stored()

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Gives the two login roles the passwords docker-compose.yml passes in (both roles are created
-# without a password: grafana_reader by init_db.sql, pipeline_writer by consumer_writer.sql):
+# without a password, by infra/migrations/001_initial_schema.sql and 003_pipeline_writer.sql):
 #   grafana_reader   $GRAFANA_DB_PASSWORD    Grafana's datasource (read-only)
-#   pipeline_writer  $CONSUMER_DB_PASSWORD   consumer.py (INSERT/UPDATE on its tables)
+#   pipeline_writer  $CONSUMER_DB_PASSWORD   consumer.py (what its SQL needs on its tables)
 #
-# Run by the postgres image's entrypoint on a new data volume, after the .sql files (it runs
+# Run by the postgres image's entrypoint on a new data volume, after 00-migrate.sh (it runs
 # /docker-entrypoint-initdb.d/* in name order). To change a password of an existing volume:
 #   docker compose exec postgres bash /docker-entrypoint-initdb.d/10-role-passwords.sh
 #

@@ -18,6 +18,8 @@ for folder in ("producer", "consumer"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
+from aggregator.config import DEFAULT_MIGRATIONS  # noqa: E402
+from aggregator.store import Store  # noqa: E402
 from tests.harness import PostgresServer, TansuBroker  # noqa: E402
 
 _names = itertools.count()
@@ -42,9 +44,28 @@ def database(postgres: PostgresServer) -> str:
 
 
 @pytest.fixture
+def migrated_dsn(postgres: PostgresServer, database: str) -> str:
+    """The test's database with every migration applied, as the consumer applies them."""
+    dsn = postgres.dsn(database)
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.close()
+    return dsn
+
+
+@pytest.fixture
 def topic() -> str:
     """A topic name no other test uses (the broker is shared by the session)."""
     return f"btc_price_{next(_names)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def replay_notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Replays run by the tests note their progress here, not in the user's home."""
+    folder = tmp_path_factory.mktemp("replay-notes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REPLAY_STATE_DIR", str(folder))
+        yield folder
 
 
 # --- slow tests: last, and only while the suite stays within its 10 minutes -----------------

@@ -43,12 +43,24 @@ def init_files() -> list[Path]:
     return [mounted[name] for name in sorted(mounted)]
 
 
+def mounted_migrations() -> Path:
+    """The host folder compose mounts at /migrations, where infra/00-migrate.sh reads them."""
+    postgres = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["postgres"]
+    for volume in postgres["volumes"]:
+        source, target = volume.split(":")[:2]
+        if target == "/migrations":
+            return (ROOT / source).resolve()
+    raise AssertionError("docker-compose.yml mounts no migrations at /migrations")
+
+
 def entrypoint_env(
     postgres: PostgresServer, database: str, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The variables the init files see, pointed at the test server (the entrypoint's own
-    server listens on a Unix socket; PG* variables stand in for that)."""
+    server listens on a Unix socket; PG* variables stand in for that; MIGRATIONS_DIR for the
+    container's /migrations)."""
     return {
+        "MIGRATIONS_DIR": str(mounted_migrations()),
         "PATH": f"{postgres.bindir}:{os.environ['PATH']}",
         "PGHOST": postgres.host,
         "PGPORT": str(postgres.port),

@@ -3,6 +3,7 @@ computed offline with Decimal (independently of the consumer's code), and table 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -36,16 +37,34 @@ class Event:
     price: str
     event_time: int
     source: str = "simulated"
+    stream: str | None = None  # identity; None: a message as the previous release sent it
+    seq: int | None = None
 
     def message(self) -> bytes:
-        return json.dumps(
-            {
-                "symbol": self.symbol,
-                "price": self.price,
-                "event_time": self.event_time,
-                "source": self.source,
-            }
-        ).encode()
+        body: dict[str, Any] = {
+            "symbol": self.symbol,
+            "price": self.price,
+            "event_time": self.event_time,
+            "source": self.source,
+        }
+        if self.stream is not None:
+            body |= {"stream": self.stream, "seq": self.seq}
+        return json.dumps(body).encode()
+
+
+_runs = itertools.count(1)
+
+
+def with_identity(events: Iterable[Event], run: str | None = None) -> list[Event]:
+    """The events as one producer run numbers them: per symbol a stream, seq 1, 2, 3..."""
+    run = run or f"test-{next(_runs)}"
+    seqs: dict[str, int] = {}
+    numbered = []
+    for e in events:
+        seqs[e.symbol] = seqs.get(e.symbol, 0) + 1
+        stream = f"{e.source}/{e.symbol}/{run}"
+        numbered.append(Event(e.symbol, e.price, e.event_time, e.source, stream, seqs[e.symbol]))
+    return numbered
 
 
 def random_stream(
@@ -73,7 +92,7 @@ def random_stream(
         if rng.random() < disorder:
             event_time -= rng.randint(1, 3 * WINDOW_MS)
         events.append(Event(symbol, format(prices[symbol], "f"), event_time))
-    return events
+    return with_identity(events)
 
 
 LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
@@ -236,6 +255,48 @@ def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> set[int]:
     partitions = {f.get(timeout=30).partition for f in futures}
     producer.close()
     return partitions
+
+
+def messages_in(bootstrap: str, topic: str, timeout: float = 60) -> int:
+    """Messages on the topic, read to the high watermark of every partition (Tansu's
+    ListOffsets answers the last batch's base offset + 1, so end_offsets() would say less)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+
+        def at_end() -> bool:
+            consumer.poll(timeout_ms=200)
+            marks = [consumer.highwater(tp) for tp in partitions]
+            return None not in marks and all(
+                consumer.position(tp) >= mark for tp, mark in zip(partitions, marks, strict=True)
+            )
+
+        wait_until(at_end, timeout, f"the end of {topic}", interval=0)
+        return sum(consumer.highwater(tp) for tp in partitions)
+    finally:
+        consumer.close()
+
+
+def wait_until_all_read(dsn: str, bootstrap: str, topic: str, timeout: float) -> None:
+    """Wait until the stored offsets reach the end of every partition, once everything is
+    sent: nothing on the topic is left to count (or to count twice)."""
+
+    def stored() -> int:
+        try:
+            rows = query(
+                dsn, "SELECT sum(next_offset) FROM consumer_offsets WHERE topic = %s", (topic,)
+            )
+        except psycopg2.Error:
+            return -1
+        return int(rows[0][0] or 0)
+
+    end = messages_in(bootstrap, topic)
+    try:
+        wait_until(lambda: stored() == end, timeout, "", interval=0.2)
+    except TimeoutError:
+        raise AssertionError(f"{stored()} of the {end} messages of {topic} read") from None
 
 
 def produce_raw(bootstrap: str, topic: str, values: Iterable[bytes | None], key: bytes) -> None:

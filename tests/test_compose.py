@@ -270,7 +270,11 @@ def test_a_windows_checkout_keeps_lf_line_endings(tmp_path: Path) -> None:
                 names.append(member.name)
                 content = tar.extractfile(member).read()
                 assert b"\r\n" not in content, f"{member.name} gets CRLF line endings"
-    for required in ("infra/init_db.sql", "docker-compose.yml", ".env.example"):
+    for required in (
+        "infra/migrations/001_initial_schema.sql",
+        "docker-compose.yml",
+        ".env.example",
+    ):
         assert required in names
     assert any(name.endswith(".sh") for name in names)
     assert any(name.endswith(".json") for name in names)
@@ -315,7 +319,7 @@ CONTAINER_SETTINGS = {
         "POSTGRES_HOST": "postgres",
         "POSTGRES_PORT": "5432",
         "POSTGRES_USER": "pipeline_writer",
-        "SCHEMA_FILE": "/app/infra/init_db.sql",
+        "MIGRATIONS_DIR": "/app/infra/migrations",
     },
 }
 # .env names that differ from the script's variable.
@@ -344,7 +348,7 @@ LOCAL_STAND_INS = {
     "KAFKA_BOOTSTRAP_SERVERS": "localhost:29092",
     "POSTGRES_HOST": "localhost",
     "BINANCE_BASE_URL": "http://localhost:1",
-    "SCHEMA_FILE": str(ROOT / "infra" / "init_db.sql"),
+    "MIGRATIONS_DIR": str(ROOT / "infra" / "migrations"),
 }
 
 
@@ -571,19 +575,19 @@ def test_grafana_healthcheck_calls_a_tool_both_image_variants_have(
     assert test[-1] == "http://localhost:3000/api/health"  # the container port, not the host's
 
 
-def test_postgres_runs_the_schema_then_the_roles_then_their_passwords(
-    services: dict[str, Any],
-) -> None:
+def test_postgres_runs_the_migrations_then_the_passwords(services: dict[str, Any]) -> None:
     """The entrypoint runs /docker-entrypoint-initdb.d/* in name order (docker-library/postgres
     15/bookworm/docker-entrypoint.sh, docker_process_init_files), the scripts with the
-    container's environment: the tables before the grants on them, both before passwords."""
+    container's environment: the migrations (tables, then the grants on them) before the
+    passwords of the roles they create."""
     mounts = bind_mounts(services["postgres"])
     init = {t: s for t, s in mounts.items() if t.startswith("/docker-entrypoint-initdb.d/")}
     assert [(PurePosixPath(t).name, init[t].name) for t in sorted(init)] == [
-        ("01-init_db.sql", "init_db.sql"),
-        ("02-consumer_writer.sql", "consumer_writer.sql"),
+        ("00-migrate.sh", "00-migrate.sh"),
         ("10-role-passwords.sh", "10-role-passwords.sh"),
     ]
+    # The folder the consumer applies, where 00-migrate.sh reads it.
+    assert mounts["/migrations"] == ROOT / "infra" / "migrations"
     script = (ROOT / "infra" / "10-role-passwords.sh").read_text()
     assert "set -euo pipefail" in script and ":'pw'" in script
     env = environment(services["postgres"])
@@ -629,13 +633,14 @@ def test_images_build_from_existing_files(services: dict[str, Any]) -> None:
 def test_consumer_image_holds_the_schema_next_to_its_folder(services: dict[str, Any]) -> None:
     dockerfile = ROOT / services["consumer"]["build"]["dockerfile"]
     copies = dict(reversed(line.split()) for line in dockerfile_instructions(dockerfile, "COPY"))
-    assert copies["/app/infra/init_db.sql"] == "infra/init_db.sql"
+    assert copies["/app/infra/migrations/"] == "infra/migrations/"
     assert copies["/app/consumer/"] == "consumer/"
-    # The consumer finds the schema at ../infra/init_db.sql, relative to its own folder.
+    # The consumer finds the migrations at ../infra/migrations, relative to its own folder.
     (workdir,) = dockerfile_instructions(dockerfile, "WORKDIR")
-    assert posixpath.normpath(f"{workdir}/../infra/init_db.sql") == "/app/infra/init_db.sql"
+    assert posixpath.normpath(f"{workdir}/../infra/migrations") == "/app/infra/migrations"
     patterns = read_dockerignore(ROOT / ".dockerignore")
-    for sent in ("consumer/requirements.txt", "consumer/consumer.py", "infra/init_db.sql"):
+    migrations = [f"infra/migrations/{p.name}" for p in (ROOT / "infra" / "migrations").iterdir()]
+    for sent in ("consumer/requirements.txt", "consumer/consumer.py", *migrations):
         assert not dockerignore_excludes(sent, patterns), f"{sent} is left out of the context"
     for secret in (".env", ".venv/bin/python", ".git/config", "tests/conftest.py"):
         assert dockerignore_excludes(secret, patterns), f"{secret} would be sent to the builder"

@@ -18,7 +18,7 @@ from psycopg2.extensions import parse_dsn
 from aggregator import report
 from aggregator.batch import Accumulator, DeadLetter, IntervalMetrics
 from aggregator.config import _OPTIONS as CONFIG_OPTIONS
-from aggregator.config import DEFAULT_SCHEMA, ConfigError, Settings, load_settings, psycopg_dsn
+from aggregator.config import DEFAULT_MIGRATIONS, ConfigError, Settings, load_settings, psycopg_dsn
 from aggregator.events import (
     EARLIEST_EVENT_MS,
     MAX_FUTURE_MS,
@@ -212,7 +212,10 @@ def test_decode_accepts_the_contract() -> None:
         {"symbol": "BTC-USD_1.X"},
         {"symbol": "A" * 20},
         {"source": "replay"},
-        {"source": "s" * 32},
+        {"source": "simulated"},
+        {"stream": "binance/BTCUSDT/20260101T000000Z-1a2b3c4d", "seq": 1},
+        {"stream": "replay/BTCUSDT/" + "f" * 32, "seq": 2**63 - 1},
+        {"stream": "A" * 128, "seq": 7},
         {"event_time": EARLIEST_EVENT_MS},
         {"event_time": NOW_MS + MAX_FUTURE_MS},  # exactly at the 5-minute edge
     ],
@@ -277,9 +280,23 @@ def test_decode_accepts_a_message_of_exactly_the_size_limit() -> None:
         (message(symbol=["BTCUSDT"]), "symbol ['BTCUSDT']"),
         (message(symbol={"name": "BTCUSDT"}), "symbol {'name'"),
         (message(source=""), "source ''"),
-        (message(source="s" * 33), "source 'sss"),
+        (message(source="Binance"), "source 'Binance' is not one of binance, simulated, replay"),
+        (message(source="kraken"), "source 'kraken'"),
         (message(source=None), "source None"),
         (message(source=7), "source 7"),
+        (message(source=["binance"]), "source ['binance']"),
+        (message(stream="s/1"), "missing field 'seq'"),
+        (message(seq=1), "missing field 'stream'"),
+        (message(stream="", seq=1), "stream ''"),
+        (message(stream="a b", seq=1), "stream 'a b'"),
+        (message(stream="A" * 129, seq=1), "stream 'AAA"),
+        (message(stream=7, seq=1), "stream 7"),
+        (message(stream="s/1", seq=0), "seq 0"),
+        (message(stream="s/1", seq=-1), "seq -1"),
+        (message(stream="s/1", seq=2**63), "seq 9223372036854775808"),
+        (message(stream="s/1", seq=True), "seq True"),
+        (message(stream="s/1", seq=1.0), "seq 1.0"),
+        (message(stream="s/1", seq="1"), "seq '1'"),
     ],
     ids=lambda x: f"{len(x)} bytes: {x[:40]!r}" if isinstance(x, bytes) else None,
 )
@@ -357,7 +374,7 @@ def test_accumulator_without_live_events_has_no_lag() -> None:
     assert acc.pending.metrics.lag_max_seconds is None
 
 
-def test_late_events_per_symbol_and_kind_of_source() -> None:
+def test_late_events_per_symbol_and_kind_of_source_without_identity() -> None:
     acc = Accumulator()
     steps = [  # (event, late?)
         (at_window("BTCUSDT", 5), False),
@@ -385,6 +402,71 @@ def test_late_events_per_symbol_and_kind_of_source() -> None:
     consumed.clear()
     acc.process_batch(0, [record(21, at_window("BTCUSDT", 5))], NOW_MS, consumed)
     assert consumed[0][1] is False
+
+
+def in_stream(stream: str, seq: int, window: int, source: str = "replay") -> Event:
+    event = at_window("BTCUSDT", window, source, price=str(seq))
+    return Event(event.symbol, event.price, event.event_time, source, stream, seq)
+
+
+def test_late_is_judged_within_each_stream() -> None:
+    """Two files (May, then January) and a live stream: only going back within a stream is
+    late, so a backfill of older history after newer is not."""
+    acc = Accumulator()
+    steps = [  # (event, late?)
+        (in_stream("replay/BTCUSDT/may", 1, 5), False),
+        (in_stream("replay/BTCUSDT/may", 2, 6), False),
+        (in_stream("replay/BTCUSDT/january", 1, 1), False),  # older file: not late
+        (in_stream("replay/BTCUSDT/january", 2, 2), False),
+        (in_stream("replay/BTCUSDT/january", 3, 1), True),  # back within its own file
+        (in_stream("binance/BTCUSDT/run1", 1, 9, "binance"), False),
+        (in_stream("binance/BTCUSDT/run1", 2, 8, "binance"), True),  # live late still counts
+        (in_stream("binance/BTCUSDT/run2", 1, 7, "binance"), False),  # another run
+    ]
+    consumed: list[tuple[PriceEvent, bool]] = []
+    for offset, (event, _) in enumerate(steps):
+        acc.process_batch(0, [record(offset, event)], NOW_MS, consumed)
+    assert [late for _, late in consumed] == [late for _, late in steps]
+    assert acc.pending.metrics.late_events == 2
+
+
+def test_repeats_of_counted_identities_are_skipped() -> None:
+    """A producer's re-send repeats a run of its stream in order; a re-run replay repeats the
+    whole file. Either way seq <= the stream's mark: skipped, counted as duplicates."""
+    acc = Accumulator()
+    a = [in_stream("binance/BTCUSDT/r1", seq, 1, "binance") for seq in range(1, 6)]
+    b = [in_stream("replay/BTCUSDT/f", seq, 2) for seq in (2, 3, 5)]  # lines: gaps are fine
+    sent = a[:4] + a[2:] + b + b + b[:1]  # 3 and 4 re-sent, then the file twice
+    acc.process_batch(0, [record(i, e) for i, e in enumerate(sent)], NOW_MS)
+    m = acc.pending.metrics
+    assert (m.events, m.duplicate_events) == (len(a) + len(b), len(sent) - len(a) - len(b))
+    got = {key: stats_columns(stats) for key, stats in acc.pending.windows.deltas.items()}
+    assert got == expected_windows(a + b)
+    assert acc.pending.advanced_marks() == [
+        ("binance/BTCUSDT/r1", 5, "binance", 0),
+        ("replay/BTCUSDT/f", 5, "replay", 0),
+    ]
+
+
+def test_stored_marks_skip_what_was_counted_before_and_discard_restores_them() -> None:
+    acc = Accumulator()
+    acc.load_marks({"replay/BTCUSDT/f": 3, "other": 9})
+    events = [in_stream("replay/BTCUSDT/f", seq, 1) for seq in range(1, 6)]
+    acc.process_batch(0, [record(i, e) for i, e in enumerate(events)], NOW_MS)
+    assert (acc.pending.metrics.events, acc.pending.metrics.duplicate_events) == (2, 3)
+    assert acc.marks == {"replay/BTCUSDT/f": 5, "other": 9}
+    acc.process_batch(1, [record(0, in_stream("new", 1, 1))], NOW_MS)
+    acc.discard()  # read again from the stored offsets: the marks go back to the stored ones
+    assert acc.marks == {"replay/BTCUSDT/f": 3, "other": 9}
+    acc.load_marks({"replay/BTCUSDT/f": 3, "other": 10})  # moved on under another member
+    assert acc.marks == {"replay/BTCUSDT/f": 3, "other": 10}
+    acc.process_batch(0, [record(i, e) for i, e in enumerate(events)], NOW_MS)
+    acc.load_marks({"other": 10})  # a reset of f by an operator: what this interval did stays
+    assert acc.marks == {"replay/BTCUSDT/f": 5, "other": 10}
+    acc.take()  # flushed: the marks stay, and the next interval starts from them
+    assert acc.pending.advanced_marks() == [] and acc.marks["replay/BTCUSDT/f"] == 5
+    acc.process_batch(0, [record(9, events[-1])], NOW_MS)
+    assert acc.pending.metrics.duplicate_events == 1
 
 
 def test_dead_letters_keep_partition_offset_raw_size_and_error() -> None:
@@ -514,7 +596,8 @@ def test_defaults_without_environment_or_flags() -> None:
     assert (settings.postgres_host, settings.postgres_port) == ("localhost", 5432)
     assert (settings.postgres_db, settings.postgres_user) == ("eventsdb", "postgres")
     assert settings.auto_offset_reset == "earliest"
-    assert settings.schema_file == DEFAULT_SCHEMA and DEFAULT_SCHEMA.is_file()
+    assert settings.migrations_dir == DEFAULT_MIGRATIONS and DEFAULT_MIGRATIONS.is_dir()
+    assert settings.take_over is False
 
 
 def test_environment_then_flags_over_it() -> None:
@@ -580,7 +663,7 @@ BAD_VALUES = [
     ({"KAFKA_SESSION_TIMEOUT_MS": "10s"}, "from 6000 to 1,800,000"),
     ({"KAFKA_MAX_POLL_INTERVAL_MS": "0"}, f"{MS} from 1000 to 2,147,483,647"),
     ({"KAFKA_MAX_POLL_INTERVAL_MS": "2147483648"}, f"{MS} from 1000 to 2,147,483,647"),
-    ({"SCHEMA_FILE": "/nonexistent/init_db.sql"}, "an existing SQL file"),
+    ({"MIGRATIONS_DIR": "/nonexistent/migrations"}, "an existing folder"),
     ({"LOG_LEVEL": "loud"}, "DEBUG, INFO, WARNING or ERROR"),
 ]
 VARIABLE_FLAGS = {var: flag for flag, var, _, _ in CONFIG_OPTIONS}
@@ -662,13 +745,12 @@ def test_psycopg_dsn_keeps_any_password_whole(password: str) -> None:
 
 
 def test_settings_dsn_carries_every_connection_setting(tmp_path: Path) -> None:
-    schema = tmp_path / "schema.sql"
-    schema.write_text("SELECT 1;")
     settings = load_settings(
-        ["--postgres-password", "p w'd", "--no-check-hosts"],
-        {"POSTGRES_HOST": "pg", "POSTGRES_PORT": "5433", "SCHEMA_FILE": str(schema)},
+        ["--postgres-password", "p w'd", "--no-check-hosts", "--take-over"],
+        {"POSTGRES_HOST": "pg", "POSTGRES_PORT": "5433", "MIGRATIONS_DIR": str(tmp_path)},
     )
-    assert isinstance(settings, Settings) and settings.schema_file == schema
+    assert isinstance(settings, Settings) and settings.migrations_dir == tmp_path
+    assert settings.take_over is True
     parsed = parse_dsn(settings.dsn())
     assert parsed["host"] == "pg" and parsed["port"] == "5433"
     assert parsed["password"] == "p w'd"

@@ -28,7 +28,7 @@ from tests.harness.scripts import Script, run_script
 
 BTC, ETH = "43250.75000000", "2300.10000000"
 END_MARKER = b"__end_of_test__"
-CONTRACT_KEYS = {"symbol", "price", "event_time", "source"}
+CONTRACT_KEYS = {"symbol", "price", "event_time", "source", "stream", "seq"}
 FAST_BACKOFF = ["--backoff-base", "0.2", "--backoff-max", "2"]
 GRID_TOLERANCE = 0.09  # seconds off its grid point (scheduling noise; < half of every interval)
 PRODUCED = re.compile(r"Produced: (\{.*\})$", re.MULTILINE)
@@ -123,6 +123,7 @@ def message(record: ConsumerRecord) -> dict[str, object]:
     assert isinstance(body["symbol"], str)
     assert isinstance(body["price"], str)
     assert isinstance(body["event_time"], int) and not isinstance(body["event_time"], bool)
+    assert isinstance(body["stream"], str) and isinstance(body["seq"], int)
     assert record.key == body["symbol"].encode()
     assert record.timestamp == body["event_time"]
     assert record.timestamp_type == 0  # CreateTime: the producer's event time, kept as sent
@@ -217,6 +218,13 @@ def test_publishes_every_price_as_a_contract_message(
         assert len({r.partition for r in records if r.key == symbol.encode()}) == 1
     assert sorted(printed(output), key=str) == sorted(bodies, key=str)
     assert "Created topic" in output
+    # Identity: per symbol one stream of this run, numbered 1, 2, 3... in the topic's order.
+    (run,) = re.findall(r"\(run (\S+): each symbol's events numbered from 1\)", output)
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        mine = [body for body in bodies if body["symbol"] == symbol]
+        by_offset = sorted((r.offset, message(r)) for r in records if r.key == symbol.encode())
+        assert {body["stream"] for body in mine} == {f"binance/{symbol}/{run}"}
+        assert [body["seq"] for _, body in by_offset] == list(range(1, len(mine) + 1))
 
 
 def test_configured_by_environment_alone(
@@ -286,7 +294,8 @@ def test_producer_is_idempotent_with_acks_all(broker: TansuBroker, topic: str) -
     sink = KafkaSink(broker.bootstrap, topic, 3, threading.Event(), Backoff(0.2, 2), echo=False)
     assert sink.connect()
     try:
-        sink.publish([make_event("BTCUSDT", BTC, int(time.time() * 1000), "binance")])
+        now = int(time.time() * 1000)
+        sink.publish([make_event("BTCUSDT", BTC, now, "binance", "binance/BTCUSDT/test", 1)])
         sink.flush(10)
         producer = sink._producer
         assert producer is not None

@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import pytest
 from kafka.errors import KafkaTimeoutError
@@ -31,7 +32,7 @@ from pricefeed.binance import (
 from pricefeed.config import ConfigError, Settings, load_settings
 from pricefeed.contract import ContractError, PriceEvent, check_price, make_event
 from pricefeed.sink import KafkaSink, KeyPartitionCache
-from pricefeed.sources import SimulatedSource, events_from_pairs
+from pricefeed.sources import Sequencer, SimulatedSource, events_from_pairs, new_run_id
 from pricefeed.timing import Backoff, FixedRateSchedule
 from tests.harness.fake_binance import SYMBOLS_PATTERN
 
@@ -198,8 +199,13 @@ def test_events_from_pairs_with_all_symbols_takes_every_valid_pair(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pairs = [(f"C{i}USDT", f"{i + 1}.5") for i in range(3000)] + [("BADUSDT", "-1")]
-    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, "binance")
+    sequencer = Sequencer("binance", run_id="r")
+    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, sequencer)
     assert [(e.symbol, e.price) for e in events] == pairs[:-1]
+    assert {(e.stream, e.seq) for e in events[:2]} == {
+        ("binance/C0USDT/r", 1),
+        ("binance/C1USDT/r", 1),
+    }
     assert "Skipped invalid price for BADUSDT" in caplog.text
     assert "not asked for" not in caplog.text and "no price for" not in caplog.text
 
@@ -283,48 +289,95 @@ def test_check_price_rejects_anything_but_a_positive_plain_decimal_string(price:
         check_price(price)
 
 
+RUN = "binance/BTCUSDT/20260101T000000Z-1a2b3c4d"
+
+
 def test_make_event_and_its_json() -> None:
-    event = make_event("BTCUSDT", "43250.75000000", 1_767_225_600_039, "binance")
-    assert event == PriceEvent("BTCUSDT", "43250.75000000", 1_767_225_600_039, "binance")
+    event = make_event("BTCUSDT", "43250.75000000", 1_767_225_600_039, "binance", RUN, 3)
+    assert event == PriceEvent("BTCUSDT", "43250.75000000", 1_767_225_600_039, "binance", RUN, 3)
     assert event.key() == b"BTCUSDT"
     assert json.loads(event.to_json_bytes()) == {
         "symbol": "BTCUSDT",
         "price": "43250.75000000",
         "event_time": 1_767_225_600_039,
         "source": "binance",
+        "stream": RUN,
+        "seq": 3,
     }
     assert b'"price":"43250.75000000"' in event.to_json_bytes()  # a string, never a float
 
 
 @pytest.mark.parametrize(
-    ("symbol", "price", "event_time", "source"),
+    ("symbol", "price", "event_time", "source", "stream", "seq"),
     [
-        ("btc/usdt", "1.0", 1, "binance"),
-        ("", "1.0", 1, "binance"),
-        ("BTCUSDT", "0", 1, "binance"),
-        ("BTCUSDT", "1.0", 0, "binance"),
-        ("BTCUSDT", "1.0", -5, "binance"),
-        ("BTCUSDT", "1.0", 1.5, "binance"),
-        ("BTCUSDT", "1.0", True, "binance"),
-        ("BTCUSDT", "1.0", "1767225600039", "binance"),
-        ("BTCUSDT", "1.0", 1, "websocket"),
+        ("btc/usdt", "1.0", 1, "binance", RUN, 1),
+        ("", "1.0", 1, "binance", RUN, 1),
+        ("BTCUSDT", "0", 1, "binance", RUN, 1),
+        ("BTCUSDT", "1.0", 0, "binance", RUN, 1),
+        ("BTCUSDT", "1.0", -5, "binance", RUN, 1),
+        ("BTCUSDT", "1.0", 1.5, "binance", RUN, 1),
+        ("BTCUSDT", "1.0", True, "binance", RUN, 1),
+        ("BTCUSDT", "1.0", "1767225600039", "binance", RUN, 1),
+        ("BTCUSDT", "1.0", 1, "websocket", RUN, 1),
+        ("BTCUSDT", "1.0", 1, "binance", "", 1),
+        ("BTCUSDT", "1.0", 1, "binance", "a b", 1),
+        ("BTCUSDT", "1.0", 1, "binance", RUN, 0),
+        ("BTCUSDT", "1.0", 1, "binance", RUN, 2**63),
+        ("BTCUSDT", "1.0", 1, "binance", RUN, True),
     ],
 )
 def test_make_event_refuses_what_the_consumer_would_reject(
-    symbol: str, price: object, event_time: object, source: str
+    symbol: str, price: object, event_time: object, source: str, stream: object, seq: object
 ) -> None:
     with pytest.raises(ContractError):
-        make_event(symbol, price, event_time, source)  # type: ignore[arg-type]
+        make_event(symbol, price, event_time, source, stream, seq)  # type: ignore[arg-type]
 
 
 def test_events_from_pairs_skips_only_the_bad_symbol(caplog: pytest.LogCaptureFixture) -> None:
     pairs = [("BTCUSDT", "43250.75000000"), ("ETHUSDT", "NaN"), ("XRPUSDT", "0.5")]
+    sequencer = Sequencer("binance", run_id="run-1")
     with caplog.at_level(logging.WARNING, logger="producer"):
-        events = events_from_pairs(pairs, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], 7, "binance")
-    assert events == [PriceEvent("BTCUSDT", "43250.75000000", 7, "binance")]
+        events = events_from_pairs(pairs, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], 7, sequencer)
+    stream = "binance/BTCUSDT/run-1"
+    assert events == [PriceEvent("BTCUSDT", "43250.75000000", 7, "binance", stream, 1)]
     assert "Skipped invalid price for ETHUSDT" in caplog.text
     assert "'XRPUSDT', which was not asked for" in caplog.text
     assert "no price for SOLUSDT" in caplog.text
+
+
+def test_live_identity_numbers_each_symbol_from_1_and_skips_no_number() -> None:
+    """Every event made is sent in that order, so seq follows the order of the stream; an
+    invalid price uses no number (no gap a reader could mistake for a loss)."""
+    sequencer = Sequencer("binance", run_id="r")
+    made = [
+        events_from_pairs(
+            [("BTCUSDT", "1.5"), ("ETHUSDT", "2")], ["BTCUSDT", "ETHUSDT"], 9, sequencer
+        ),
+        events_from_pairs(
+            [("BTCUSDT", "-1"), ("ETHUSDT", "3")], ["BTCUSDT", "ETHUSDT"], 9, sequencer
+        ),
+        events_from_pairs(
+            [("BTCUSDT", "1.6"), ("ETHUSDT", "4")], ["BTCUSDT", "ETHUSDT"], 9, sequencer
+        ),
+    ]
+    identities = [(e.stream, e.seq) for events in made for e in events]
+    assert identities == [
+        ("binance/BTCUSDT/r", 1),
+        ("binance/ETHUSDT/r", 1),
+        ("binance/ETHUSDT/r", 2),
+        ("binance/BTCUSDT/r", 2),
+        ("binance/ETHUSDT/r", 3),
+    ]
+
+
+def test_a_producer_restart_starts_new_streams() -> None:
+    runs = {new_run_id() for _ in range(100)}
+    assert len(runs) == 100  # the same second, still 100 different runs
+    one, other = SimulatedSource(["BTCUSDT"], 1), SimulatedSource(["BTCUSDT"], 1)
+    first, second = one.poll()[0], other.poll()[0]
+    assert first.price == second.price and first.seq == second.seq == 1
+    assert first.stream != second.stream
+    assert first.stream.startswith("simulated/BTCUSDT/")
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -388,6 +441,15 @@ PRECEDENCE = [
         5000,
         6000,
     ),
+    (
+        "--replay-state-dir",
+        "REPLAY_STATE_DIR",
+        "/tmp/a",
+        "~/b",
+        "replay_state_dir",
+        Path("/tmp/a"),
+        Path("~/b").expanduser(),
+    ),
     ("--log-level", "LOG_LEVEL", "DEBUG", "WARNING", "log_level", "DEBUG", "WARNING"),
 ]
 
@@ -425,7 +487,12 @@ def test_replay_settings_override_their_environment_variables() -> None:
 
 
 def test_every_setting_has_a_precedence_case() -> None:
-    covered = {row[4] for row in PRECEDENCE} | {"replay_speed", "replay_symbol", "replay_files"}
+    covered = {row[4] for row in PRECEDENCE} | {
+        "replay_speed",
+        "replay_symbol",
+        "replay_files",
+        "resume",
+    }
     assert covered == {f.name for f in fields(Settings)}
 
 
@@ -675,7 +742,7 @@ class LoopRig:
         self.now += step.cost
         if step.error is not None:
             raise step.error
-        return [make_event("BTCUSDT", "43250.75000000", 1, "binance")]
+        return [make_event("BTCUSDT", "43250.75000000", 1, "binance", RUN, len(self.poll_times))]
 
     def publish(self, events: list[PriceEvent]) -> None:
         self.published.append(list(events))
@@ -833,7 +900,9 @@ def test_sink_bookkeeping_is_exact_when_partitions_acknowledge_out_of_send_order
     would)."""
     sink = KafkaSink("127.0.0.1:9", "t", 3, threading.Event(), Backoff(0.2, 2), echo=False)
     sent = sink._sent
-    events = [make_event("BTCUSDT", "1.5", 1_767_225_600_000 + i, "replay") for i in range(5)]
+    events = [
+        make_event("BTCUSDT", "1.5", 1_767_225_600_000 + i, "binance", RUN, i + 1) for i in range(5)
+    ]
     futures = [Future() for _ in events]
     for event, future in zip(events, futures, strict=True):  # as KafkaSink._send_waiting does
         sent.queue.append((event, future))

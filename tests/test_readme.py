@@ -9,8 +9,6 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from aggregator.config import DEFAULT_SCHEMA
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -24,12 +22,8 @@ def readme_queries() -> dict[str, str]:
 
 
 @pytest.fixture
-def dsn(postgres, database) -> str:
-    dsn = postgres.dsn(database)
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(DEFAULT_SCHEMA.read_text())
-    conn.close()
-    return dsn
+def dsn(migrated_dsn) -> str:
+    return migrated_dsn
 
 
 # (raw value as the consumer stored it, what the README's query shows for it)

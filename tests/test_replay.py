@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import random
@@ -37,14 +38,16 @@ from tests.pipeline import (
 def truth_from_csv(path: Path) -> list[Event]:
     """The events a replay of this file must produce, read independently of the producer:
     klines at their close (column 6) with their close price (column 4); trades at their time
-    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms."""
+    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms. Identity: the
+    file's stream (SHA-256 of its bytes) and the line number."""
     symbol = path.name.split("-")[0]
+    stream = f"replay/{symbol}/{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}"
     events = []
     with path.open(newline="") as rows:
-        for row in csv.reader(rows):
+        for line, row in enumerate(csv.reader(rows), start=1):
             price, raw_time = (row[4], row[6]) if len(row) == 12 else (row[1], row[5])
             time_ms = int(raw_time) // 1000 if int(raw_time) >= 10**15 else int(raw_time)
-            events.append(Event(symbol, price, time_ms, "replay"))
+            events.append(Event(symbol, price, time_ms, "replay", stream, line))
     return events
 
 
@@ -174,7 +177,10 @@ def test_replay_with_malformed_lines_skips_and_counts_them(broker, tmp_path, top
 
 def test_speed_paces_events_by_their_event_time():
     start = 1_778_198_400_000
-    hourly = [make_event("BTCUSDT", "1.5", start + k * 3_600_000, "replay") for k in range(6)]
+    hourly = [
+        make_event("BTCUSDT", "1.5", start + k * 3_600_000, "replay", "replay/f", k + 1)
+        for k in range(6)
+    ]
     began = time.monotonic()
     replayed = list(paced(iter(hourly), speed=36_000.0, stop=threading.Event()))  # 1 h -> 0.1 s
     elapsed = time.monotonic() - began
@@ -184,7 +190,10 @@ def test_speed_paces_events_by_their_event_time():
 
 def test_stop_interrupts_a_paced_replay():
     far = [
-        make_event("BTCUSDT", "1.5", 1_778_198_400_000 + k * 86_400_000, "replay") for k in range(3)
+        make_event(
+            "BTCUSDT", "1.5", 1_778_198_400_000 + k * 86_400_000, "replay", "replay/f", k + 1
+        )
+        for k in range(3)
     ]
     stop = threading.Event()
     stop.set()
@@ -210,7 +219,10 @@ def test_generated_sample_files_read_like_binance_files(tmp_path, day):
     write_klines(klines, day, rng, Decimal("43000"))
     write_agg_trades(trades, day, rng, Decimal("43000"))
     for path in (klines, trades):
-        replayed = [Event(e.symbol, e.price, e.event_time, e.source) for e in read_events(path)]
+        replayed = [
+            Event(e.symbol, e.price, e.event_time, e.source, e.stream, e.seq)
+            for e in read_events(path)
+        ]
         assert replayed == truth_from_csv(path)
     first_close = truth_from_csv(klines)[0].event_time
     assert first_close == int(day.timestamp() * 1000) + 59_999

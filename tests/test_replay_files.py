@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from itertools import pairwise
 from pathlib import Path
@@ -543,3 +544,28 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
         read_events(tmp_path / "BTCUSDT-1m-2020-01-01.csv")
     with pytest.raises(ReplayFileError, match="is a directory"):
         read_events(tmp_path)
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def test_events_of_a_file_are_its_content_digest_and_line_numbers(tmp_path: Path) -> None:
+    lines = ["open_time,x", kline(1577836859999, "7186.68"), "bad", kline(1577836919999, "7")]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / "BTCUSDT-1m-2020-01-01.csv"
+    path.write_text(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    events = list(read_events(path))
+    assert [(e.stream, e.seq) for e in events] == [
+        (f"replay/BTCUSDT/{digest[:32]}", 2),
+        (f"replay/BTCUSDT/{digest[:32]}", 4),
+    ]
+    # The same content under another name or zipped: the same identities, so a re-run of
+    # either is counted once. Other content: another stream.
+    renamed = tmp_path / "copy" / "BTCUSDT-1m-2020-01-01.csv"
+    renamed.parent.mkdir()
+    renamed.write_text(text)
+    zipped = make_zip(tmp_path / "BTCUSDT-1m-2020-01-01.zip", {path.name: text})
+    assert list(read_events(renamed)) == events == list(read_events(zipped))
+    path.write_text(text + kline(1577836979999, "8") + "\n")
+    assert {e.stream for e in read_events(path)}.isdisjoint({e.stream for e in events})

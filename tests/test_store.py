@@ -14,8 +14,15 @@ import psycopg2
 import pytest
 
 from aggregator.batch import DeadLetter, IntervalMetrics, PendingFlush
-from aggregator.config import DEFAULT_SCHEMA, psycopg_dsn
-from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from aggregator.config import DEFAULT_MIGRATIONS, psycopg_dsn
+from aggregator.store import (
+    FlushContext,
+    NotOwner,
+    OffsetsMoved,
+    Store,
+    StoreFailed,
+    StoreUnavailable,
+)
 from aggregator.windows import (
     MERGE_INTO_ROW_SQL,
     WINDOW_MS,
@@ -48,10 +55,17 @@ def dsn(postgres: PostgresServer, database: str) -> str:
 
 @pytest.fixture
 def store(dsn: str) -> Iterator[Store]:
-    store = Store(dsn, DEFAULT_SCHEMA)
-    assert store.ensure_schema() is True
+    store = ready_store(dsn)
     yield store
     store.close()
+
+
+def ready_store(dsn: str, group: str = GROUP) -> Store:
+    """A store on a migrated database whose tables `group` owns."""
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.claim(group)
+    return store
 
 
 # -- building flushes ------------------------------------------------------------------------
@@ -121,7 +135,7 @@ def assert_rows_equal(
         assert got["avg_value"] == average, (label, key)
 
 
-def execute(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+def execute(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
     """One statement without a result, committed."""
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
@@ -169,9 +183,7 @@ def test_flushes_merged_in_sql_equal_the_python_merge_and_the_ground_truth(store
 
 def test_a_row_merged_with_a_delta_at_any_split_equals_the_whole(dsn):
     """MERGE_INTO_ROW_SQL alone: the row holds a prefix of the stream, the delta the rest."""
-    store = Store(dsn, DEFAULT_SCHEMA)
-    store.ensure_schema()
-    store.close()
+    ready_store(dsn).close()
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
@@ -277,13 +289,12 @@ def blocked_backends(dsn: str) -> int:
 
 @pytest.mark.parametrize("expected", [None, 10])
 def test_two_writers_racing_for_a_partition_exactly_one_wins(dsn, expected):
-    setup = Store(dsn, DEFAULT_SCHEMA)
-    setup.ensure_schema()
+    setup = ready_store(dsn)
     if expected is not None:
         setup.write(pending_flush({}, {0: expected}), context({0: None}))
     setup.close()
     before = table_counts(dsn)
-    writers = {"A": Store(dsn, DEFAULT_SCHEMA), "B": Store(dsn, DEFAULT_SCHEMA)}
+    writers = {"A": Store(dsn, DEFAULT_MIGRATIONS), "B": Store(dsn, DEFAULT_MIGRATIONS)}
     outcome: dict[str, str] = {}
 
     def write(name: str) -> None:
@@ -380,29 +391,129 @@ def test_dead_letters_keep_their_bytes(store, dsn):
     assert stored == letters
 
 
+# -- identity, ownership ----------------------------------------------------------------------
+
+
+def with_marks(pending: PendingFlush, marks: dict[str, int], partition: int = 0) -> PendingFlush:
+    """As the accumulator leaves it after advancing these streams."""
+    pending.marks.update(marks)
+    for stream in marks:
+        source = stream.split("/")[0]
+        pending.marks_before[stream] = (None, source, partition)
+    return pending
+
+
+def test_marks_are_written_with_the_flush_and_only_grow(store, dsn):
+    first = with_marks(pending_flush(some_windows(), {0: 5}), {"replay/A/f": 7, "binance/A/r": 3})
+    store.write(first, context({0: None}))
+    assert store.stream_marks() == {"replay/A/f": 7, "binance/A/r": 3}
+    # A stale writer (its partitions fenced differently, e.g. a topic repartitioned under it)
+    # never lowers a mark.
+    second = with_marks(pending_flush({}, {0: 6}), {"replay/A/f": 4, "binance/A/r": 9}, 2)
+    store.write(second, context({0: 5}))
+    assert store.stream_marks() == {"replay/A/f": 7, "binance/A/r": 9}
+    rows = query(dsn, "SELECT stream, source, topic, partition FROM stream_marks ORDER BY 1")
+    assert rows == [("binance/A/r", "binance", TOPIC, 2), ("replay/A/f", "replay", TOPIC, 2)]
+
+
+def test_a_fenced_flush_writes_no_marks(store):
+    store.write(with_marks(pending_flush({}, {0: 5}), {"s/1": 5}), context({0: None}))
+    with pytest.raises(OffsetsMoved):
+        store.write(with_marks(pending_flush({}, {0: 9}), {"s/1": 9}), context({0: 3}))
+    assert store.stream_marks() == {"s/1": 5}
+
+
+def test_idle_live_marks_are_pruned_and_replay_marks_kept(store, dsn):
+    marks = {"replay/A/old": 1, "binance/A/old": 1, "simulated/A/old": 1, "binance/A/new": 1}
+    store.write(with_marks(pending_flush({}, {0: 1}), marks), context({0: None}))
+    execute(
+        dsn,
+        "UPDATE stream_marks SET updated_at = now() - interval '31 days' WHERE stream LIKE '%%old'",
+    )
+    store.write(pending_flush({}, {0: 2}), context({0: 1}))  # within the hour: not yet
+    assert len(store.stream_marks()) == 4
+    store._pruned_at = None  # an hour later
+    store.write(pending_flush({}, {0: 3}), context({0: 2}))
+    assert store.stream_marks() == {"replay/A/old": 1, "binance/A/new": 1}
+
+
+def test_the_tables_have_one_owner_and_a_take_over_moves_the_offsets(dsn):
+    owner = ready_store(dsn)  # GROUP claims the empty tables
+    owner.write(pending_flush(some_windows(), {0: 5, 1: 7}), context({0: None, 1: None}))
+    other = Store(dsn, DEFAULT_MIGRATIONS)
+    with pytest.raises(NotOwner) as caught:
+        other.claim("other-group")
+    text = str(caught.value)
+    assert text == (
+        "the tables are filled by consumer group 'test-group', not 'other-group': to hand them "
+        "over (with their stored offsets, so nothing is counted twice), stop group "
+        "'test-group' and run consumer.py --group other-group --take-over."
+    )
+    owner.claim(GROUP)  # the owner itself may start again, any time
+    execute(
+        dsn,
+        "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
+        "VALUES ('other-group', %s, 0, 1)",
+        (TOPIC,),
+    )  # left from an earlier turn of the other group: out of date
+    assert other.take_over("other-group") == (GROUP, 2)
+    assert other.take_over("other-group") == ("other-group", 0)
+    other.claim("other-group")
+    assert other.stored_offsets("other-group", TOPIC, [0, 1]) == {0: 5, 1: 7}
+    assert other.stored_offsets(GROUP, TOPIC, [0, 1]) == {}
+    # The old owner's next flush is refused, whole.
+    before = table_counts(dsn)
+    with pytest.raises(NotOwner, match="no longer fills the tables: group 'other-group' took"):
+        owner.write(pending_flush(some_windows(), {0: 9}), context({0: 5}))
+    assert table_counts(dsn) == before
+    owner.close()
+    other.close()
+
+
+def test_a_database_error_a_retry_cannot_fix_names_its_cause(store, dsn):
+    execute(
+        dsn, "ALTER TABLE pipeline_metrics ADD CONSTRAINT no_flush CHECK (events_processed < 0)"
+    )
+    with pytest.raises(StoreFailed) as caught:
+        store.write(pending_flush(some_windows(), {0: 5}), context({0: None}))
+    text = str(caught.value)
+    assert text.startswith("CheckViolation: ") and "no_flush" in text and "\n" not in text
+    assert table_counts(dsn)[:2] == (0, 0)
+    execute(dsn, "ALTER TABLE pipeline_metrics DROP CONSTRAINT no_flush")
+    store.write(pending_flush(some_windows(), {0: 5}), context({0: None}))  # reconnects
+
+
+def test_a_dead_letter_read_again_is_kept_once(store, dsn):
+    store.write(pending_flush({}, {0: 51}, dead_letters=[letter(0, 50)]), context({0: None}))
+    execute(dsn, "UPDATE consumer_offsets SET next_offset = 0")  # rewound by an operator
+    store.write(pending_flush({}, {0: 51}, dead_letters=[letter(0, 50)]), context({0: 0}))
+    assert query(dsn, 'SELECT "offset" FROM dead_letter_events') == [(50,)]
+
+
 # -- schema and roles ------------------------------------------------------------------------
 
 
-def test_ensure_schema_applies_once(dsn):
-    store = Store(dsn, DEFAULT_SCHEMA)
+def test_migrations_apply_once_in_order_and_are_recorded(dsn):
+    store = Store(dsn, DEFAULT_MIGRATIONS)
     try:
-        assert store.ensure_schema() is True
+        names = [path.stem for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql"))]
+        assert store.migrate() == names and names[:2] == ["001_initial_schema", "002_exactly_once"]
+        store.claim(GROUP)
         store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
-        assert store.ensure_schema() is False
-        execute(dsn, "DROP VIEW rolling_avg_30min")
-        assert store.ensure_schema() is True  # a missing view: applied again, data kept
+        assert store.migrate() == []  # every start: nothing left to apply, data kept
         assert table_counts(dsn)[:2] == (1, 2)
         assert store.stored_offsets(GROUP, TOPIC, [0]) == {0: 2}
+        recorded = query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1")
+        assert recorded == [(i + 1, name) for i, name in enumerate(names)]
     finally:
         store.close()
 
 
-def test_init_db_sql_runs_twice(dsn):
-    sql = DEFAULT_SCHEMA.read_text()
+def test_every_migration_runs_twice(dsn):
+    """Idempotent files: a database the first release made (no record yet) takes them all."""
     for _ in range(2):
-        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute(sql)
-        conn.close()
+        for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql")):
+            execute(dsn, path.read_text())
     tables = query(
         dsn,
         "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
@@ -413,10 +524,13 @@ def test_init_db_sql_runs_twice(dsn):
                 "consumer_offsets",
                 "dead_letter_events",
                 "rolling_avg_30min",
+                "schema_migrations",
+                "stream_marks",
+                "table_owner",
             ],
         ),
     )
-    assert tables == [(5,)]
+    assert tables == [(8,)]
 
 
 def as_reader(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -504,9 +618,11 @@ def test_unreachable_store_raises_store_unavailable_in_one_line():
     dead = psycopg_dsn(
         host="127.0.0.1", port=str(free_port()), dbname="eventsdb", user="x", password="y"
     )
-    store = Store(dead, DEFAULT_SCHEMA)
+    store = Store(dead, DEFAULT_MIGRATIONS)
     calls = [
-        store.ensure_schema,
+        store.migrate,
+        lambda: store.claim(GROUP),
+        store.stream_marks,
         lambda: store.stored_offsets(GROUP, TOPIC, [0]),
         lambda: store.write(pending_flush(some_windows(), {0: 1}), context({0: None})),
     ]

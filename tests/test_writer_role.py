@@ -1,7 +1,7 @@
 """pipeline_writer: the consumer writes through a least-privilege role, as docker-compose runs it.
 
 The database is set up as PostgreSQL's entrypoint sets up a new compose volume (tests/deploy.py:
-the superuser applies infra/init_db.sql, infra/consumer_writer.sql, then the password script).
+the superuser applies infra/migrations/ with infra/00-migrate.sh, then the password script).
 consumer.py then runs as the role docker-compose.yml gives it, with the real broker, and must
 store exactly what was published, across a restart; the role can do nothing else.
 """
@@ -16,6 +16,7 @@ import psycopg2.extensions
 import pytest
 import yaml
 
+from aggregator.config import DEFAULT_MIGRATIONS
 from tests.deploy import COMPOSE_FILE, PASSWORDS, role_connection, run_init
 from tests.harness import PostgresServer, TansuBroker
 from tests.pipeline import (
@@ -43,8 +44,17 @@ TABLE_PRIVILEGES = {
     ("consumer_offsets", "SELECT"),  # stored offsets; compare-and-set WHERE and RETURNING
     ("consumer_offsets", "INSERT"),
     ("consumer_offsets", "UPDATE"),
+    ("consumer_offsets", "DELETE"),  # a take-over drops the new group's out-of-date offsets
     ("pipeline_metrics", "INSERT"),
     ("dead_letter_events", "INSERT"),
+    ("stream_marks", "SELECT"),  # loaded at assignment; GREATEST reads the row
+    ("stream_marks", "INSERT"),
+    ("stream_marks", "UPDATE"),
+    ("stream_marks", "DELETE"),  # idle live marks are pruned
+    ("table_owner", "SELECT"),
+    ("table_owner", "INSERT"),  # the first group claims the tables
+    ("table_owner", "UPDATE"),  # take-over; and SELECT ... FOR SHARE in every flush
+    ("schema_migrations", "SELECT"),  # at start: nothing left to apply
 }
 
 
@@ -144,7 +154,7 @@ def test_consumer_runs_as_the_writer_on_a_schema_the_superuser_created(
             expected = len(first) if batch is first else len(events)
             wait_for_total(deployed, expected, 60, [consumer])
             assert consumer.stop() == 0, consumer.output()[-3000:]
-            assert "Applied schema" not in consumer.output()
+            assert "Applied migration" not in consumer.output()
     assert_tables_equal_truth(deployed, events)
     assert query(deployed, "SELECT count(*) FROM dead_letter_events") == [(2,)]
     ((processed, invalid),) = query(
@@ -153,3 +163,34 @@ def test_consumer_runs_as_the_writer_on_a_schema_the_superuser_created(
     assert (processed, invalid) == (len(events), 2)
     ((stored_next,),) = query(deployed, "SELECT sum(next_offset) FROM consumer_offsets")
     assert stored_next == len(events) + 2
+
+
+def test_a_missing_migration_the_writer_may_not_apply_stops_with_the_command_that_does(
+    broker: TansuBroker,
+    postgres: PostgresServer,
+    database: str,
+    deployed: str,
+    topic: str,
+    tmp_path,
+) -> None:
+    """An upgrade whose new migration changes the schema: the writer may not, so the consumer
+    stops at once (exit 2) naming the migration and how the owner applies it; nothing changed."""
+    for path in DEFAULT_MIGRATIONS.glob("*.sql"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "004_add_x.sql").write_text(
+        "ALTER TABLE pipeline_metrics ADD COLUMN IF NOT EXISTS x integer;"
+    )
+    env = {
+        **consumer_env(broker, postgres, database, topic),
+        "POSTGRES_USER": WRITER,
+        "POSTGRES_PASSWORD": WRITER_PASSWORD,
+        "MIGRATIONS_DIR": str(tmp_path),
+    }
+    with start_consumer(env, "writer-2") as consumer:
+        assert consumer.wait(60) == 2, consumer.output()[-3000:]
+        output = consumer.output()
+    (sentence,) = [line for line in output.splitlines() if line.startswith("consumer.py: error:")]
+    assert "lacks migration(s) 004_add_x, and user 'pipeline_writer' may not change" in sentence
+    assert "docker compose exec postgres bash /docker-entrypoint-initdb.d/00-migrate.sh" in sentence
+    assert "Traceback" not in output
+    assert query(deployed, "SELECT max(version) FROM schema_migrations") == [(3,)]

@@ -1,9 +1,10 @@
 """The consumer's main loop: read, window, and flush every FLUSH_INTERVAL_SECONDS.
 
-Exactly once: the windows, the metrics and the next offset of every partition are written in
-one PostgreSQL transaction; on start and on every assignment the consumer resumes from the
-offsets stored there. A crash at any instant loses the unflushed interval, which is then read
-again from the stored offsets: nothing lost, nothing counted twice.
+Exactly once: the windows, the metrics, the streams' high-water marks and the next offset of
+every partition are written in one PostgreSQL transaction; on start and on every assignment
+the consumer resumes from the offsets and marks stored there. A crash at any instant loses the
+unflushed interval, which is then read again from the stored offsets: nothing lost, nothing
+counted twice. The marks skip what a producer sent twice or a replay re-ran.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
 from aggregator.kafka_edge import KafkaUnresponsive, SpinGuard, new_consumer
+from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
 from aggregator.retry import Backoff
 from aggregator.store import (
     FlushContext,
+    NotOwner,
     OffsetsMoved,
     Store,
     StoreFailed,
@@ -272,6 +275,8 @@ class Aggregator(ConsumerRebalanceListener):
             stored = self.store.stored_offsets(
                 self.settings.group_id, self.settings.topic, sorted(self.unresolved), timeout
             )
+            # The new partitions' streams may have advanced under another member.
+            self.accumulator.load_marks(self.store.stream_marks(timeout))
         except StoreUnavailable as exc:
             log.error("PostgreSQL unavailable (%s): assigned partitions wait", exc)
             self.consumer.pause(*tps)
@@ -306,19 +311,41 @@ def configure_logging(level: str) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
-def wait_for_schema(store: Store, stop: threading.Event) -> bool:
-    """Apply the schema if needed, waiting for PostgreSQL with backoff."""
+def prepare_tables(store: Store, settings: Settings, stop: threading.Event) -> bool:
+    """Apply missing migrations, then claim the tables for our group (or take them over),
+    waiting for PostgreSQL with backoff. False if stopped first. Raises MigrationError and
+    NotOwner (a person must decide), StoreMisconfigured and StoreFailed."""
     backoff = Backoff()
     while not stop.is_set():
         try:
-            if store.ensure_schema():
-                log.info("Applied schema %s", store.schema_path)
+            for name in store.migrate():
+                log.info("Applied migration %s", name)
+            if settings.take_over:
+                take_over(store, settings.group_id)
+            store.claim(settings.group_id)
             return True
         except StoreUnavailable as exc:
             delay = backoff.next_delay()
             log.error("PostgreSQL unavailable (%s); retrying in %.1f s", exc, delay)
             stop.wait(delay)
     return False
+
+
+def take_over(store: Store, group_id: str) -> None:
+    previous, moved = store.take_over(group_id)
+    if previous == group_id:
+        log.info("Group %s owns the tables already: nothing to take over", group_id)
+    elif previous is None:
+        log.info("The tables had no owning group: group %s owns them now", group_id)
+    else:
+        log.warning(
+            "Took the tables over from group %s: %d stored partition offsets moved to group "
+            "%s; consumers of group %s stop at their next flush",
+            previous,
+            moved,
+            group_id,
+            previous,
+        )
 
 
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, KafkaUnresponsive)
@@ -386,11 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     stop = threading.Event()
     install_signal_handlers(stop)
-    store = Store(settings.dsn(), settings.schema_file)
+    store = Store(settings.dsn(), settings.migrations_dir)
     try:
-        if not wait_for_schema(store, stop):
+        if not prepare_tables(store, settings, stop):
             return 0
         code = consume(settings, store, stop)
+    except (MigrationError, NotOwner) as exc:
+        print(f"consumer.py: error: {exc}", file=sys.stderr)
+        log.error("Consumer stopped: %s", exc)
+        return EXIT_CONFIG
     except StoreMisconfigured as exc:
         log.error("Cannot use PostgreSQL: %s. Fix the POSTGRES_* settings; stopping.", exc)
         return EXIT_CONFIG

@@ -1,8 +1,12 @@
 """Everything one flush writes, gathered message by message: pure, no I/O.
 
-A `PendingFlush` holds the window deltas, dead letters, metrics and, per partition, the next
-offset to read. Written in one transaction they move the tables from one consistent state
-to the next: that is the exactly-once unit.
+A `PendingFlush` holds the window deltas, dead letters, metrics, the streams' new high-water
+marks and, per partition, the next offset to read. Written in one transaction they move the
+tables from one consistent state to the next: that is the exactly-once unit.
+
+Identity: an event of stream S with seq <= S's high-water mark (the highest seq counted) is a
+repeat (a producer re-send, a re-run replay) and is skipped. That suffices because a stream
+travels in one partition in order, and a repeat re-sends a run of it in its original order.
 """
 
 from __future__ import annotations
@@ -50,9 +54,13 @@ class IntervalMetrics:
     bytes: int = 0  # key + value bytes of every message, valid or not
     late_events: int = 0
     invalid_events: int = 0
+    duplicate_events: int = 0  # repeats of counted identities, skipped
 
-    def add(self, size: int, events: int, live: int, lag_sum: int, lag_max: int, late: int) -> None:
+    def add(
+        self, size: int, events: int, live: int, lag_sum: int, lag_max: int, late: int, dups: int
+    ) -> None:
         """Counters of a batch of messages; lag_max -1 when it had no live event."""
+        self.duplicate_events += dups
         self.bytes += size
         self.events += events
         self.live_events += live
@@ -78,18 +86,43 @@ class PendingFlush:
     metrics: IntervalMetrics = field(default_factory=IntervalMetrics)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next to read
     first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first unflushed
+    # Streams that advanced in this interval: stream -> (mark before it, source, partition).
+    marks_before: dict[str, tuple[int | None, str, int]] = field(default_factory=dict)
+    marks: dict[str, int] = field(default_factory=dict)  # the accumulator's, shared
 
     def is_empty(self) -> bool:
         return not self.next_offsets
 
+    def advanced_marks(self) -> list[tuple[str, int, str, int]]:
+        """(stream, new mark, source, partition) of the streams advanced, sorted by stream
+        (concurrent flushes then lock rows in the same order)."""
+        return [
+            (stream, self.marks[stream], source, partition)
+            for stream, (_, source, partition) in sorted(self.marks_before.items())
+        ]
+
 
 class Accumulator:
-    """Turns messages into the pending flush. Remembers, per symbol and kind of source, the
-    newest window seen, so that an event for an older window is counted as late."""
+    """Turns messages into the pending flush. Holds every stream's high-water mark (stored
+    ones, loaded with `load_marks`, advanced by what is pending), and, per stream, the newest
+    window seen, so that an event for an older window of its own stream is counted as late."""
 
     def __init__(self) -> None:
-        self.pending = PendingFlush()
-        self._current_window: dict[tuple[str, bool], int] = {}
+        self.marks: dict[str, int] = {}  # stream -> highest seq counted (stored + pending)
+        self.pending = PendingFlush(marks=self.marks)
+        # Late is judged per stream: a backfill of January after May is not late. Messages
+        # without identity (previous release) fall back to (symbol, source).
+        self._current_window: dict[str | tuple[str, str], int] = {}
+
+    def load_marks(self, stored: dict[str, int]) -> None:
+        """Take the marks PostgreSQL holds as the truth (an operator may have reset them),
+        keeping only what this interval advanced beyond them."""
+        advanced = {stream: self.marks[stream] for stream in self.pending.marks_before}
+        self.marks.clear()  # the same dict: the pending flush refers to it
+        self.marks.update(stored)
+        for stream, seq in advanced.items():
+            if seq > self.marks.get(stream, 0):
+                self.marks[stream] = seq
 
     def process_batch(
         self,
@@ -110,17 +143,18 @@ class Accumulator:
         # Names bound once per batch: global and attribute lookups add up per message.
         deltas, new_stats = pending.windows.deltas, WindowStats.of
         newest = self._current_window
+        marks, marks_before = self.marks, pending.marks_before
         decode, invalid, replay_source, window_ms = (
             decode_event,
             InvalidEvent,
             REPLAY_SOURCE,
             WINDOW_MS,
         )
-        size = events = live = lag_sum = late_count = 0
+        size = events = live = lag_sum = late_count = dups = 0
         lag_max = -1
-        # The window of the event before: a partition mostly holds runs of one symbol's events
+        # The window of the event before: a partition mostly holds runs of one stream's events
         # in one window, which then need neither the late check nor the window lookup.
-        last: tuple[str, bool, int] | None = None
+        last: tuple[object, int] | None = None
         last_late, stats = False, None
         for record in records:
             key, value = record.key, record.value
@@ -130,40 +164,50 @@ class Accumulator:
             except invalid as exc:
                 self._dead_letter(partition, record.offset, key, value, str(exc), received_ms)
                 continue
-            symbol, price, event_time, source = event
+            symbol, price, event_time, source, stream, seq = event
+            if stream is None:  # previous release: late per symbol and source
+                late_key: str | tuple[str, str] = (symbol, source)
+            else:
+                mark = marks.get(stream)
+                if mark is not None and seq <= mark:
+                    dups += 1  # counted already: a re-send or a re-run
+                    continue
+                if stream not in marks_before:
+                    marks_before[stream] = (mark, source, partition)
+                marks[stream] = seq
+                late_key = stream
             events += 1
-            replay = source == replay_source
-            if not replay:  # replayed history is not processing lag
+            if source != replay_source:  # replayed history is not processing lag
                 live += 1
                 lag = received_ms - event_time if received_ms > event_time else 0
                 lag_sum += lag
                 if lag > lag_max:
                     lag_max = lag
             start = event_time - event_time % window_ms
-            if (symbol, replay, start) == last:
-                # Same stream and window as the event before: late exactly when it was (the
-                # newest window only moves on for an event that is not late), same delta.
+            if (late_key, start) == last:
+                # Same stream and window as the event before (a stream has one symbol): late
+                # exactly when it was (the newest window only moves on for an event that is
+                # not late), same delta.
                 late = last_late
                 stats.add(price, event_time)
             else:
-                # Late: older than the newest window seen for this symbol and kind of source.
-                stream = (symbol, replay)
-                current = newest.get(stream)
+                # Late: older than the newest window seen in this event's own stream.
+                current = newest.get(late_key)
                 late = current is not None and start < current
                 if not late and (current is None or start > current):
-                    newest[stream] = start
+                    newest[late_key] = start
                 # WindowDeltas.add, inlined: one call less per message.
                 stats = deltas.get((symbol, start))
                 if stats is None:
                     stats = deltas[symbol, start] = new_stats(price, event_time)
                 else:
                     stats.add(price, event_time)
-                last, last_late = (symbol, replay, start), late
+                last, last_late = (late_key, start), late
             if late:
                 late_count += 1
             if consumed is not None:
                 consumed.append((event, late))
-        pending.metrics.add(size, events, live, lag_sum, lag_max, late_count)
+        pending.metrics.add(size, events, live, lag_sum, lag_max, late_count, dups)
 
     def _dead_letter(
         self,
@@ -183,10 +227,16 @@ class Accumulator:
 
     def take(self) -> PendingFlush:
         """Hand over what is pending (after it was written) and start a new interval."""
-        pending, self.pending = self.pending, PendingFlush()
+        pending, self.pending = self.pending, PendingFlush(marks=self.marks)
         return pending
 
     def discard(self) -> PendingFlush:
-        """Drop everything unflushed: it will be read again from the stored offsets."""
+        """Drop everything unflushed: it will be read again from the stored offsets, so the
+        marks go back to what is stored."""
         self._current_window.clear()
+        for stream, (before, _, _) in self.pending.marks_before.items():
+            if before is None:
+                del self.marks[stream]
+            else:
+                self.marks[stream] = before
         return self.take()

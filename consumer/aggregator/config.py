@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "infra" / "init_db.sql"
+DEFAULT_MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 OFFSET_RESETS = ("earliest", "latest")
 MAX_FLUSH_SECONDS = 3600.0  # an hour: a longer interval holds too much in memory to be meant
@@ -53,8 +53,9 @@ class Settings:
     auto_offset_reset: str = "earliest"
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
-    schema_file: Path = DEFAULT_SCHEMA
+    migrations_dir: Path = DEFAULT_MIGRATIONS
     log_level: str = "INFO"
+    take_over: bool = False  # --take-over only: a one-off decision, never an environment value
 
     def dsn(self) -> str:
         return psycopg_dsn(
@@ -97,7 +98,12 @@ _OPTIONS = [
         "max_poll_interval_ms",
         "longest pause between polls before the group moves on",
     ),
-    ("--schema-file", "SCHEMA_FILE", "schema_file", "schema applied when tables are missing"),
+    (
+        "--migrations-dir",
+        "MIGRATIONS_DIR",
+        "migrations_dir",
+        "numbered schema migrations, applied at start",
+    ),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -165,10 +171,10 @@ def name(text: str) -> str:
     return text.strip()
 
 
-def schema_file(text: str) -> Path:
+def folder(text: str) -> Path:
     path = Path(text.strip())
-    if not path.is_file():
-        raise Invalid("an existing SQL file")
+    if not path.is_dir():
+        raise Invalid("an existing folder")
     return path
 
 
@@ -190,7 +196,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
         int, "a whole number of milliseconds (a default broker's range)", *SESSION_TIMEOUT_MS
     ),
     "max_poll_interval_ms": number(int, "a whole number of milliseconds", *MAX_POLL_INTERVAL_MS),
-    "schema_file": schema_file,
+    "migrations_dir": folder,
     "log_level": one_of(LOG_LEVELS, lambda text: text.strip().upper()),
 }
 
@@ -209,9 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
         shown = "<host>-<pid>" if field == "instance_id" else getattr(defaults, field)
         if field == "postgres_password":
             shown = "postgres"
-        if field == "schema_file":
-            shown = "../infra/init_db.sql"
+        if field == "migrations_dir":
+            shown = "../infra/migrations"
         parser.add_argument(flag, dest=field, metavar=env, help=f"{text} [{env}={shown}]")
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="make --group the group that fills the tables, moving the owning group's stored "
+        "offsets to it in one transaction, then run (see README: One owning group)",
+    )
     parser.add_argument(
         "--check-hosts",
         action=argparse.BooleanOptionalAction,
@@ -233,7 +245,7 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> S
             values[field] = _PARSERS[field](text)
         except Invalid as rule:
             raise ConfigError(f"{var} ({flag}) must be {rule}, not {text!r}.") from None
-    settings = Settings(**values)
+    settings = Settings(**values, take_over=args.take_over)
     if args.check_hosts:
         _check_hosts_resolve(settings)
     return settings

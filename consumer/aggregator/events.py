@@ -1,12 +1,17 @@
 """Decoding and validating `btc_price` messages: pure, no I/O.
 
 The contract (producer/pricefeed/contract.py, README "Message contract"):
-{"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": <epoch ms>, "source": "binance"}
+{"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": <epoch ms>, "source": "binance",
+ "stream": "binance/BTCUSDT/20260101T000000Z-1a2b3c4d", "seq": 42}
+
+(stream, seq) is the event's identity; messages of the previous release carry neither and are
+counted once per Kafka offset, as they were then.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
 from typing import NamedTuple
@@ -20,6 +25,10 @@ EARLIEST_EVENT_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z: nothing older is 
 MAX_FUTURE_MS = 5 * 60 * 1000  # clocks drift; an event further ahead than this is wrong
 MAX_MESSAGE_BYTES = 16 * 1024  # a price message is ~100 bytes
 REPLAY_SOURCE = "replay"  # history loaded later: in its windows, but not processing lag
+SOURCES = ("binance", "simulated", REPLAY_SOURCE)  # a closed set: anything else is refused
+_SOURCE_SET = frozenset(SOURCES)
+STREAM_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+MAX_SEQ = 2**63 - 1  # PostgreSQL bigint
 
 
 # orjson parses the bytes as they come (checking UTF-8 itself) at about a quarter of the cost of
@@ -38,6 +47,8 @@ class PriceEvent(NamedTuple):  # a tuple: the cheapest immutable object per mess
     price: Decimal
     event_time: int  # epoch milliseconds, UTC
     source: str
+    stream: str | None  # identity: None only in messages of the previous release
+    seq: int | None
 
     @property
     def is_replay(self) -> bool:
@@ -73,32 +84,49 @@ def decode_event(value: bytes | None, now_ms: int) -> PriceEvent:
         decimal = _price(price)
     if type(event_time) is not int or not EARLIEST_EVENT_MS <= event_time <= now_ms + MAX_FUTURE_MS:
         event_time = _event_time(event_time, now_ms)
-    if type(source) is not str or not 0 < len(source) <= 32:
+    if type(source) is not str or source not in _SOURCE_SET:
         source = _source(source)
-    return _new_event((symbol, decimal, event_time, source))
+    stream, seq = body.get("stream"), body.get("seq")
+    if stream is not None or seq is not None:  # both, or neither (previous release)
+        if type(stream) is not str or stream not in _valid_streams or type(seq) is not int:
+            stream, seq = _identity(stream, seq)
+        elif not 0 < seq <= MAX_SEQ:
+            seq = _seq(seq)
+    return _new_event((symbol, decimal, event_time, source, stream, seq))
 
 
 # PriceEvent(...) goes through a Python-level __new__; this builds the same tuple at half the
 # cost, which counts at a million messages.
 _new_event = partial(tuple.__new__, PriceEvent)
 
-_valid_symbols: set[str] = set()  # a handful of names, each checked once
+
+def _name_check(
+    field: str, pattern: re.Pattern[str], meaning: str
+) -> tuple[set[str], Callable[[object], str]]:
+    """The check of names that fit `pattern` (symbols, streams), and the set of names it has
+    accepted: they are few, and nearly every message repeats one, so each is matched once."""
+    valid: set[str] = set()
+
+    def check(name: object) -> str:
+        # A list or object is unhashable: `in` on the set would raise TypeError, not reject it.
+        if isinstance(name, str) and name in valid:
+            return name
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            raise InvalidEvent(f"{field} {name!r:.40} is not {meaning}")
+        if len(valid) < 10_000:
+            valid.add(name)
+        return name
+
+    return valid, check
+
+
+_valid_symbols, _symbol = _name_check("symbol", SYMBOL_PATTERN, "a Binance symbol")
+_valid_streams, _stream = _name_check("stream", STREAM_PATTERN, "a stream id")
 # Prices already checked, with their Decimal (immutable, so shared safely). Trades repeat
 # prices: in Binance's aggTrades about 40 % are at the previous trade's price, and a few
 # thousand distinct prices cover a day's hour. Emptied when full: bounded memory.
 _recent_prices: dict[str, Decimal] = {}
 RECENT_PRICES = 4096
-
-
-def _symbol(symbol: object) -> str:
-    # A list or object is unhashable: `in` on the set would raise TypeError, not reject it.
-    if isinstance(symbol, str) and symbol in _valid_symbols:
-        return symbol
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        raise InvalidEvent(f"symbol {symbol!r:.40} is not a Binance symbol")
-    if len(_valid_symbols) < 10_000:
-        _valid_symbols.add(symbol)
-    return symbol
 
 
 def _price(price: object) -> Decimal:
@@ -127,6 +155,19 @@ def _event_time(event_time: object, now_ms: int) -> int:
 
 
 def _source(source: object) -> str:
-    if not isinstance(source, str) or not 0 < len(source) <= 32:
-        raise InvalidEvent(f"source {source!r:.40} is not a short string")
-    return source
+    if source not in SOURCES:  # a tuple: `in` compares, so unhashable values are refused too
+        raise InvalidEvent(f"source {source!r:.40} is not one of {', '.join(SOURCES)}")
+    return source  # type: ignore[return-value]
+
+
+def _identity(stream: object, seq: object) -> tuple[str, int]:
+    if stream is None or seq is None:
+        missing, given = ("stream", "seq") if stream is None else ("seq", "stream")
+        raise InvalidEvent(f"missing field {missing!r} ({given} without {missing})")
+    return _stream(stream), _seq(seq)
+
+
+def _seq(seq: object) -> int:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq <= MAX_SEQ:
+        raise InvalidEvent(f"seq {seq!r:.40} is not a positive 64-bit integer")
+    return seq

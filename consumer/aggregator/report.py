@@ -84,6 +84,8 @@ def report_flush(pending: PendingFlush, ctx: FlushContext, duration_ms: float) -
         extra += f" | {m.replayed_events} replayed"
     if m.late_events:
         extra += f" | {m.late_events} late"
+    if m.duplicate_events:
+        extra += f" | {m.duplicate_events} repeats skipped"
     if m.invalid_events:
         extra += f" | {m.invalid_events} invalid"
     log.info(

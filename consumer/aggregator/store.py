@@ -1,4 +1,5 @@
-"""The PostgreSQL edge: schema, stored offsets, and the one-transaction flush.
+"""The PostgreSQL edge: migrations, the owning group, stored offsets and high-water marks,
+and the one-transaction flush.
 
 Every call either succeeds, or raises one of three errors that say what the caller can do:
 StoreUnavailable (transient: retry later), StoreMisconfigured (permanent: a person must fix a
@@ -17,21 +18,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from aggregator.batch import PendingFlush
+from aggregator.migrations import MigrationError, migrations_in, missing
 from aggregator.windows import MERGE_INTO_ROW_SQL, merge_params
 
 log = logging.getLogger("consumer")
 
-REQUIRED_TABLES = (
-    "five_min_bitcoin_event",
-    "pipeline_metrics",
-    "consumer_offsets",
-    "dead_letter_events",
-    "rolling_avg_30min",
-)
 SCHEMA_LOCK_ID = 0x6274635F73716C  # any constant shared by all consumers ("btc_sql")
+# Marks of live streams (one per symbol and producer run) are dropped this long after their
+# last event: repeats come from a producer's re-send within minutes. Replay marks stay: a file
+# may be re-run any time.
+LIVE_MARK_RETENTION = "30 days"
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 ANSWER_TIMEOUT_SECONDS = 12.0  # a healthy flush takes milliseconds; a hung server, forever
@@ -49,6 +50,25 @@ class StoreMisconfigured(Exception):
 
 class StoreFailed(Exception):
     """PostgreSQL refused the work itself (a bug, a schema out of step): stop, show why."""
+
+
+class NotOwner(Exception):
+    """The tables belong to another consumer group; the message says how to take over."""
+
+    def __init__(self, owner: str, group: str, running: bool = False) -> None:
+        if running:
+            text = (
+                f"consumer group {group!r} no longer fills the tables: group {owner!r} took "
+                f"them over (consumer.py --group {group} --take-over takes them back)."
+            )
+        else:
+            text = (
+                f"the tables are filled by consumer group {owner!r}, not {group!r}: to hand "
+                f"them over (with their stored offsets, so nothing is counted twice), stop "
+                f"group {owner!r} and run consumer.py --group {group} --take-over."
+            )
+        super().__init__(text)
+        self.owner = owner
 
 
 class OffsetsMoved(Exception):
@@ -108,11 +128,12 @@ def _answer_within(seconds: float):
 
 class Store:
     def __init__(
-        self, dsn: str, schema_path: Path, answer_timeout: float = ANSWER_TIMEOUT_SECONDS
+        self, dsn: str, migrations_dir: Path, answer_timeout: float = ANSWER_TIMEOUT_SECONDS
     ) -> None:
         self.dsn = dsn
-        self.schema_path = schema_path
+        self.migrations_dir = migrations_dir
         self.answer_timeout = answer_timeout
+        self._pruned_at: float | None = None
         self.started = False  # after the first success, a host name failing to resolve is DNS
         self._conn: psycopg2.extensions.connection | None = None
         psycopg2.extensions.set_wait_callback(_wait_until_deadline)
@@ -160,20 +181,82 @@ class Store:
                 self._conn.close()
         self._conn = None
 
-    def ensure_schema(self) -> bool:
-        """Apply infra/init_db.sql if a table or view is missing. True if it was applied."""
-        with self._call() as conn, conn, conn.cursor() as cur:
-            # Consumers starting together must not create the same tables at once.
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database has not had, in order, in one transaction under
+        an advisory lock (consumers starting together wait for each other). Returns their
+        names. Raises MigrationError for a folder or database it cannot work with."""
+        migrations = migrations_in(self.migrations_dir)
+        # A long migration may take longer than a flush: the server's statement_timeout and
+        # a generous deadline still bound it.
+        with self._call(timeout=max(60.0, self.answer_timeout)) as conn, conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            applied: set[int] = set()
+            if cur.fetchone()[0]:
+                cur.execute("SELECT version FROM schema_migrations")
+                applied = {row[0] for row in cur.fetchall()}
+            todo = missing(migrations, applied)
+            try:
+                for migration in todo:
+                    cur.execute(migration.path.read_text())
+                    cur.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+            except psycopg2.errors.InsufficientPrivilege:
+                raise MigrationError(
+                    f"the database lacks migration(s) {', '.join(m.name for m in todo)}, "
+                    f"and user {conn.info.user!r} may not change the schema: apply them as its "
+                    "owner (in docker compose: docker compose exec postgres bash "
+                    "/docker-entrypoint-initdb.d/00-migrate.sh), then start the consumer again."
+                ) from None
+        return [m.name for m in todo]
+
+    def claim(self, group_id: str) -> None:
+        """Become the owning group of empty tables; raise NotOwner if another group owns them."""
+        with self._call() as conn, conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT count(*) FROM unnest(%s::text[]) AS t(name) "
-                "WHERE to_regclass(t.name) IS NULL",
-                (list(REQUIRED_TABLES),),
+                "INSERT INTO table_owner (group_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (group_id,),
             )
-            if cur.fetchone()[0] == 0:
-                return False
-            cur.execute(self.schema_path.read_text())
-            return True
+            cur.execute("SELECT group_id FROM table_owner")
+            (owner,) = cur.fetchone()
+        if owner != group_id:
+            raise NotOwner(owner, group_id)
+
+    def take_over(self, group_id: str) -> tuple[str | None, int]:
+        """Make `group_id` the owner, moving the owner's stored offsets to it, all in one
+        transaction: the new group continues exactly where the old one stopped. The marks
+        belong to the tables, not to a group, so they stay as they are. Returns the previous
+        owner and how many partition offsets moved."""
+        with self._call() as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT group_id FROM table_owner FOR UPDATE")
+            row = cur.fetchone()
+            previous = row[0] if row else None
+            if previous == group_id:
+                return previous, 0
+            moved = 0
+            if previous is not None:
+                # Offsets the new group stored in an earlier turn are out of date.
+                cur.execute("DELETE FROM consumer_offsets WHERE group_id = %s", (group_id,))
+                cur.execute(
+                    "UPDATE consumer_offsets SET group_id = %s, updated_at = now() "
+                    "WHERE group_id = %s",
+                    (group_id, previous),
+                )
+                moved = cur.rowcount
+            cur.execute(
+                "INSERT INTO table_owner (group_id) VALUES (%s) ON CONFLICT (singleton) "
+                "DO UPDATE SET group_id = EXCLUDED.group_id, since = now()",
+                (group_id,),
+            )
+        return previous, moved
+
+    def stream_marks(self, timeout: float | None = None) -> dict[str, int]:
+        """Every stream's high-water mark: what the tables have counted."""
+        with self._call(timeout) as conn, conn, conn.cursor() as cur:
+            cur.execute("SELECT stream, last_seq FROM stream_marks")
+            return dict(cur.fetchall())
 
     def stored_offsets(
         self, group_id: str, topic: str, partitions: list[int], timeout: float | None = None
@@ -189,27 +272,80 @@ class Store:
     def write(
         self, pending: PendingFlush, ctx: FlushContext, timeout: float | None = None
     ) -> float:
-        """Write windows, dead letters, metrics and offsets in ONE transaction, with an answer
-        due within `timeout` seconds (default: answer_timeout).
+        """Write windows, marks, dead letters, metrics and offsets in ONE transaction, with an
+        answer due within `timeout` seconds (default: answer_timeout).
 
         Returns the flush duration in ms. Raises StoreUnavailable (retry later), OffsetsMoved
-        (drop the pending state) or StoreFailed; in every case nothing was written.
+        (drop the pending state), NotOwner or StoreFailed; in every case nothing was written.
         """
         started = time.perf_counter()
         with self._call(timeout) as conn, conn, conn.cursor() as cur:
-            _advance_offsets(cur, pending, ctx)  # first: it locks the rows that fence us
+            _check_owner(cur, ctx.group_id)  # waits for a take-over in progress
+            _advance_offsets(cur, pending, ctx)  # it locks the rows that fence us
+            marks = pending.advanced_marks()
+            if marks:
+                _store_marks(cur, marks, ctx.topic)
             if len(pending.windows):
                 cur.execute(MERGE_INTO_ROW_SQL, merge_params(pending.windows.deltas))
             if pending.dead_letters:
                 _insert_dead_letters(cur, pending, ctx.topic)
+            if self._prune_due():
+                _prune_marks(cur)
             duration_ms = (time.perf_counter() - started) * 1000
             _insert_metrics(cur, pending, ctx, duration_ms)
         return duration_ms
+
+    def _prune_due(self) -> bool:
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return False
+        self._pruned_at = now
+        return True
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
         self._conn = None
+
+
+def _check_owner(cur: psycopg2.extensions.cursor, group_id: str) -> None:
+    cur.execute("SELECT group_id FROM table_owner FOR SHARE")
+    row = cur.fetchone()
+    if row is None or row[0] != group_id:
+        raise NotOwner(row[0] if row else "(none)", group_id, running=True)
+
+
+def _store_marks(
+    cur: psycopg2.extensions.cursor, marks: list[tuple[str, int, str, int]], topic: str
+) -> None:
+    """Marks only grow (GREATEST): a stale writer can never lower one."""
+    cur.execute(
+        "INSERT INTO stream_marks AS m (stream, last_seq, source, topic, partition) "
+        "SELECT s, q, src, %s, p FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[]) "
+        "AS u(s, q, src, p) ON CONFLICT (stream) DO UPDATE SET "
+        "last_seq = GREATEST(m.last_seq, EXCLUDED.last_seq), topic = EXCLUDED.topic, "
+        "partition = EXCLUDED.partition, updated_at = now()",
+        (
+            topic,
+            [m[0] for m in marks],
+            [m[1] for m in marks],
+            [m[2] for m in marks],
+            [m[3] for m in marks],
+        ),
+    )
+
+
+def _prune_marks(cur: psycopg2.extensions.cursor) -> None:
+    cur.execute(
+        "DELETE FROM stream_marks WHERE source <> 'replay' "
+        f"AND updated_at < now() - interval '{LIVE_MARK_RETENTION}'"
+    )
+    if cur.rowcount:
+        log.info(
+            "Dropped %d high-water marks of live streams idle for %s",
+            cur.rowcount,
+            LIVE_MARK_RETENTION,
+        )
 
 
 def _advance_offsets(cur: psycopg2.extensions.cursor, pending: PendingFlush, ctx: FlushContext):
@@ -256,7 +392,11 @@ def _insert_dead_letters(cur: psycopg2.extensions.cursor, pending: PendingFlush,
         'INSERT INTO dead_letter_events (topic, partition, "offset", raw_key, raw_value, '
         "raw_size, error, received_at) SELECT %s, p, o, k, v, s, e, "
         "to_timestamp(0) + r * interval '1 millisecond' FROM unnest(%s::int[], %s::bigint[], "
-        "%s::bytea[], %s::bytea[], %s::int[], %s::text[], %s::bigint[]) AS u(p, o, k, v, s, e, r)",
+        "%s::bytea[], %s::bytea[], %s::int[], %s::text[], %s::bigint[]) AS u(p, o, k, v, s, e, r) "
+        # Read again (offsets rewound by an operator): the letter is there already. No
+        # conflict target: naming one would need SELECT on its columns, which the writer
+        # role does not have (the only other unique key is the id, which never conflicts).
+        "ON CONFLICT DO NOTHING",
         (
             topic,
             [d.partition for d in letters],
@@ -278,8 +418,9 @@ def _insert_metrics(
         "INSERT INTO pipeline_metrics (metric_timestamp, instance_id, interval_seconds, "
         "events_processed, live_events, replayed_events, events_per_second, "
         "processing_lag_seconds, max_processing_lag_seconds, data_size_kb, consumer_offset_lag, "
-        "late_events, invalid_events, windows_updated, flush_duration_ms) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, round(%s / 1024.0, 3), %s, %s, %s, %s, %s)",
+        "late_events, invalid_events, windows_updated, flush_duration_ms, duplicate_events) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, round(%s / 1024.0, 3), %s, %s, %s, %s, %s, "
+        "%s)",
         (
             datetime.now(UTC),
             ctx.instance_id,
@@ -296,6 +437,7 @@ def _insert_metrics(
             m.invalid_events,
             len(pending.windows),
             duration_ms,
+            m.duplicate_events,
         ),
     )
 

@@ -177,15 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if replay is not None:
             run_replay(replay, settings, sink, stop)
         else:
+            source = build_source(settings)
             log.info(
-                "Polling %s every %g s for %s",
+                "Polling %s every %g s for %s (run %s: each symbol's events numbered from 1)",
                 settings.source,
                 settings.poll_interval,
                 "every pair Binance lists"
                 if settings.symbols == ALL_SYMBOLS
                 else ", ".join(settings.symbols),
+                source.sequencer.run_id,
             )
-            run_polling(build_source(settings), sink, settings, stop)
+            run_polling(source, sink, settings, stop)
     except ReplayFileError as exc:
         log.error("Replay stopped: %s", exc)
         return 2

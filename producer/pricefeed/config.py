@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from pricefeed.contract import ContractError, check_symbol
 
 SOURCES = ("binance", "simulated", "replay")
+DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
 MAX_PARTITIONS = 2**31 - 1  # Kafka's int32
@@ -55,6 +56,8 @@ class Settings:
     replay_files: tuple[Path, ...] = ()
     replay_speed: float | None = None  # None: as fast as the broker takes it
     replay_symbol: str | None = None  # None: from each file's name
+    replay_state_dir: Path = DEFAULT_REPLAY_STATE_DIR  # notes of what Kafka acknowledged
+    resume: bool = False  # --resume only: skip lines acknowledged in an earlier run
     log_level: str = "INFO"
 
 
@@ -85,9 +88,20 @@ _OPTIONS = [
         "replay_symbol",
         "symbol of every replayed file, for files whose name does not say it",
     ),
+    (
+        "--replay-state-dir",
+        "REPLAY_STATE_DIR",
+        "replay_state_dir",
+        "where a replay notes how far Kafka acknowledged each file",
+    ),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 ]
-_SHOWN_DEFAULTS = {"replay_speed": "max", "replay_symbol": "from the file name", "seed": "random"}
+_SHOWN_DEFAULTS = {
+    "replay_speed": "max",
+    "replay_symbol": "from the file name",
+    "seed": "random",
+    "replay_state_dir": "~/.cache/btc-pipeline/replay",
+}
 
 
 # --- parsers: text -> value, or Invalid saying what is allowed --------------------------------
@@ -212,6 +226,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "seed": whole_number,
     "replay_speed": replay_speed,
     "replay_symbol": binance_symbol,
+    "replay_state_dir": lambda text: Path(text.strip()).expanduser(),
     "log_level": one_of(LOG_LEVELS, lambda text: text.strip().upper()),
 }
 
@@ -236,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="*", type=Path, help="Binance public-data CSV or zip files (--source replay)"
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="replay: skip the lines of a file that Kafka acknowledged in an earlier run to the "
+        "same topic (without it they are sent again, and the consumer counts them once)",
+    )
+    parser.add_argument(
         "--check-hosts",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -247,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
     """Parse flags over environment; raise ConfigError for any bad value."""
     args = build_parser().parse_args(argv)
-    values: dict[str, object] = {"replay_files": tuple(args.files)}
+    values: dict[str, object] = {"replay_files": tuple(args.files), "resume": args.resume}
     for flag, var, field, _ in _OPTIONS:
         text = getattr(args, field) or env.get(var)
         if not text:

@@ -4,13 +4,18 @@ One JSON object per price, keyed by symbol, with the Kafka record timestamp equa
 `event_time`:
 
     {"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": 1767225600039,
-     "source": "binance"}
+     "source": "binance", "stream": "binance/BTCUSDT/20260101T000000Z-1a2b3c4d", "seq": 42}
 
 - `symbol`: a Binance pair, as Binance spells it.
 - `price`: the exact decimal string the source gave; never a float.
 - `event_time`: UTC epoch milliseconds when the price was observed.
 - `source`: where it came from (`binance`, `simulated`, `replay`). Replayed history is
   marked so the consumer can keep it out of processing lag.
+- `stream`, `seq`: the event's identity. A stream is one ordered run of events of one symbol
+  (so it travels in one partition): one producer run's polls of a symbol, or one replayed
+  file. `seq` grows along the stream: 1, 2, 3... per symbol and run for live sources, the
+  line number for a file. The same event always carries the same (stream, seq), however often
+  it is sent, so the consumer counts each once (seq <= the stream's high-water mark: a repeat).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import orjson
 # Binance's own rule for symbol names (rest-api.md, "symbol" parameter).
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
 SOURCES = ("binance", "simulated", "replay")
+# Stream ids: letters, digits and . _ : / - (ids are built by live_stream / replay_stream).
+STREAM_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+MAX_SEQ = 2**63 - 1  # PostgreSQL bigint
 # Plain decimal notation, as Binance writes prices: no exponent, sign or spaces.
 PRICE_PATTERN = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
 
@@ -36,6 +44,8 @@ class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per m
     price: str
     event_time: int
     source: str
+    stream: str
+    seq: int
 
     def key(self) -> bytes:
         return self.symbol.encode("ascii")
@@ -49,6 +59,8 @@ class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per m
                 "price": self.price,
                 "event_time": self.event_time,
                 "source": self.source,
+                "stream": self.stream,
+                "seq": self.seq,
             }
         )
 
@@ -79,10 +91,39 @@ def check_price(price: object) -> str:
     return price
 
 
-def make_event(symbol: str, price: object, event_time: int, source: str) -> PriceEvent:
+_valid_streams: set[str] = set()  # checked once each: a replay checks every line's stream
+
+
+def check_identity(stream: object, seq: object) -> tuple[str, int]:
+    if not isinstance(stream, str) or (
+        stream not in _valid_streams and not STREAM_PATTERN.fullmatch(stream)
+    ):
+        raise ContractError(f"stream {stream!r} is not a stream id")
+    if len(_valid_streams) < 10_000:
+        _valid_streams.add(stream)
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq <= MAX_SEQ:
+        raise ContractError(f"seq {seq!r} is not a positive 64-bit integer")
+    return stream, seq
+
+
+def live_stream(source: str, symbol: str, run_id: str) -> str:
+    """The stream of one symbol's polls in one producer run: a restart starts a new one."""
+    return f"{source}/{symbol}/{run_id}"
+
+
+def replay_stream(symbol: str, content_digest: str) -> str:
+    """The stream of one file: the same content (CSV, or the CSV inside a zip) gives the same
+    stream on every run, whatever the file is called or where it lies."""
+    return f"replay/{symbol}/{content_digest[:32]}"
+
+
+def make_event(
+    symbol: str, price: object, event_time: int, source: str, stream: str, seq: int
+) -> PriceEvent:
     """Build an event, refusing anything the consumer would have to reject."""
     if source not in SOURCES:
         raise ContractError(f"source {source!r} is not one of {', '.join(SOURCES)}")
     if isinstance(event_time, bool) or not isinstance(event_time, int) or event_time <= 0:
         raise ContractError(f"event_time {event_time!r} is not epoch milliseconds")
-    return PriceEvent(check_symbol(symbol), check_price(price), event_time, source)
+    stream, seq = check_identity(stream, seq)
+    return PriceEvent(check_symbol(symbol), check_price(price), event_time, source, stream, seq)

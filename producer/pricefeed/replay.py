@@ -3,6 +3,7 @@ at N times real time (`--speed N`) or as fast as the broker takes it (`--speed m
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
@@ -14,13 +15,15 @@ from pathlib import Path
 
 from pricefeed.config import Settings
 from pricefeed.contract import PriceEvent
-from pricefeed.replay_files import ReplayStats, count_lines, read_events
+from pricefeed.replay_files import FileContent, ReplayStats, read_events, scan_content
+from pricefeed.replay_ledger import ReplayLedger
 from pricefeed.sink import KafkaSink
 
 log = logging.getLogger("producer")
 
 CHUNK = 1000  # events handed to the sink at once: bounded memory, few calls
 PROGRESS_EVERY_SECONDS = 2.0
+NOTE_FLUSH_TIMEOUT = 5.0  # wait this long for acknowledgements before noting progress
 
 
 @dataclass
@@ -32,31 +35,44 @@ class Progress:
     started: float = 0.0
     last_shown: float = 0.0
     on_terminal: bool = False
+    skipped: int = 0  # acknowledged in an earlier run, not sent again (--resume)
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
         rate = self.sent / elapsed
-        left = max(self.total - self.sent, 0)
+        done = self.sent + self.skipped
+        left = max(self.total - done, 0)
         eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-        share = f"{100 * self.sent / self.total:.0f}%" if self.total else "-"
-        return f"Replayed {self.sent:,}/~{self.total:,} events ({share}), {rate:,.0f}/s, ETA {eta}"
+        share = f"{100 * done / self.total:.0f}%" if self.total else "-"
+        skipped = f", {self.skipped:,} skipped (sent before)" if self.skipped else ""
+        return (
+            f"Replayed {self.sent:,}/~{self.total:,} events ({share}){skipped}, "
+            f"{rate:,.0f}/s, ETA {eta}"
+        )
 
-    def update(self, sent: int, now: float) -> None:
+    def update(self, sent: int, now: float) -> bool:
+        """True when a line was shown (every PROGRESS_EVERY_SECONDS)."""
         self.sent = sent
         if now - self.last_shown < PROGRESS_EVERY_SECONDS:
-            return
+            return False
         self.last_shown = now
         if self.on_terminal:
             print("\r" + self.line(now), end="", flush=True)
         else:
             log.info(self.line(now))
+        return True
 
     def finish(self, now: float) -> None:
         if self.on_terminal:
             print()
         elapsed = max(now - self.started, 1e-9)
+        skipped = f", {self.skipped} skipped (sent before)" if self.skipped else ""
         log.info(
-            "Replay done: %d events in %.1f s (%.0f/s)", self.sent, elapsed, self.sent / elapsed
+            "Replay done: %d events in %.1f s (%.0f/s)%s",
+            self.sent,
+            elapsed,
+            self.sent / elapsed,
+            skipped,
         )
 
 
@@ -82,6 +98,7 @@ class Replay:
     files: tuple[Path, ...]
     streams: list[Iterator[PriceEvent]]
     stats: dict[Path, ReplayStats]
+    contents: dict[Path, FileContent]
 
 
 def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
@@ -89,8 +106,11 @@ def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
     with ReplayFileError's one-sentence reason. `symbol`, if given, is every file's symbol;
     otherwise each file's name says it."""
     stats = {path: ReplayStats() for path in files}
-    streams = [read_events(path, symbol, stats=stats[path]) for path in files]
-    return Replay(files, streams, stats)
+    contents = {path: scan_content(path) for path in files}
+    streams = [
+        read_events(path, symbol, stats=stats[path], digest=contents[path].digest) for path in files
+    ]
+    return Replay(files, streams, stats, contents)
 
 
 def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: threading.Event) -> None:
@@ -98,24 +118,31 @@ def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: thread
     valid line (known only at its end)."""
     streams, stats = replay.streams, replay.stats
     speed = "max" if settings.replay_speed is None else f"{settings.replay_speed:g}x"
-    total = sum(count_lines(path) for path in settings.replay_files)
+    total = sum(replay.contents[path].lines for path in settings.replay_files)
     log.info("Replaying %d file(s), ~%d events, at speed %s", len(streams), total, speed)
     sink.echo = False  # one line per event would be the bottleneck: progress lines instead
     now = time.monotonic()
     progress = Progress(total, started=now, last_shown=now, on_terminal=sys.stdout.isatty())
+    ledger = ReplayLedger(settings.replay_state_dir, settings.bootstrap_servers, settings.topic)
     sent = 0
     # At a real-time pace, each event is handed over at once; at full speed, in chunks.
     pace = settings.replay_speed
     size = CHUNK if pace is None else 1
     for path, stream in zip(settings.replay_files, streams, strict=True):
-        events = stream if pace is None else paced(stream, pace, stop)
+        events = resume_point(path, stream, ledger, settings.resume, progress)
+        if pace is not None:
+            events = paced(events, pace, stop)
+        noted = None  # (stream, line) to note once Kafka has acknowledged it
         while chunk := list(islice(events, size)):
             sink.publish(chunk)
             sink.wait_for_room()
             sent += len(chunk)
-            progress.update(sent, time.monotonic())
+            noted = (chunk[-1].stream, chunk[-1].seq)
+            if progress.update(sent, time.monotonic()):
+                note_delivered(ledger, sink, noted, path)
             if stop.is_set():
                 break
+        note_delivered(ledger, sink, noted, path)
         summary = stats[path].summary(path)
         if summary:
             log.warning("Replay %s", summary)
@@ -124,3 +151,60 @@ def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: thread
             break
     progress.sent = sent
     progress.finish(time.monotonic())
+
+
+def resume_point(
+    path: Path,
+    events: Iterator[PriceEvent],
+    ledger: ReplayLedger,
+    resume: bool,
+    progress: Progress,
+) -> Iterator[PriceEvent]:
+    """The file's events, from where an earlier run's acknowledged lines end if `resume`;
+    says either way what it knows was sent before."""
+    first = next(events, None)
+    if first is None:
+        return iter(())
+    events = itertools.chain([first], events)
+    before = ledger.delivered(first.stream)
+    if before is None:
+        log.info("Replaying %s as stream %s", path.name, first.stream)
+        return events
+    if not resume:
+        log.info(
+            "%s was sent to %s before (lines up to %d, acknowledged %s): sending it again; the "
+            "consumer counts each line once (--resume skips them)",
+            path.name,
+            ledger.topic,
+            before.line,
+            before.at,
+        )
+        return events
+    log.info(
+        "Skipping lines up to %d of %s: Kafka acknowledged them in an earlier run (%s)",
+        before.line,
+        path.name,
+        before.at,
+    )
+    return _skip_through(events, before.line, progress)
+
+
+def _skip_through(
+    events: Iterator[PriceEvent], line: int, progress: Progress
+) -> Iterator[PriceEvent]:
+    for event in events:
+        if event.seq <= line:
+            progress.skipped += 1
+        else:
+            yield event
+
+
+def note_delivered(
+    ledger: ReplayLedger, sink: KafkaSink, sent: tuple[str, int] | None, path: Path
+) -> None:
+    """Note the last line sent once Kafka has acknowledged everything sent so far."""
+    if sent is None:
+        return
+    sink.flush(NOTE_FLUSH_TIMEOUT)
+    if sink.undelivered() == 0:
+        ledger.note(sent[0], sent[1], path.name)

@@ -17,6 +17,9 @@ Rules:
   letters and underscores (`open_time`, `agg_trade_id`, `id`); it is skipped.
 - Times: see `to_epoch_ms`; the unit is decided per value by magnitude.
 - Symbol: the explicit argument, else the file name's prefix (`BTCUSDT-1m-2020-01-01.csv`).
+- Identity: every event of a file belongs to the stream `replay/<symbol>/<digest>`, where the
+  digest is the SHA-256 of the CSV's bytes (for a zip, of the CSV inside), and its `seq` is
+  its line number. A re-run of the same content, under any name, repeats the same identities.
 - Prices are passed on as the exact strings in the file; the contract checks them.
 - Blank lines are ignored. Any other bad line is skipped and counted in `ReplayStats`, with
   the reasons of the first few; a file with no valid line at all is an error.
@@ -29,6 +32,7 @@ File-level problems raise `ReplayFileError` (a `ValueError`) with a one-sentence
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import zipfile
@@ -42,8 +46,10 @@ from pricefeed.contract import (
     PRICE_PATTERN,
     ContractError,
     PriceEvent,
+    check_identity,
     check_price,
     check_symbol,
+    replay_stream,
 )
 
 SOURCE = "replay"
@@ -141,39 +147,60 @@ def detect_layout(path: Path | str) -> str:
 
 
 def read_events(
-    path: Path | str, symbol: str | None = None, stats: ReplayStats | None = None
+    path: Path | str,
+    symbol: str | None = None,
+    stats: ReplayStats | None = None,
+    digest: str | None = None,
 ) -> Iterator[PriceEvent]:
     """Events of a klines, aggTrades or trades file (CSV or zip), in file order.
 
     File-level problems (missing, unreadable, unknown layout, no symbol) raise ReplayFileError
     here, before iterating; a file without a single valid line raises it at the end of the
-    iteration. Memory stays constant whatever the file size.
+    iteration. Memory stays constant whatever the file size. `digest`: the file's
+    `scan_content(...).digest`, if the caller has it already.
     """
     path = Path(path)
     layout = _detect_layout(path)
     resolved_symbol = _resolve_symbol(path, symbol)
     if stats is None:
         stats = ReplayStats()
-    return _stream_events(path, resolved_symbol, layout, stats)
+    stream, _ = check_identity(
+        replay_stream(resolved_symbol, digest or scan_content(path).digest), 1
+    )
+    return _stream_events(path, resolved_symbol, layout, stats, stream)
+
+
+@dataclass(frozen=True, slots=True)
+class FileContent:
+    lines: int  # header included
+    digest: str  # SHA-256 (hex) of the CSV bytes: the identity of the file's events
+
+
+def scan_content(path: Path | str) -> FileContent:
+    """Lines and content digest in one pass over the raw bytes."""
+    path = Path(path)
+    lines = 0
+    last = b"\n"
+    digest = hashlib.sha256()
+    with _open_binary(path) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    # A last line without a newline still counts.
+    return FileContent(lines + (last != b"\n"), digest.hexdigest())
 
 
 def count_lines(path: Path | str) -> int:
     """Number of lines (header included), reading raw bytes: cheap enough for an ETA."""
-    path = Path(path)
-    lines = 0
-    last = b"\n"
-    with _open_binary(path) as stream:
-        while chunk := stream.read(1 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (last != b"\n")  # a last line without a newline still counts
+    return scan_content(path).lines
 
 
 # --- internals ---------------------------------------------------------------------------------
 
 
 def _stream_events(
-    path: Path, symbol: str, layout: Layout, stats: ReplayStats
+    path: Path, symbol: str, layout: Layout, stats: ReplayStats, stream: str
 ) -> Iterator[PriceEvent]:
     columns, price_column, time_column = layout.columns, layout.price_column, layout.time_column
     # Counted apart from stats, which the caller may share between several files.
@@ -198,7 +225,9 @@ def _stream_events(
                             and price.strip("0.")
                         ):
                             events_in_file += 1
-                            yield PriceEvent(symbol, price, time_us // 1000, SOURCE)
+                            yield PriceEvent(
+                                symbol, price, time_us // 1000, SOURCE, stream, line_number
+                            )
                             continue
                 fields = line.rstrip("\r\n").split(",")
                 if fields == [""]:
@@ -212,9 +241,17 @@ def _stream_events(
                     continue
                 try:
                     time_ms = to_epoch_ms(fields[time_column])
-                    # make_event's other checks hold already: the symbol was checked once,
-                    # the source is ours, the time an epoch in ms.
-                    event = PriceEvent(symbol, check_price(fields[price_column]), time_ms, SOURCE)
+                    # make_event's other checks hold already: the symbol and the stream were
+                    # checked once, the source is ours, the time an epoch in ms, the line
+                    # number positive (a replay's hot path).
+                    event = PriceEvent(
+                        symbol,
+                        check_price(fields[price_column]),
+                        time_ms,
+                        SOURCE,
+                        stream,
+                        line_number,
+                    )
                 except ValueError as error:  # ContractError is one
                     stats.skip(line_number, str(error))
                     continue

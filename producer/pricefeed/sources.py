@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import ClassVar
 
 from pricefeed.binance import ALL_SYMBOLS, BinanceClient
-from pricefeed.contract import ContractError, PriceEvent, make_event
+from pricefeed.contract import ContractError, PriceEvent, live_stream, make_event
 
 log = logging.getLogger("producer")
 
@@ -21,22 +23,53 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def new_run_id() -> str:
+    """Names one producer run: its start (readable) and 32 random bits (two runs started in
+    the same second still differ)."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+class Sequencer:
+    """The identity of live events: per symbol, a stream of this producer run, numbered
+    1, 2, 3... in the order the events are made (which is the order they are sent)."""
+
+    def __init__(self, source: str, run_id: str | None = None) -> None:
+        self.source = source
+        self.run_id = run_id or new_run_id()
+        self._last: dict[str, int] = {}
+
+    def event(self, symbol: str, price: object, event_time: int) -> PriceEvent:
+        """The next event of `symbol`'s stream; raises ContractError (using up no number) for
+        a value that must not be published."""
+        seq = self._last.get(symbol, 0) + 1
+        stream = live_stream(self.source, symbol, self.run_id)
+        event = make_event(symbol, price, event_time, self.source, stream, seq)
+        self._last[symbol] = seq
+        return event
+
+
 class BinanceSource:
     """Live prices, all symbols in one request; an invalid price is logged and skipped."""
 
-    def __init__(self, client: BinanceClient, symbols: Sequence[str]) -> None:
+    def __init__(
+        self, client: BinanceClient, symbols: Sequence[str], sequencer: Sequencer | None = None
+    ) -> None:
         self.client = client
         self.symbols = tuple(symbols)
+        self.sequencer = sequencer or Sequencer("binance")
 
     def poll(self) -> list[PriceEvent]:
         pairs = self.client.ticker_prices(self.symbols)
         # ticker/price has no timestamp: the event time is when the answer arrived.
         event_time = now_ms()
-        return events_from_pairs(pairs, self.symbols, event_time, "binance")
+        return events_from_pairs(pairs, self.symbols, event_time, self.sequencer)
 
 
 def events_from_pairs(
-    pairs: Sequence[tuple[object, object]], wanted: Sequence[str], event_time: int, source: str
+    pairs: Sequence[tuple[object, object]],
+    wanted: Sequence[str],
+    event_time: int,
+    sequencer: Sequencer,
 ) -> list[PriceEvent]:
     # A set: thousands of pairs with SYMBOLS=ALL, where whatever Binance sent was asked for.
     asked = {symbol for symbol, _ in pairs} if tuple(wanted) == ALL_SYMBOLS else set(wanted)
@@ -46,7 +79,7 @@ def events_from_pairs(
             log.warning("Skipped: Binance sent %r, which was not asked for", symbol)
             continue
         try:
-            events.append(make_event(symbol, price, event_time, source))
+            events.append(sequencer.event(symbol, price, event_time))  # type: ignore[arg-type]
         except ContractError as exc:
             log.warning("Skipped invalid price for %s: %s", symbol, exc)
     missing = asked - {symbol for symbol, _ in pairs}
@@ -72,6 +105,7 @@ class SimulatedSource:
         self.symbols = tuple(symbols)
         self._rng = random.Random(seed)
         self._clock = clock
+        self.sequencer = Sequencer("simulated")
         self._prices = {s: self._start_price(s) for s in self.symbols}
 
     def _start_price(self, symbol: str) -> Decimal:
@@ -89,4 +123,4 @@ class SimulatedSource:
         factor = Decimal(repr(1 + self._rng.gauss(0, 0.0005)))
         price = max(self._prices[symbol] * factor, EIGHT_PLACES)
         self._prices[symbol] = price.quantize(EIGHT_PLACES, rounding=ROUND_HALF_EVEN)
-        return make_event(symbol, format(self._prices[symbol], "f"), event_time, "simulated")
+        return self.sequencer.event(symbol, format(self._prices[symbol], "f"), event_time)

@@ -1,10 +1,21 @@
--- Schema of the Bitcoin price pipeline. Idempotent: safe to run on every start.
--- Applied by PostgreSQL's docker entrypoint on a new volume, and by consumer.py when a table is
--- missing. Prices are NUMERIC (exact), times timestamptz (UTC).
+-- Migration 1: the schema of the first release (infra/init_db.sql up to then), unchanged.
+-- Idempotent, like every migration: on a database that release created it changes nothing and is
+-- only recorded. Prices are NUMERIC (exact), times timestamptz (UTC).
+--
+-- Migrations are applied in version order, each once, and recorded in schema_migrations, by
+-- consumer.py at every start and by PostgreSQL's docker entrypoint (infra/00-migrate.sh) on a
+-- new volume.
+
+-- Which migrations this database has had (the runners insert the row after each file).
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 
 -- One row per symbol and 5-minute tumbling window (event time, aligned to UTC).
 -- The statistics are a mergeable value: counts and sums add, min/max take the extreme,
--- open/close follow event time. consumer/windows.py holds the merge, in Python and in SQL.
+-- open/close follow event time. consumer/aggregator/windows.py holds the merge, in Python and in SQL.
 CREATE TABLE IF NOT EXISTS five_min_bitcoin_event (
     symbol          text        NOT NULL,
     five_min_start  timestamptz NOT NULL,
@@ -92,17 +103,26 @@ WINDOW last_30_min AS (
 );
 
 -- Read-only role for dashboards. Created without a password; deployments set one
--- (infra/10-role-passwords.sh in docker-compose). Skipped quietly without CREATEROLE.
+-- (infra/10-role-passwords.sh in docker-compose). Skipped quietly without CREATEROLE. Roles
+-- belong to the whole server: another database may be creating it at this moment.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'grafana_reader') THEN
-        CREATE ROLE grafana_reader LOGIN;
+    CREATE ROLE grafana_reader LOGIN;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN NULL;  -- there already
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'grafana_reader not created: this user lacks CREATEROLE';
+END
+$$;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'grafana_reader') THEN
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO grafana_reader', current_database());
+        GRANT USAGE ON SCHEMA public TO grafana_reader;
+        GRANT SELECT ON five_min_bitcoin_event, pipeline_metrics, rolling_avg_30min
+            TO grafana_reader;
     END IF;
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO grafana_reader', current_database());
-    GRANT USAGE ON SCHEMA public TO grafana_reader;
-    GRANT SELECT ON five_min_bitcoin_event, pipeline_metrics, rolling_avg_30min
-        TO grafana_reader;
 EXCEPTION WHEN insufficient_privilege THEN
-    RAISE NOTICE 'grafana_reader not created: this user lacks CREATEROLE';
+    RAISE NOTICE 'grafana_reader not granted: this user may not grant';
 END
 $$;
