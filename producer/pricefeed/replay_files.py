@@ -225,6 +225,7 @@ def _stream_events(
                             and price.strip("0.")
                         ):
                             events_in_file += 1
+                            stats.events += 1
                             yield PriceEvent(
                                 symbol, price, time_us // 1000, SOURCE, stream, line_number
                             )
@@ -256,12 +257,11 @@ def _stream_events(
                     stats.skip(line_number, str(error))
                     continue
                 events_in_file += 1
+                stats.events += 1
                 yield event
         except (OSError, EOFError, zipfile.BadZipFile) as error:
             # A zip's CRC is only checked while reading: a corrupt download fails here.
             raise ReplayFileError(f"{path.name} could not be read to the end: {error}.") from None
-        finally:
-            stats.events += events_in_file
     if events_in_file == 0:
         own_errors = stats.first_errors[errors_before:]
         first = f" (first: {own_errors[0]})" if own_errors else ""
