@@ -75,10 +75,13 @@ def frozen_broker_then_thawed(
         produced_before = producer.output().count("Produced:")
         polls_at_thaw = len(answered(binance))
         # Publishing resumes: polls made after the thaw are acknowledged within 30 s.
+        thawed_at = time.monotonic()
         producer.wait_for_output("Produced:", timeout=30, count=produced_before + 4)
+        print(f"publishing again within {time.monotonic() - thawed_at:.1f} s of the thaw")
         wait_until(lambda: len(answered(binance)) >= polls_at_thaw + 2, 10, "two more polls")
         output = stop_cleanly(producer)
         bodies = messages(read_topic(broker.bootstrap, topic))
+    print(f"CPU while frozen: {cpu:.2f} s in {frozen_for:.1f} s ({cpu / frozen_for:.1%} of a core)")
     assert cpu / frozen_for < 0.1, f"{cpu:.2f} s of CPU in {frozen_for:.1f} s frozen: busy loop"
     assert "sending" in output and "again, in order" in output
     # Every answered poll is on the topic, and nothing else is. A re-sent event may be there
@@ -121,7 +124,9 @@ def test_consumer_recovers_from_a_broker_frozen_past_its_session(postgres, datab
             wait_for_total(dsn, len(before) + len(after), 30, [consumer])
             resumed_after = time.monotonic() - thawed_at
             assert consumer.stop() == 0
+    print(f"CPU while frozen: {cpu:.2f} s in {frozen_for:.1f} s ({cpu / frozen_for:.1%} of a core)")
     assert cpu / frozen_for < 0.1, f"{cpu:.2f} s of CPU in {frozen_for:.1f} s frozen: busy loop"
+    print(f"consuming again {resumed_after:.1f} s after the thaw")
     assert resumed_after < 30
     assert_tables_equal_truth(dsn, before + after)
 
@@ -166,6 +171,7 @@ def test_consumer_holds_its_interval_through_a_hung_postgres_and_a_rebalance(bro
             assert consumer.stop() == 0
             output = consumer.output()
         assert_tables_equal_truth(dsn, before + during)
+    print(f"hung PostgreSQL named {said_after:.1f} s after the freeze")
     assert said_after < 20
     assert "Lost partitions" not in output, "evicted: heartbeats were held up"
 

@@ -24,12 +24,11 @@ from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
 )
-from kafka.structs import OffsetAndMetadata
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.events import PriceEvent
-from aggregator.kafka_edge import KafkaUnresponsive, SpinGuard, new_consumer
+from aggregator.kafka_edge import KafkaUnresponsive, Positions, SpinGuard, new_consumer
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
 from aggregator.retry import Backoff
@@ -57,12 +56,9 @@ class Aggregator(ConsumerRebalanceListener):
         self.stop = stop
         self.consumer: KafkaConsumer | None = None
         self.poller = SpinGuard(settings.bootstrap_servers)
+        self.positions = Positions(settings.topic)
         self.accumulator = Accumulator()
         self.consumed_log = ConsumedLog()
-        # What we believe PostgreSQL holds per partition (None: no row yet). The flush
-        # advances it with compare-and-set, which fences out a consumer that lost a partition.
-        self.stored: dict[int, int | None] = {}
-        self.unresolved: set[int] = set()  # assigned, but stored offsets not read yet
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
         self.store_down_since: float | None = None
@@ -76,7 +72,7 @@ class Aggregator(ConsumerRebalanceListener):
 
     def run(self) -> bool:
         """Consume until stopped. False if the final flush could not be written."""
-        self.consumer = new_consumer(self.settings)
+        self.consumer = self.positions.consumer = new_consumer(self.settings)
         self.consumer.subscribe([self.settings.topic], listener=self)
         log.info(
             "Consuming %s as group %s; flushing every %g s to PostgreSQL %s/%s",
@@ -100,7 +96,7 @@ class Aggregator(ConsumerRebalanceListener):
 
     def poll_once(self) -> None:
         timeout_ms = int(max(0.0, min(1.0, self.next_flush - time.monotonic())) * 1000)
-        if self.unresolved:
+        if self.positions.unresolved:
             self.resolve_positions()
         records = self.poller.poll(self.consumer, timeout_ms)
         self.consumed_log.summarise_if_due()
@@ -132,7 +128,7 @@ class Aggregator(ConsumerRebalanceListener):
             # pending and carry on from the offsets stored there.
             log.warning("%s", exc)
             self.drop_pending()
-            self.unresolved.update(tp.partition for tp in self.consumer.assignment())
+            self.positions.reread_all()
             self.resolve_positions()
         self.next_flush = time.monotonic() + self.settings.flush_interval
 
@@ -145,14 +141,13 @@ class Aggregator(ConsumerRebalanceListener):
             topic=self.settings.topic,
             instance_id=self.settings.instance_id,
             interval_seconds=now - self.interval_started,
-            offset_lag=self.offset_lag(),
-            expected_offsets=dict(self.stored),
+            offset_lag=self.positions.lag(pending.next_offsets),
+            expected_offsets=dict(self.positions.stored),
         )
         duration_ms = self.store.write(pending, ctx, timeout)
         self.accumulator.take()
         self.interval_started = now
-        self.stored.update(pending.next_offsets)
-        self.commit_to_kafka(pending.next_offsets)
+        self.positions.advance(pending.next_offsets)
         report_flush(pending, ctx, duration_ms)
         if self.store_down_since is not None:
             log.info(
@@ -161,14 +156,14 @@ class Aggregator(ConsumerRebalanceListener):
             )
             self.store_down_since = None
             self.backoff.reset()
-            self.consumer.resume(*self.consumer.assignment())
+            self.positions.resume_all()
 
     def on_store_down(self, exc: StoreUnavailable) -> None:
         """Keep what is pending, stop reading more, and try again with backoff."""
         delay = self.backoff.next_delay()
         if self.store_down_since is None:
             self.store_down_since = time.monotonic()
-            self.consumer.pause(*self.consumer.assignment())
+            self.positions.pause_all()
         log.error(
             "PostgreSQL unavailable (%s): consumption paused, %d events held; retrying in %.1f s",
             exc,
@@ -193,42 +188,12 @@ class Aggregator(ConsumerRebalanceListener):
 
     def drop_pending(self) -> None:
         """Forget unflushed state and rewind to where it began, so it is read again."""
-        pending = self.accumulator.discard()
-        for partition, offset in pending.first_offsets.items():
-            tp = TopicPartition(self.settings.topic, partition)
-            if tp in self.consumer.assignment():
-                self.consumer.seek(tp, offset)
-
-    def commit_to_kafka(self, next_offsets: dict[int, int]) -> None:
-        if not next_offsets:
-            return
-        offsets = {
-            TopicPartition(self.settings.topic, p): OffsetAndMetadata(n, "", -1)
-            for p, n in next_offsets.items()
-        }
-        try:
-            self.consumer.commit_async(offsets)
-        except KafkaError as exc:  # advisory only: PostgreSQL holds the real offsets
-            log.debug("Kafka offset commit failed: %s", exc)
-
-    def offset_lag(self) -> int | None:
-        """Messages behind the partition ends, from the high watermarks of recent fetches."""
-        lag = 0
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                return None
-            position = self.accumulator.pending.next_offsets.get(tp.partition)
-            if position is None:
-                position = self.stored.get(tp.partition)
-            lag += max(0, highwater - position) if position is not None else highwater
-        return lag
+        self.positions.rewind(self.accumulator.discard().first_offsets)
 
     def reset(self) -> None:
         """After losing the Kafka client: forget everything unflushed and every position."""
         self.accumulator.discard()
-        self.stored.clear()
-        self.unresolved.clear()
+        self.positions.clear()
         self.store_down_since = None
         self.was_assigned = False
 
@@ -244,7 +209,7 @@ class Aggregator(ConsumerRebalanceListener):
             except (StoreUnavailable, OffsetsMoved) as exc:
                 log.warning("Could not flush before rebalance (%s): dropping unflushed state", exc)
                 self.drop_pending()
-        self.forget(revoked)
+        self.positions.forget(tp.partition for tp in revoked)
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         """Evicted from the group: another member may own these already, so do not write."""
@@ -252,47 +217,32 @@ class Aggregator(ConsumerRebalanceListener):
             "Lost partitions %s: dropping unflushed state", sorted(tp.partition for tp in lost)
         )
         self.drop_pending()
-        self.forget(lost)
+        self.positions.forget(tp.partition for tp in lost)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned)
         log.info("Assigned partitions %s of %s", partitions, self.settings.topic)
-        self.unresolved.update(partitions)
+        self.positions.assigned(partitions)
         self.was_assigned = True
         self.resolve_positions(self.callback_timeout)
 
-    def forget(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            self.stored.pop(tp.partition, None)
-            self.unresolved.discard(tp.partition)
-
     def resolve_positions(self, timeout: float | None = None) -> None:
-        """Start each new partition at its offset stored in PostgreSQL; without one, Kafka's
-        committed offset, then auto_offset_reset. Until PostgreSQL answers, the partitions
-        stay paused: reading them from anywhere else could count events twice."""
-        tps = [TopicPartition(self.settings.topic, p) for p in sorted(self.unresolved)]
+        """Start each new partition at its offset stored in PostgreSQL (Positions.start_at),
+        with the streams' marks as they are there now. Until PostgreSQL answers, the new
+        partitions stay paused."""
+        partitions = sorted(self.positions.unresolved)
         try:
             stored = self.store.stored_offsets(
-                self.settings.group_id, self.settings.topic, sorted(self.unresolved), timeout
+                self.settings.group_id, self.settings.topic, partitions, timeout
             )
             # The new partitions' streams may have advanced under another member.
             self.accumulator.load_marks(self.store.stream_marks(timeout))
         except StoreUnavailable as exc:
             log.error("PostgreSQL unavailable (%s): assigned partitions wait", exc)
-            self.consumer.pause(*tps)
+            self.positions.hold_unresolved()
             return
-        for tp in tps:
-            offset = stored.get(tp.partition)
-            self.stored[tp.partition] = offset
-            if offset is not None:
-                self.consumer.seek(tp, offset)
-        log.info(
-            "Resuming from stored offsets %s",
-            {p: stored.get(p, "kafka/auto_offset_reset") for p in sorted(self.unresolved)},
-        )
-        self.unresolved.clear()
-        if self.store_down_since is None:
-            self.consumer.resume(*tps)
+        starts = self.positions.start_at(stored, resume=self.store_down_since is None)
+        log.info("Resuming from stored offsets %s", starts)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -1,13 +1,19 @@
-"""The Kafka edge: a group consumer whose offsets live in PostgreSQL, given up when it spins."""
+"""The Kafka edge: a group consumer whose offsets live in PostgreSQL, the bookkeeping of its
+partitions' positions, and a guard that gives the client up when it spins."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from aggregator.config import Settings
+
+log = logging.getLogger("consumer")
 
 # Larger fetches amortise the per-request cost when catching up on a backlog (bench/ gives its
 # bare client the same ones).
@@ -75,3 +81,107 @@ class SpinGuard:
                     "busy-loops waiting"
                 )
         return records
+
+
+class Positions:
+    """Where each assigned partition stands, kept beside the Kafka client that reads it.
+
+    `stored` is what we believe PostgreSQL holds per partition (None: no row yet); a flush
+    advances it with compare-and-set, which fences out a consumer that lost a partition.
+    Newly assigned partitions are unresolved until their stored offsets have been read, and
+    stay paused until then: reading them from anywhere else could count events twice.
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.consumer: KafkaConsumer | None = None
+        self.stored: dict[int, int | None] = {}
+        self.unresolved: set[int] = set()
+
+    def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in sorted(partitions)]
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        self.unresolved.update(partitions)
+
+    def reread_all(self) -> None:
+        """Read every assigned partition's stored offset again (PostgreSQL holds the truth)."""
+        assert self.consumer is not None
+        self.unresolved.update(tp.partition for tp in self.consumer.assignment())
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.stored.pop(partition, None)
+            self.unresolved.discard(partition)
+
+    def clear(self) -> None:
+        self.stored.clear()
+        self.unresolved.clear()
+
+    def hold_unresolved(self) -> None:
+        assert self.consumer is not None
+        self.consumer.pause(*self._tps(self.unresolved))
+
+    def start_at(self, stored: dict[int, int], resume: bool) -> dict[int, int | str]:
+        """Seek each unresolved partition to its stored offset (without one: Kafka's committed
+        offset, then auto_offset_reset) and resume it unless told not to; returns where each
+        starts, for the log."""
+        assert self.consumer is not None
+        tps = self._tps(self.unresolved)
+        for tp in tps:
+            offset = stored.get(tp.partition)
+            self.stored[tp.partition] = offset
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        starts = {p: stored.get(p, "kafka/auto_offset_reset") for p in sorted(self.unresolved)}
+        self.unresolved.clear()
+        if resume:
+            self.consumer.resume(*tps)
+        return starts
+
+    def advance(self, next_offsets: dict[int, int]) -> None:
+        """After a flush: PostgreSQL holds these now; tell Kafka too (for lag tooling only)."""
+        assert self.consumer is not None
+        self.stored.update(next_offsets)
+        if not next_offsets:
+            return
+        offsets = {
+            TopicPartition(self.topic, p): OffsetAndMetadata(n, "", -1)
+            for p, n in next_offsets.items()
+        }
+        try:
+            self.consumer.commit_async(offsets)
+        except KafkaError as exc:  # advisory only: PostgreSQL holds the real offsets
+            log.debug("Kafka offset commit failed: %s", exc)
+
+    def rewind(self, first_offsets: dict[int, int]) -> None:
+        """Seek back to where dropped, unflushed state began, so that it is read again."""
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        for partition, offset in first_offsets.items():
+            tp = TopicPartition(self.topic, partition)
+            if tp in assignment:
+                self.consumer.seek(tp, offset)
+
+    def lag(self, read_up_to: dict[int, int]) -> int | None:
+        """Messages behind the partition ends, from the high watermarks of recent fetches
+        (`read_up_to`: next offsets of what is pending, over what is stored)."""
+        assert self.consumer is not None
+        lag = 0
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                return None
+            position = read_up_to.get(tp.partition)
+            if position is None:
+                position = self.stored.get(tp.partition)
+            lag += max(0, highwater - position) if position is not None else highwater
+        return lag
+
+    def pause_all(self) -> None:
+        assert self.consumer is not None
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume_all(self) -> None:
+        assert self.consumer is not None
+        self.consumer.resume(*self.consumer.assignment())
