@@ -4,6 +4,7 @@ docker entrypoint, and a database of the previous release upgraded in place by c
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from tests.pipeline import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATE_SCRIPT = ROOT / "infra" / "00-migrate.sh"
+INIT_DB_SQL = ROOT / "infra" / "init_db.sql"
 PREVIOUS_RELEASE_SCHEMA = Path(__file__).parent / "data" / "release1_init_db.sql"
 
 
@@ -77,6 +79,30 @@ def test_the_entrypoint_script_and_the_consumer_apply_the_same_files(postgres):
     store = Store(postgres.dsn(by_script), DEFAULT_MIGRATIONS)
     assert store.migrate() == []
     store.close()
+
+
+def test_init_db_sql_is_every_migration_in_order_and_applies_the_same_schema(postgres):
+    """infra/init_db.sql, the schema whole for reading and for psql by hand, lists every
+    migration file in order; applied with psql it gives the schema the consumer gives, and the
+    consumer's first start then only records the migrations."""
+    listed = re.findall(r"^\\ir migrations/(\S+)\.sql$", INIT_DB_SQL.read_text(), re.MULTILINE)
+    assert listed == [m.name for m in migrations_in(DEFAULT_MIGRATIONS)]
+    by_psql, by_consumer = (
+        postgres.create_database("by_psql"),
+        postgres.create_database("by_consumer_too"),
+    )
+    run_init_file(INIT_DB_SQL, entrypoint_env(postgres, by_psql))
+    store = Store(postgres.dsn(by_consumer), DEFAULT_MIGRATIONS)
+    store.migrate()
+    store.close()
+    tables = "SELECT * FROM schema_migrations"  # the consumer's record, not the schema itself
+    assert [
+        row for row in schema_of(postgres.dsn(by_psql)) if "schema_migrations" not in row[1]
+    ] == [row for row in schema_of(postgres.dsn(by_consumer)) if "schema_migrations" not in row[1]]
+    store = Store(postgres.dsn(by_psql), DEFAULT_MIGRATIONS)
+    store.migrate()  # idempotent files: applied again harmlessly, and recorded
+    store.close()
+    assert len(query(postgres.dsn(by_psql), tables)) == len(listed)
 
 
 def test_a_database_newer_than_the_consumer_is_refused(migrated_dsn):
