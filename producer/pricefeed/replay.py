@@ -206,5 +206,5 @@ def note_delivered(
     if sent is None:
         return
     sink.flush(NOTE_FLUSH_TIMEOUT)
-    if sink.undelivered() == 0:
+    if sink.backlog() == 0:
         ledger.note(sent[0], sent[1], path.name)

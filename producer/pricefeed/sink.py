@@ -300,8 +300,6 @@ class KafkaSink:
         """Events waiting to be sent, or sent and not yet acknowledged."""
         return self._sent.count() + len(self._waiting)
 
-    undelivered = backlog
-
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is pending (within `timeout`), then disconnect. Returns how many events
         Kafka did not accept (lost when the process ends: the caller exits non-zero)."""
