@@ -22,7 +22,19 @@ from aggregator.config import DEFAULT_MIGRATIONS  # noqa: E402
 from aggregator.store import Store  # noqa: E402
 from tests.harness import PostgresServer, TansuBroker  # noqa: E402
 
+# The Grafana tests' fixtures (databases read as grafana_reader, pipeline runs).
+pytest_plugins = ["tests.grafana.fixtures"]
+
 _names = itertools.count()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Said at the top of every run: whether the tests on real Binance files will run."""
+    from tests.pipeline import MISSING_SAMPLES, SAMPLES_SKIP_REASON, SHARED_DATA
+
+    if MISSING_SAMPLES:
+        return f"Binance sample files: {SAMPLES_SKIP_REASON}"
+    return f"Binance sample files: {SHARED_DATA}"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The PostgreSQL edge against a real server: the SQL merge equals the Python merge, the flush
-is one compare-and-set transaction, the schema, the reader role and the rolling view."""
+is one compare-and-set transaction, the schema and the rolling view (the roles: test_roles.py)."""
 
 from __future__ import annotations
 
@@ -531,41 +531,6 @@ def test_every_migration_runs_twice(dsn):
         ),
     )
     assert tables == [(8,)]
-
-
-def as_reader(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    """Run one statement as grafana_reader (SET ROLE: privileges are the role's alone)."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET ROLE grafana_reader")
-            cur.execute(sql)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-def test_grafana_reader_reads_the_dashboard_tables_and_nothing_else(store, dsn):
-    store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
-    assert as_reader(dsn, "SELECT event_count FROM five_min_bitcoin_event") == [(2,)]
-    assert as_reader(dsn, "SELECT events_processed FROM pipeline_metrics") == [(0,)]
-    assert as_reader(dsn, "SELECT rolling_event_count FROM rolling_avg_30min") == [(2,)]
-    forbidden = [
-        "SELECT * FROM consumer_offsets",
-        "INSERT INTO five_min_bitcoin_event (symbol, five_min_start, five_min_end, event_count, "
-        "price_sum, min_value, max_value, open_value, close_value, first_event_at, "
-        "last_event_at) SELECT symbol, five_min_start + interval '1 day', five_min_end + "
-        "interval '1 day', event_count, price_sum, min_value, max_value, open_value, "
-        "close_value, first_event_at, last_event_at FROM five_min_bitcoin_event",
-        "UPDATE five_min_bitcoin_event SET event_count = 1",
-        "DELETE FROM pipeline_metrics",
-        "UPDATE consumer_offsets SET next_offset = 0",
-    ]
-    for sql in forbidden:
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            as_reader(dsn, sql)
-    assert table_counts(dsn)[:3] == (1, 2, 1)
 
 
 # -- the rolling view ------------------------------------------------------------------------
