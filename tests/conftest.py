@@ -30,10 +30,10 @@ _names = itertools.count()
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Said at the top of every run: whether the tests on real Binance files will run."""
-    from tests.pipeline import MISSING_SAMPLES, SAMPLES_SKIP_REASON, SHARED_DATA
+    from tests.pipeline import MISSING_SAMPLES, SAMPLES_MISSING, SHARED_DATA
 
     if MISSING_SAMPLES:
-        return f"Binance sample files: {SAMPLES_SKIP_REASON}"
+        return f"Binance sample files: the tests on them will be SKIPPED: {SAMPLES_MISSING}."
     return f"Binance sample files: {SHARED_DATA}"
 
 

@@ -40,12 +40,14 @@ SAMPLE_FILES = (
     "BTCUSDT-aggTrades-2026-01-01.head5000.csv",
 )
 MISSING_SAMPLES = [name for name in SAMPLE_FILES if not (SHARED_DATA / name).is_file()]
-SAMPLES_SKIP_REASON = (
-    f"NOT RUN: real Binance files {', '.join(MISSING_SAMPLES)} missing from {SHARED_DATA}. "
+SAMPLES_MISSING = (
+    f"real Binance files {', '.join(MISSING_SAMPLES)} missing from {SHARED_DATA}. "
     "The project does not ship Binance's public data files (their licence is not stated); "
-    "set BINANCE_SAMPLE_DIR to a folder holding them to run this test."
+    "set BINANCE_SAMPLE_DIR to a folder holding them"
 )
-needs_shared_data = pytest.mark.skipif(bool(MISSING_SAMPLES), reason=SAMPLES_SKIP_REASON)
+needs_shared_data = pytest.mark.skipif(
+    bool(MISSING_SAMPLES), reason=f"NOT RUN: {SAMPLES_MISSING} to run this test."
+)
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: old but valid history
 
 
