@@ -3,6 +3,8 @@ computed offline with Decimal (independently of the consumer's code), and table 
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import itertools
 import json
 import os
@@ -134,6 +136,22 @@ def tie_heavy_stream(rng: random.Random, count: int, windows: int = 3) -> list[E
     return events
 
 
+def truth_from_csv(path: Path) -> list[Event]:
+    """The events a replay of this file must produce, read independently of the producer:
+    klines at their close (column 6) with their close price (column 4); trades at their time
+    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms. Identity: the
+    file's stream (SHA-256 of its bytes) and the line number."""
+    symbol = path.name.split("-")[0]
+    stream = f"replay/{symbol}/{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}"
+    events = []
+    with path.open(newline="") as rows:
+        for line, row in enumerate(csv.reader(rows), start=1):
+            price, raw_time = (row[4], row[6]) if len(row) == 12 else (row[1], row[5])
+            time_ms = int(raw_time) // 1000 if int(raw_time) >= 10**15 else int(raw_time)
+            events.append(Event(symbol, price, time_ms, "replay", stream, line))
+    return events
+
+
 def expected_windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
     """Every column of five_min_bitcoin_event, computed offline. `events` in stream order per
     symbol: on equal event times the first seen opens and the last seen closes. Sums are
@@ -244,7 +262,8 @@ def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...
     return rows
 
 
-def execute(dsn: str, sql: str, params: Sequence[Any] = ()) -> None:
+def execute(dsn: str, sql: str, params: Sequence[Any] | None = None) -> None:
+    """One statement (or a script: without params nothing is %-formatted), committed."""
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
     conn.close()

@@ -24,7 +24,7 @@ from tests.pipeline import (
     start_consumer,
     wait_for_total,
 )
-from tests.test_producer import (
+from tests.producer_runs import (
     BTC,
     ETH,
     answered,

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 import pytest
 

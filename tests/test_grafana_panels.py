@@ -12,7 +12,6 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 
 from tests.grafana.database import reader_connection

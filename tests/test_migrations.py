@@ -21,6 +21,7 @@ from tests.pipeline import (
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    execute,
     expected_windows,
     produce,
     produce_raw,
@@ -34,12 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MIGRATE_SCRIPT = ROOT / "infra" / "00-migrate.sh"
 INIT_DB_SQL = ROOT / "infra" / "init_db.sql"
 PREVIOUS_RELEASE_SCHEMA = Path(__file__).parent / "data" / "release1_init_db.sql"
-
-
-def execute(dsn: str, sql: str, params: Any = None) -> None:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-    conn.close()
 
 
 def run_entrypoint_script(postgres: PostgresServer, database: str) -> str:

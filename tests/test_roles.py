@@ -19,7 +19,6 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.extensions
 import pytest
 import yaml
 

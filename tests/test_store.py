@@ -37,6 +37,7 @@ from tests.pipeline import (
     BASE_TIME_MS,
     Event,
     exact_average_at_scale,
+    execute,
     expected_windows,
     query,
     random_stream,
@@ -133,13 +134,6 @@ def assert_rows_equal(
                 columns["price_sum"], columns["event_count"], got["avg_value"]
             )
         assert got["avg_value"] == average, (label, key)
-
-
-def execute(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
-    """One statement without a result, committed."""
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-    conn.close()
 
 
 def clear_tables(dsn: str) -> None:

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 
 from tests.grafana.database import (

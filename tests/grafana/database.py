@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 
 from tests.deploy import READER_PASSWORD, role_connection, run_init

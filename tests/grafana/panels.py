@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg2
-import psycopg2.errors
 import psycopg2.extensions
 
 from tests.grafana.database import (

@@ -17,8 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
-import psycopg2.errors
-import psycopg2.extensions
 
 from aggregator.report import PER_MESSAGE_LIMIT  # consumer/ is on sys.path (conftest.py)
 from tests.harness import PostgresServer, TansuBroker
