@@ -1,5 +1,6 @@
 """The PostgreSQL edge against a real server: the SQL merge equals the Python merge, the flush
-is one compare-and-set transaction, the schema and the rolling view (the roles: test_roles.py)."""
+is one compare-and-set transaction, and the rolling view (the migrations: test_migrations.py,
+the roles: test_roles.py)."""
 
 from __future__ import annotations
 
@@ -482,49 +483,6 @@ def test_a_dead_letter_read_again_is_kept_once(store, dsn):
     execute(dsn, "UPDATE consumer_offsets SET next_offset = 0")  # rewound by an operator
     store.write(pending_flush({}, {0: 51}, dead_letters=[letter(0, 50)]), context({0: 0}))
     assert query(dsn, 'SELECT "offset" FROM dead_letter_events') == [(50,)]
-
-
-# -- schema and roles ------------------------------------------------------------------------
-
-
-def test_migrations_apply_once_in_order_and_are_recorded(dsn):
-    store = Store(dsn, DEFAULT_MIGRATIONS)
-    try:
-        names = [path.stem for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql"))]
-        assert store.migrate() == names and names[:2] == ["001_initial_schema", "002_exactly_once"]
-        store.claim(GROUP)
-        store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
-        assert store.migrate() == []  # every start: nothing left to apply, data kept
-        assert table_counts(dsn)[:2] == (1, 2)
-        assert store.stored_offsets(GROUP, TOPIC, [0]) == {0: 2}
-        recorded = query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1")
-        assert recorded == [(i + 1, name) for i, name in enumerate(names)]
-    finally:
-        store.close()
-
-
-def test_every_migration_runs_twice(dsn):
-    """Idempotent files: a database the first release made (no record yet) takes them all."""
-    for _ in range(2):
-        for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql")):
-            execute(dsn, path.read_text())
-    tables = query(
-        dsn,
-        "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
-        (
-            [
-                "five_min_bitcoin_event",
-                "pipeline_metrics",
-                "consumer_offsets",
-                "dead_letter_events",
-                "rolling_avg_30min",
-                "schema_migrations",
-                "stream_marks",
-                "table_owner",
-            ],
-        ),
-    )
-    assert tables == [(8,)]
 
 
 # -- the rolling view ------------------------------------------------------------------------
