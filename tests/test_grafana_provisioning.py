@@ -61,6 +61,14 @@ DASHBOARDS = {"Bitcoin Price": "now-6h", "Pipeline Performance KPIs": "now-1h"}
 RULES = {"High processing lag": "warning", "No data received": "critical"}
 
 
+def assert_uids_valid_and_unique(items: Sequence[Mapping[str, Any]]) -> None:
+    """Grafana's uid rule (letters, digits, - and _, at most 40), each uid once."""
+    uids = [item["uid"] for item in items]
+    assert len(set(uids)) == len(uids), f"uids must be unique: {uids}"
+    for uid in uids:
+        assert UID_PATTERN.match(uid), uid
+
+
 def datasource_definitions() -> list[dict[str, Any]]:
     return load_yaml(DATASOURCE_FILE)["datasources"]
 
@@ -130,10 +138,8 @@ def test_dashboard_provider_loads_the_dashboard_folder() -> None:
 def test_dashboards_have_the_required_fields() -> None:
     dashboards = load_dashboards()
     assert {board["title"]: board["time"]["from"] for board in dashboards} == DASHBOARDS
-    uids = [board["uid"] for board in dashboards]
-    assert len(set(uids)) == len(uids), "dashboard uids must be unique"
+    assert_uids_valid_and_unique(dashboards)
     for board in dashboards:
-        assert UID_PATTERN.match(board["uid"]), board["uid"]
         assert board["refresh"] == "5s"
         assert board["schemaVersion"] >= 39
         assert board["time"]["to"] == "now"
@@ -220,10 +226,8 @@ def test_alert_rules_are_well_formed() -> None:
         assert parse_duration(group["interval"]) >= timedelta(seconds=10)
     rules = load_alert_rules()
     assert {rule["title"]: rule["labels"]["severity"] for rule in rules} == RULES
-    uids = [rule["uid"] for rule in rules]
-    assert len(set(uids)) == len(uids), "rule uids must be unique"
+    assert_uids_valid_and_unique(rules)
     for rule in rules:
-        assert UID_PATTERN.match(rule["uid"]), rule["uid"]
         ref_ids = [query["refId"] for query in rule["data"]]
         assert len(set(ref_ids)) == len(ref_ids)
         assert rule["condition"] in ref_ids
@@ -261,10 +265,8 @@ def test_contact_points_and_policies_fit_together() -> None:
     assert document["apiVersion"] == 1
     names = {point["name"] for point in document["contactPoints"]}
     receivers = [r for point in document["contactPoints"] for r in point["receivers"]]
-    uids = [receiver["uid"] for receiver in receivers]
-    assert len(set(uids)) == len(uids)
+    assert_uids_valid_and_unique(receivers)
     for receiver in receivers:
-        assert UID_PATTERN.match(receiver["uid"])
         assert receiver["type"] in RECEIVER_TYPES
         if receiver["type"] == "email":
             assert receiver["settings"]["addresses"]
