@@ -20,7 +20,8 @@ for folder in ("producer", "consumer"):
 
 from aggregator.config import DEFAULT_MIGRATIONS  # noqa: E402
 from aggregator.store import Store  # noqa: E402
-from tests.harness import PostgresServer, TansuBroker  # noqa: E402
+from tests.harness import FakeBinance, PostgresServer, TansuBroker  # noqa: E402
+from tests.producer_runs import BTC, ETH  # noqa: E402
 
 # The Grafana tests' fixtures (databases read as grafana_reader, pipeline runs).
 pytest_plugins = ["tests.grafana.fixtures"]
@@ -47,6 +48,13 @@ def broker() -> Iterator[TansuBroker]:
 def postgres() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def binance() -> Iterator[FakeBinance]:
+    """A fake Binance answering BTCUSDT and ETHUSDT at tests.producer_runs' BTC and ETH."""
+    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as fake:
+        yield fake
 
 
 @pytest.fixture

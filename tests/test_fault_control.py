@@ -15,16 +15,10 @@ import requests
 
 from tests.harness import FakeBinance
 from tests.harness.fake_binance import RESTRICTED_LOCATION_BODY
+from tests.producer_runs import BTC  # the price of the `binance` fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKER = "/api/v3/ticker/price"
-BTC = "43250.75000000"
-
-
-@pytest.fixture
-def binance() -> Iterator[FakeBinance]:
-    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": "2300.10000000"}) as fake:
-        yield fake
 
 
 def control(fake: FakeBinance, method: str, route: str, **params: str) -> requests.Response:

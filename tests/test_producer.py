@@ -10,7 +10,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 
 import pytest
@@ -36,12 +36,6 @@ from tests.producer_runs import (
 )
 
 GRID_TOLERANCE = 0.09  # seconds off its grid point (scheduling noise; < half of every interval)
-
-
-@pytest.fixture
-def binance() -> Iterator[FakeBinance]:
-    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as fake:
-        yield fake
 
 
 def wait_for_requests(
