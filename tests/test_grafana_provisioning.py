@@ -183,7 +183,7 @@ def test_price_dashboard_filters_every_panel_by_the_symbol_variable() -> None:
     assert variable["name"] == "symbol" and variable["type"] == "query"
     assert variable["query"] == variable["definition"]
     assert "$__timeFilter(five_min_start)" in variable["query"]
-    assert "'$__searchFilter'" in variable["query"]  # inserted unquoted, see grafana_sql.py
+    assert "'$__searchFilter'" in variable["query"]  # inserted unquoted, see tests/grafana/sql.py
     assert variable["refresh"] == 2  # onTimeRangeChanged: its range is the dashboard's
     assert variable["multi"] is True and variable["includeAll"] is False
     assert variable["current"]["value"] == ["BTCUSDT"]
@@ -207,7 +207,7 @@ def test_candlestick_panel_repeats_per_symbol_and_maps_its_columns() -> None:
 
 
 def test_provisioned_sql_has_no_comments() -> None:
-    """Grafana 12.0.2 expands macros inside SQL comments (see tests/grafana_sql.py); later
+    """Grafana 12.0.2 expands macros inside SQL comments (see tests/grafana/sql.py); later
     patch releases strip comments first. Without comments both read the same."""
     queries = [t.raw_sql for t in iter_panel_targets()] + [q.raw_sql for q in iter_alert_queries()]
     queries.append(symbol_variable()["query"])
