@@ -37,11 +37,7 @@ PROVIDER_FILE = DASHBOARD_DIR / "dashboard.yml"
 
 UID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 PANEL_TYPES = {"timeseries", "stat", "table", "candlestick"}
-TARGET_FORMATS = {"time_series", "table"}
-NO_DATA_STATES = {"NoData", "Alerting", "OK", "KeepLast"}
-EXEC_ERR_STATES = {"Error", "Alerting", "OK", "KeepLast"}
-EXPRESSION_TYPES = {"reduce", "threshold", "math"}
-EVALUATOR_TYPES = {"gt", "lt", "within_range", "outside_range"}
+EXPRESSION_TYPES = {"reduce", "threshold"}  # what tests/grafana/alerts.py evaluates
 RECEIVER_TYPES = {"email", "slack", "webhook", "pagerduty", "opsgenie", "teams", "telegram"}
 # Macros that restrict a query to the dashboard's time range.
 TIME_RANGE_MACROS = (
@@ -165,7 +161,6 @@ def test_panels_are_well_formed_and_do_not_overlap() -> None:
 
 @pytest.mark.parametrize("target", list(iter_panel_targets()), ids=lambda t: t.name)
 def test_panel_target_is_raw_sql_over_the_time_range(target: PanelTarget) -> None:
-    assert target.format in TARGET_FORMATS
     assert target.target["rawQuery"] is True
     assert target.target["editorMode"] == "code"
     expected_format = "table" if target.panel_type in {"stat", "table"} else "time_series"
@@ -220,7 +215,9 @@ def rule_groups() -> list[dict[str, Any]]:
 
 
 def test_alert_rules_are_well_formed() -> None:
-    assert load_yaml(ALERT_RULES_FILE)["apiVersion"] == 1
+    """What the project's rules must be; the fields and values Grafana accepts (apiVersion,
+    noDataState, execErrState, `for`, refIds, reducers, evaluators) are held to Grafana's own
+    definitions in test_grafana_upstream.py."""
     for group in rule_groups():
         assert group["orgId"] == 1 and group["name"] and group["folder"]
         assert parse_duration(group["interval"]) >= timedelta(seconds=10)
@@ -231,25 +228,17 @@ def test_alert_rules_are_well_formed() -> None:
         ref_ids = [query["refId"] for query in rule["data"]]
         assert len(set(ref_ids)) == len(ref_ids)
         assert rule["condition"] in ref_ids
-        assert rule["noDataState"] in NO_DATA_STATES
-        assert rule["execErrState"] in EXEC_ERR_STATES
-        parse_duration(rule["for"])
         for query in rule["data"]:
-            assert query["model"]["refId"] == query["refId"]
             if query["datasourceUid"] == EXPRESSION_DATASOURCE_UID:
                 check_expression(query["model"], ref_ids)
 
 
 def check_expression(model: Mapping[str, Any], ref_ids: Sequence[str]) -> None:
+    """Only the expressions tests/grafana/alerts.py evaluates, each on another query's result."""
     assert model["type"] in EXPRESSION_TYPES
-    if model["type"] == "math":
-        return
     assert model["expression"] in ref_ids and model["expression"] != model["refId"]
-    if model["type"] == "reduce":
-        assert model["reducer"] in {"last", "mean", "max", "min", "sum", "count"}
-    else:
+    if model["type"] == "threshold":
         for condition in model["conditions"]:
-            assert condition["evaluator"]["type"] in EVALUATOR_TYPES
             assert all(isinstance(p, int | float) for p in condition["evaluator"]["params"])
 
 
@@ -268,8 +257,6 @@ def test_contact_points_and_policies_fit_together() -> None:
     assert_uids_valid_and_unique(receivers)
     for receiver in receivers:
         assert receiver["type"] in RECEIVER_TYPES
-        if receiver["type"] == "email":
-            assert receiver["settings"]["addresses"]
     assert document["policies"]
     for policy in document["policies"]:
         for route in iter_routes(policy):
