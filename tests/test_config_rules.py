@@ -1,13 +1,17 @@
 """The settings both scripts read follow one rule: the same text is accepted by both, or
-refused by both with the same sentence. Their parsers live in shared/settings.py, one text in
-both packages (tests/test_shared_copies.py); this holds each script to using them."""
+refused by both with the same sentence. Their options live in shared/settings.py, one text in
+both packages (tests/test_shared_copies.py); this holds each script to using them, and says
+which texts the rule takes."""
 
 from __future__ import annotations
 
 import pytest
 
 from aggregator import config as consumer_config
+from aggregator.shared import settings as consumer_shared
 from pricefeed import config as producer_config
+from pricefeed.shared import settings as producer_shared
+from pricefeed.shared.settings import Option
 
 SHARED = ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "LOG_LEVEL"]
 OK, REFUSED = "accepted", "refused"
@@ -47,17 +51,18 @@ def outcome(load, env: dict[str, str]) -> tuple[str, object]:
     return OK, settings
 
 
-def shared_option(module, var: str) -> tuple[str, str, str]:
-    """An option's flag, field and parser, the parser named by where in shared/ it lives."""
-    option = next(option for option in module._OPTIONS if option.env == var)
-    parser = f"{option.parse.__module__.rpartition('.shared.')[2]}.{option.parse.__name__}"
-    return option.flag, option.field, parser
+def the_option(config, var: str) -> Option:
+    return next(option for option in config._OPTIONS if option.env == var)
 
 
-@pytest.mark.parametrize("var", SHARED)
-def test_a_shared_variable_is_the_same_option_with_the_shared_parser_in_both_scripts(var: str):
-    assert shared_option(producer_config, var) == shared_option(consumer_config, var)
-    assert shared_option(producer_config, var)[2].startswith("settings.")
+@pytest.mark.parametrize(
+    ("config", "shared"), [(producer_config, producer_shared), (consumer_config, consumer_shared)]
+)
+def test_each_script_takes_the_shared_variables_from_shared_settings(config, shared) -> None:
+    topic = the_option(config, "KAFKA_TOPIC")
+    assert topic == shared.kafka_topic(topic.help)  # the help says what the script does with it
+    assert the_option(config, "KAFKA_BOOTSTRAP_SERVERS") == shared.KAFKA_BROKERS
+    assert the_option(config, "LOG_LEVEL") == shared.LOG_LEVEL
 
 
 def test_the_cases_cover_every_shared_variable_both_ways() -> None:
@@ -78,5 +83,5 @@ def test_both_scripts_accept_or_refuse_a_shared_setting_alike(var: str, value: s
         assert produced[1] == consumed[1]
         assert str(produced[1]).startswith(f"{var} (")
     else:
-        field = shared_option(producer_config, var)[1]
+        field = the_option(producer_config, var).field
         assert getattr(produced[1], field) == getattr(consumed[1], field)

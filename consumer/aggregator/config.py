@@ -15,20 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.shared.settings import ConfigError as ConfigError  # what load_settings raises
-from aggregator.shared.settings import (
-    Invalid,
-    Option,
-    add_options,
-    bootstrap_servers,
-    check_hosts_resolve,
-    kafka_host_names,
-    log_level,
-    number,
-    one_of,
-    read_options,
-    topic_name,
-)
+from aggregator.shared import settings as shared
+from aggregator.shared.settings import ConfigError as ConfigError  # load_settings raises it
+from aggregator.shared.settings import Invalid, Option
 
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 OFFSET_RESETS = ("earliest", "latest")
@@ -96,21 +85,15 @@ def folder(text: str) -> Path:
 
 # Every default is the Settings default above.
 _OPTIONS = [
-    Option(
-        "--bootstrap-servers",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "bootstrap_servers",
-        "Kafka brokers",
-        bootstrap_servers,
-    ),
-    Option("--topic", "KAFKA_TOPIC", "topic", "topic to read", topic_name),
+    shared.KAFKA_BROKERS,
+    shared.kafka_topic("topic to read"),
     Option("--group", "KAFKA_CONSUMER_GROUP", "group_id", "consumer group", name),
     Option(
         "--flush-interval",
         "FLUSH_INTERVAL_SECONDS",
         "flush_interval",
         "seconds between flushes",
-        number(float, "a finite number of seconds", 0, MAX_FLUSH_SECONDS, low_open=True),
+        shared.number(float, "a finite number of seconds", 0, MAX_FLUSH_SECONDS, low_open=True),
     ),
     Option("--postgres-host", "POSTGRES_HOST", "postgres_host", "PostgreSQL host", name),
     Option(
@@ -118,7 +101,7 @@ _OPTIONS = [
         "POSTGRES_PORT",
         "postgres_port",
         "PostgreSQL port",
-        number(int, "a whole number", 1, 65535),
+        shared.number(int, "a whole number", 1, 65535),
     ),
     Option("--postgres-db", "POSTGRES_DB", "postgres_db", "database", name),
     Option("--postgres-user", "POSTGRES_USER", "postgres_user", "user", name),
@@ -132,14 +115,14 @@ _OPTIONS = [
         "KAFKA_AUTO_OFFSET_RESET",
         "auto_offset_reset",
         "where to start with no stored offset: earliest or latest",
-        one_of(OFFSET_RESETS, lambda text: text.strip().lower()),
+        shared.one_of(OFFSET_RESETS, lambda text: text.strip().lower()),
     ),
     Option(
         "--session-timeout-ms",
         "KAFKA_SESSION_TIMEOUT_MS",
         "session_timeout_ms",
         "how long a silent member keeps its partitions",
-        number(
+        shared.number(
             int, "a whole number of milliseconds (a default broker's range)", *SESSION_TIMEOUT_MS
         ),
     ),
@@ -148,7 +131,7 @@ _OPTIONS = [
         "KAFKA_MAX_POLL_INTERVAL_MS",
         "max_poll_interval_ms",
         "longest pause between polls before the group moves on",
-        number(int, "a whole number of milliseconds", *MAX_POLL_INTERVAL_MS),
+        shared.number(int, "a whole number of milliseconds", *MAX_POLL_INTERVAL_MS),
     ),
     Option(
         "--migrations-dir",
@@ -157,7 +140,7 @@ _OPTIONS = [
         "numbered schema migrations, applied at start",
         folder,
     ),
-    Option("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR", log_level),
+    shared.LOG_LEVEL,
 ]
 # The help shows these instead of the values: computed per machine, a secret, a full path.
 _SHOWN_DEFAULTS = {
@@ -176,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Aggregate btc_price events into exact 5-minute windows in PostgreSQL.",
         epilog="Each flag overrides its environment variable; defaults in brackets.",
     )
-    add_options(parser, _OPTIONS, Settings(), _SHOWN_DEFAULTS)
+    shared.add_options(parser, _OPTIONS, Settings(), _SHOWN_DEFAULTS)
     parser.add_argument(
         "--take-over",
         action="store_true",
@@ -195,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
     """Parse flags over environment; raise ConfigError for any bad value."""
     args = build_parser().parse_args(argv)
-    settings = Settings(**read_options(args, env, _OPTIONS), take_over=args.take_over)
+    settings = Settings(**shared.read_options(args, env, _OPTIONS), take_over=args.take_over)
     if args.check_hosts:
-        names = kafka_host_names(settings.bootstrap_servers)
-        check_hosts_resolve([*names, (settings.postgres_host, "POSTGRES_HOST")])
+        names = shared.kafka_host_names(settings.bootstrap_servers)
+        shared.check_hosts_resolve([*names, (settings.postgres_host, "POSTGRES_HOST")])
     return settings

@@ -16,21 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pricefeed.shared import settings as shared
 from pricefeed.shared.contract import SOURCES, ContractError, check_symbol
-from pricefeed.shared.settings import (
-    ConfigError,
-    Invalid,
-    Option,
-    add_options,
-    bootstrap_servers,
-    check_hosts_resolve,
-    kafka_host_names,
-    log_level,
-    number,
-    one_of,
-    read_options,
-    topic_name,
-)
+from pricefeed.shared.settings import ConfigError, Invalid, Option
 
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
@@ -62,7 +50,7 @@ class Settings:
 
 # --- parsers of the producer's own settings: text -> value, or Invalid saying what is allowed --
 
-seconds = number(float, "a finite number of seconds", 0, MAX_SECONDS, low_open=True)
+seconds = shared.number(float, "a finite number of seconds", 0, MAX_SECONDS, low_open=True)
 
 
 def symbol_list(text: str) -> tuple[str, ...]:
@@ -120,22 +108,16 @@ _OPTIONS = [
         "PRODUCER_SOURCE",
         "source",
         "binance, simulated (seeded random walk) or replay",
-        one_of(SOURCES, lambda text: text.strip().lower()),
+        shared.one_of(SOURCES, lambda text: text.strip().lower()),
     ),
-    Option(
-        "--bootstrap-servers",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "bootstrap_servers",
-        "Kafka brokers",
-        bootstrap_servers,
-    ),
-    Option("--topic", "KAFKA_TOPIC", "topic", "topic to publish to", topic_name),
+    shared.KAFKA_BROKERS,
+    shared.kafka_topic("topic to publish to"),
     Option(
         "--partitions",
         "KAFKA_TOPIC_PARTITIONS",
         "topic_partitions",
         "partitions if it is created",
-        number(int, "a whole number", 1, MAX_PARTITIONS),
+        shared.number(int, "a whole number", 1, MAX_PARTITIONS),
     ),
     Option(
         "--symbols",
@@ -152,7 +134,7 @@ _OPTIONS = [
         "POLL_JITTER_SECONDS",
         "poll_jitter",
         "random extra delay per tick, seconds",
-        number(float, "a finite number of seconds", 0, MAX_SECONDS),
+        shared.number(float, "a finite number of seconds", 0, MAX_SECONDS),
     ),
     Option(
         "--binance-url", "BINANCE_BASE_URL", "binance_base_url", "Binance REST base URL", http_url
@@ -183,7 +165,7 @@ _OPTIONS = [
         "KAFKA_DELIVERY_TIMEOUT_MS",
         "delivery_timeout_ms",
         "how long Kafka may take to acknowledge a message before it is sent again",
-        number(int, "a whole number of milliseconds", 1000, 2**31 - 1),
+        shared.number(int, "a whole number of milliseconds", 1000, 2**31 - 1),
     ),
     Option("--seed", "SIMULATION_SEED", "seed", "random seed of --source simulated", whole_number),
     Option(
@@ -207,7 +189,7 @@ _OPTIONS = [
         "where a replay notes how far Kafka acknowledged each file",
         lambda text: Path(text.strip()).expanduser(),
     ),
-    Option("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR", log_level),
+    shared.LOG_LEVEL,
 ]
 _SHOWN_DEFAULTS = {
     "replay_speed": "max",
@@ -226,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Publish Binance spot prices to Kafka, one JSON message per symbol per poll.",
         epilog="Each flag overrides its environment variable; defaults in brackets.",
     )
-    add_options(parser, _OPTIONS, Settings(), _SHOWN_DEFAULTS)
+    shared.add_options(parser, _OPTIONS, Settings(), _SHOWN_DEFAULTS)
     parser.add_argument(
         "files", nargs="*", type=Path, help="Binance public-data CSV or zip files (--source replay)"
     )
@@ -248,11 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
     """Parse flags over environment; raise ConfigError for any bad value."""
     args = build_parser().parse_args(argv)
-    values = read_options(args, env, _OPTIONS)
+    values = shared.read_options(args, env, _OPTIONS)
     settings = Settings(**values, replay_files=tuple(args.files), resume=args.resume)
     _check_together(settings)
     if args.check_hosts:
-        check_hosts_resolve(_host_names(settings))
+        shared.check_hosts_resolve(_host_names(settings))
     return settings
 
 
@@ -279,7 +261,7 @@ def _check_together(s: Settings) -> None:
 
 
 def _host_names(s: Settings) -> list[tuple[str, str]]:
-    names = kafka_host_names(s.bootstrap_servers)
+    names = shared.kafka_host_names(s.bootstrap_servers)
     if s.source == "binance":
         names.append((urlparse(s.binance_base_url).hostname or "", "BINANCE_BASE_URL"))
     return names

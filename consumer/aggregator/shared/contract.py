@@ -274,7 +274,10 @@ RECENT_PRICES = 4096
 
 
 def _decimal_price(price: object) -> Decimal:
-    value = Decimal(check_price(price))
+    # check_price's rules inlined for the valid case (a price not seen lately is common).
+    if type(price) is not str or not PRICE_PATTERN.fullmatch(price) or not price.strip("0."):
+        check_price(price)  # raises, naming the problem
+    value = Decimal(price)  # type: ignore[arg-type]
     if len(_recent_prices) >= RECENT_PRICES:
         _recent_prices.clear()
     _recent_prices[price] = value  # type: ignore[index]

@@ -147,3 +147,18 @@ def bootstrap_servers(text: str) -> str:
 def kafka_host_names(bootstrap_servers: str) -> list[tuple[str, str]]:
     """The brokers' host names, as check_hosts_resolve takes them."""
     return [(host, "KAFKA_BOOTSTRAP_SERVERS") for host, _ in kafka_hosts(bootstrap_servers)]
+
+
+# --- the options both scripts have -------------------------------------------------------------
+
+KAFKA_BROKERS = Option(
+    "--bootstrap-servers", "KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "Kafka brokers",
+    bootstrap_servers,
+)  # fmt: skip
+LOG_LEVEL = Option(
+    "--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR", log_level
+)
+
+
+def kafka_topic(help: str) -> Option:
+    return Option("--topic", "KAFKA_TOPIC", "topic", help, topic_name)
