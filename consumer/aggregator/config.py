@@ -154,23 +154,19 @@ _SHOWN_DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="consumer.py",
-        description="Aggregate btc_price events into exact 5-minute windows in PostgreSQL.",
-        epilog="Each flag overrides its environment variable; defaults in brackets.",
+    parser = shared.command_line(
+        "consumer.py",
+        "Aggregate btc_price events into exact 5-minute windows in PostgreSQL.",
+        _OPTIONS,
+        Settings(),
+        _SHOWN_DEFAULTS,
+        hosts="Kafka and PostgreSQL",
     )
-    shared.add_options(parser, _OPTIONS, Settings(), _SHOWN_DEFAULTS)
     parser.add_argument(
         "--take-over",
         action="store_true",
         help="make --group the group that fills the tables, moving the owning group's stored "
         "offsets to it in one transaction, then run (see README: One owning group)",
-    )
-    parser.add_argument(
-        "--check-hosts",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="resolve the Kafka and PostgreSQL host names at start [on]",
     )
     return parser
 

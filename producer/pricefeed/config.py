@@ -203,12 +203,14 @@ _SHOWN_DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="producer.py",
-        description="Publish Binance spot prices to Kafka, one JSON message per symbol per poll.",
-        epilog="Each flag overrides its environment variable; defaults in brackets.",
+    parser = shared.command_line(
+        "producer.py",
+        "Publish Binance spot prices to Kafka, one JSON message per symbol per poll.",
+        _OPTIONS,
+        Settings(),
+        _SHOWN_DEFAULTS,
+        hosts="Binance and Kafka",
     )
-    shared.add_options(parser, _OPTIONS, Settings(), _SHOWN_DEFAULTS)
     parser.add_argument(
         "files", nargs="*", type=Path, help="Binance public-data CSV or zip files (--source replay)"
     )
@@ -217,12 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replay: skip the lines of a file that Kafka acknowledged in an earlier run to the "
         "same topic (without it they are sent again, and the consumer counts them once)",
-    )
-    parser.add_argument(
-        "--check-hosts",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="resolve the Binance and Kafka host names at start [on]",
     )
     return parser
 

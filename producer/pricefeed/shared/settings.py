@@ -36,14 +36,21 @@ class Option(NamedTuple):
     parse: Callable[[str], object]  # text -> value, or Invalid
 
 
-def add_options(
-    parser: argparse.ArgumentParser,
+def command_line(
+    prog: str,
+    description: str,
     options: Sequence[Option],
     defaults: object,
     shown: Mapping[str, str],
-) -> None:
-    """A flag per option, its help ending in `[ENV=default]`; `shown` overrides a default's
-    text where the value itself would mislead (computed per machine, a secret)."""
+    hosts: str,
+) -> argparse.ArgumentParser:
+    """A script's parser: a flag per option, its help ending in `[ENV=default]` (`shown`
+    overrides a default's text where the value itself would mislead), and --check-hosts."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Each flag overrides its environment variable; defaults in brackets.",
+    )
     for option in options:
         default = getattr(defaults, option.field)
         if isinstance(default, tuple):
@@ -55,6 +62,13 @@ def add_options(
             metavar=option.env,
             help=f"{option.help} [{option.env}={text}]",
         )
+    parser.add_argument(
+        "--check-hosts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"resolve the {hosts} host names at start [on]",
+    )
+    return parser
 
 
 def read_options(
