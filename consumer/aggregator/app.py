@@ -27,11 +27,11 @@ from kafka.errors import (
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
-from aggregator.events import PriceEvent
 from aggregator.kafka_edge import KafkaUnresponsive, Positions, SpinGuard, new_consumer
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
-from aggregator.retry import Backoff
+from aggregator.shared.backoff import Backoff
+from aggregator.shared.contract import DecodedEvent
 from aggregator.store import (
     FlushContext,
     NotOwner,
@@ -104,7 +104,7 @@ class Aggregator(ConsumerRebalanceListener):
             return
         received_ms = time.time_ns() // 1_000_000
         messages = sum(len(batch) for batch in records.values())
-        consumed: list[tuple[PriceEvent, bool]] | None = None
+        consumed: list[tuple[DecodedEvent, bool]] | None = None
         if self.consumed_log.wants_each(messages):
             consumed = []
         for tp, batch in records.items():
