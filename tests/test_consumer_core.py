@@ -27,6 +27,7 @@ from aggregator.events import (
     PriceEvent,
     decode_event,
 )
+from aggregator.kafka_edge import CatchUpWatch
 from aggregator.report import ConsumedLog, money
 from aggregator.windows import WINDOW_MS, WindowStats, window_start
 from tests.pipeline import (
@@ -755,3 +756,13 @@ def test_settings_dsn_carries_every_connection_setting(tmp_path: Path) -> None:
     assert parsed["host"] == "pg" and parsed["port"] == "5433"
     assert parsed["password"] == "p w'd"
     assert parsed["dbname"] == "eventsdb" and parsed["user"] == "postgres"
+
+
+def test_catching_up_with_a_backlog_is_told_once_and_live_traffic_never_is():
+    watch = CatchUpWatch()
+    backlog = CatchUpWatch.BACKLOG_MESSAGES
+    # Live: a few messages behind now and then, never a backlog.
+    assert not any(watch.caught_up(lag) for lag in [3, 0, 2999, 0, backlog - 1, 0])
+    # A backlog read down to the end: told once, when it reaches 0.
+    verdicts = [watch.caught_up(lag) for lag in [backlog * 10, backlog, 500, 1, 0, 0, 5, 0]]
+    assert verdicts == [False, False, False, False, True, False, False, False]
