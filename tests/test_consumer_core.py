@@ -19,6 +19,7 @@ from aggregator import report
 from aggregator.batch import Accumulator, DeadLetter, IntervalMetrics
 from aggregator.config import _OPTIONS as CONFIG_OPTIONS
 from aggregator.config import DEFAULT_MIGRATIONS, ConfigError, Settings, load_settings, psycopg_dsn
+from aggregator.kafka_edge import CatchUpWatch
 from aggregator.report import ConsumedLog, money
 from aggregator.shared.contract import (
     EARLIEST_EVENT_MS,
@@ -676,3 +677,13 @@ def test_settings_dsn_carries_every_connection_setting(tmp_path: Path) -> None:
     assert parsed["host"] == "pg" and parsed["port"] == "5433"
     assert parsed["password"] == "p w'd"
     assert parsed["dbname"] == "eventsdb" and parsed["user"] == "postgres"
+
+
+def test_catching_up_with_a_backlog_is_told_once_and_live_traffic_never_is():
+    watch = CatchUpWatch()
+    backlog = CatchUpWatch.BACKLOG_MESSAGES
+    # Live: a few messages behind now and then, never a backlog.
+    assert not any(watch.caught_up(lag) for lag in [3, 0, 2999, 0, backlog - 1, 0])
+    # A backlog read down to the end: told once, when it reaches 0.
+    verdicts = [watch.caught_up(lag) for lag in [backlog * 10, backlog, 500, 1, 0, 0, 5, 0]]
+    assert verdicts == [False, False, False, False, True, False, False, False]

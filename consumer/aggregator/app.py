@@ -27,7 +27,13 @@ from kafka.errors import (
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
-from aggregator.kafka_edge import KafkaUnresponsive, Positions, SpinGuard, new_consumer
+from aggregator.kafka_edge import (
+    CatchUpWatch,
+    KafkaUnresponsive,
+    Positions,
+    SpinGuard,
+    new_consumer,
+)
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
 from aggregator.shared.backoff import Backoff
@@ -58,6 +64,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.poller = SpinGuard(settings.bootstrap_servers)
         self.positions = Positions(settings.topic)
         self.accumulator = Accumulator()
+        self.catch_up = CatchUpWatch()
         self.consumed_log = ConsumedLog()
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
@@ -113,6 +120,9 @@ class Aggregator(ConsumerRebalanceListener):
             self.consumed_log.count(messages)
         else:
             self.consumed_log.each(consumed)
+        if self.catch_up.caught_up(self.positions.known_lag(self.accumulator.pending.next_offsets)):
+            log.info("Caught up with the backlog: flushing now")
+            self.next_flush = time.monotonic()
 
     # -- flushing ---------------------------------------------------------------------------
 
