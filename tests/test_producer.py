@@ -16,9 +16,9 @@ from contextlib import ExitStack
 import pytest
 from kafka import KafkaConsumer
 
-from pricefeed.contract import make_event
+from pricefeed.shared.backoff import Backoff
+from pricefeed.shared.contract import make_event
 from pricefeed.sink import KafkaSink
-from pricefeed.timing import Backoff
 from tests.harness import FakeBinance, Fault, TansuBroker, free_port, wait_until
 from tests.harness.fake_binance import MISSING, RecordedRequest, listed_pairs
 from tests.harness.scripts import Script, run_script
