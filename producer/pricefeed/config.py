@@ -19,8 +19,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pricefeed.contract import ContractError, check_symbol
+from pricefeed.registry import SOURCE_NAMES, sources_help
 
-SOURCES = ("binance", "simulated", "replay")
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
@@ -63,7 +63,7 @@ class Settings:
 
 # (flag, environment variable, field, help). Every default is the Settings default above.
 _OPTIONS = [
-    ("--source", "PRODUCER_SOURCE", "source", "binance, simulated (seeded random walk) or replay"),
+    ("--source", "PRODUCER_SOURCE", "source", sources_help()),
     ("--bootstrap-servers", "KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "Kafka brokers"),
     ("--topic", "KAFKA_TOPIC", "topic", "topic to publish to"),
     ("--partitions", "KAFKA_TOPIC_PARTITIONS", "topic_partitions", "partitions if it is created"),
@@ -211,7 +211,7 @@ def whole_number(text: str) -> int:
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {
-    "source": one_of(SOURCES, lambda text: text.strip().lower()),
+    "source": one_of(SOURCE_NAMES, lambda text: text.strip().lower()),
     "bootstrap_servers": bootstrap_servers,
     "topic": topic_name,
     "topic_partitions": number(int, "a whole number", 1, MAX_PARTITIONS),
