@@ -105,7 +105,7 @@ def paced(events: Iterator[PriceEvent], speed: float | None, stop: threading.Eve
 
 
 @dataclass
-class Replay:
+class ReplayFiles:
     """The files, checked, ready to be read: each one's events, line statistics and content."""
 
     streams: list[Iterator[PriceEvent]]
@@ -119,7 +119,7 @@ class ReplaySource:
 
     echoes_each_event = False
 
-    def __init__(self, replay: Replay, settings: Settings) -> None:
+    def __init__(self, replay: ReplayFiles, settings: Settings) -> None:
         self.replay = replay
         self.settings = settings
 
@@ -135,7 +135,7 @@ class ReplaySource:
             raise SourceError(f"Replay stopped: {exc}") from exc
 
 
-def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
+def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> ReplayFiles:
     """Check every file before anything is sent: a bad one stops the replay at the start
     with ReplayFileError's one-sentence reason. `symbol`, if given, is every file's symbol;
     otherwise each file's name says it."""
@@ -144,10 +144,12 @@ def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
     streams = [
         read_events(path, symbol, stats=stats[path], digest=contents[path].digest) for path in files
     ]
-    return Replay(streams, stats, contents)
+    return ReplayFiles(streams, stats, contents)
 
 
-def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: threading.Event) -> None:
+def run_replay(
+    replay: ReplayFiles, settings: Settings, sink: KafkaSink, stop: threading.Event
+) -> None:
     """Publish every file in order; raises ReplayFileError if a file turns out to hold no
     valid line (known only at its end)."""
     streams, stats = replay.streams, replay.stats
