@@ -74,7 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaConfigurationError as exc:
         print(f"producer.py: error: Kafka refuses the client settings: {exc}", file=sys.stderr)
         return 2
-    lost = 0
     try:
         source.run(sink, stop)
     except SourceError as exc:
