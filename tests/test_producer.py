@@ -298,7 +298,7 @@ def test_producer_is_idempotent_with_acks_all(broker: TansuBroker, topic: str) -
         now = int(time.time() * 1000)
         sink.publish([make_event("BTCUSDT", BTC, now, "binance", "binance/BTCUSDT/test", 1)])
         sink.flush(10)
-        producer = sink._producer
+        producer = sink._clients.producer
         assert producer is not None
         assert producer.config["acks"] == -1  # "all"
         assert producer.config["enable_idempotence"] is True
@@ -318,7 +318,7 @@ def test_a_client_with_a_record_stuck_on_a_hung_broker_is_closed_at_once(topic: 
     with TansuBroker() as hung:
         sink = KafkaSink(hung.bootstrap, topic, 1, threading.Event(), Backoff(0.2, 2), echo=False)
         assert sink.connect()
-        producer = sink._producer
+        producer = sink._clients.producer
         assert producer is not None
         now = int(time.time() * 1000)
         events = [

@@ -85,7 +85,6 @@ class KafkaSink:
         self._clients = KafkaClients(
             bootstrap_servers, topic, partitions, stop, backoff, delivery_timeout_ms
         )
-        self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()  # acknowledgements arrive on the client's network thread
         self._sent = _Outstanding(self)  # of the current client
         self._failure: Exception | None = None  # first failed delivery of this client
@@ -96,8 +95,7 @@ class KafkaSink:
     def connect(self) -> bool:
         """Connect and make sure the topic exists, retrying until it works or we are stopped
         (False). A setting the client refuses raises KafkaConfigurationError."""
-        self._producer = self._clients.first()
-        return self._producer is not None
+        return self._clients.first()
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -129,11 +127,12 @@ class KafkaSink:
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return
-        assert self._producer is not None, "connect() first"
+        producer = self._clients.producer
+        assert producer is not None, "connect() first"
         if not self._sent.count():
             self._stall.last_ack = time.monotonic()  # a stall is measured from the first wait
         try:
-            self._sent.send_each(self._producer, self.topic, waiting)
+            self._sent.send_each(producer, self.topic, waiting)
         except NotTaken as exc:  # e.g. the client's buffer stayed full for max_block_ms
             self._waiting = waiting[exc.index :]
             log.warning(
@@ -151,16 +150,10 @@ class KafkaSink:
             for event in events:
                 log.info("Produced: %s", event.to_json_bytes().decode())
 
-    def _failed(self, sent: _Outstanding, exc: Exception) -> None:
-        """The event stays unacknowledged; the next publish retires this client."""
-        with self._lock:
-            if sent is self._sent and self._failure is None:
-                self._failure = exc
-
     def _replace_client(self) -> bool:
         """Retire the failed client and queue every unacknowledged event again, in order,
         before what was waiting. False if no new client could be made yet (tried again later)."""
-        if self._producer is not None:
+        if self._clients.producer is not None:
             sent = self._sent
             self._close_producer()  # its callbacks are done: nothing is acknowledged any more
             unacked = sent.retire()
@@ -171,10 +164,9 @@ class KafkaSink:
                 _describe(self._failure),
                 len(unacked),
             )
-        producer = self._clients.next(len(self._waiting))
-        if producer is None:
+        if not self._clients.next(len(self._waiting)):
             return False
-        self._producer, self._sent = producer, _Outstanding(self)
+        self._sent = _Outstanding(self)
         with self._lock:
             self._failure = None
             self._stall.last_ack = time.monotonic()  # the new client's stall starts now
@@ -192,11 +184,7 @@ class KafkaSink:
     # -- stopping ---------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.flush(timeout=timeout)
-            except KafkaError as exc:
-                log.warning("Kafka flush incomplete: %s", _describe(exc))
+        self._clients.flush(timeout)
 
     def backlog(self) -> int:
         """Events waiting to be sent, or sent and not yet acknowledged."""
@@ -206,7 +194,7 @@ class KafkaSink:
         """Deliver what is pending (within `timeout`), then disconnect. Returns how many events
         Kafka did not accept (lost when the process ends: the caller exits non-zero)."""
         deadline = time.monotonic() + timeout
-        if self._producer is not None or self._waiting:
+        if self._clients.producer is not None or self._waiting:
             self.publish(())
             self.flush(max(0.0, deadline - time.monotonic()))
         if self._failure is not None and time.monotonic() < deadline:
@@ -223,12 +211,11 @@ class KafkaSink:
 
     def _close_producer(self) -> None:
         """Disconnect without waiting: callers have already given delivery its time."""
-        producer, self._producer = self._producer, None
-        if producer is None:
+        if self._clients.producer is None:
             return
         with self._lock:
             self._sent.retired = True  # late callbacks of the old client change nothing
-        close_client(producer)
+        self._clients.close_current()
 
 
 class NotTaken(Exception):
@@ -298,8 +285,11 @@ class _Outstanding:
             sink._acknowledged(acked, recovered)
 
     def on_failed(self, exc: Exception) -> None:
-        if not self.retired:
-            self.sink._failed(self, exc)
+        """The event stays unacknowledged; the sink's next publish retires this client."""
+        sink = self.sink
+        with sink._lock:
+            if not self.retired and self is sink._sent and sink._failure is None:
+                sink._failure = exc
 
     def retire(self) -> list[PriceEvent]:
         """Stop listening to this client; its unacknowledged events, in send order."""
@@ -315,9 +305,10 @@ class _Outstanding:
 
 
 class KafkaClients:
-    """Makes the sink's kafka-python clients: the first one (retrying until Kafka answers and
-    the topic exists), and after a failure each next one, no more often than the reconnect
-    backoff allows (making one is the probe: it gives up quietly after a few seconds)."""
+    """The sink's kafka-python client (`producer`): the first one (retrying until Kafka
+    answers and the topic exists), and after a failure each next one, no more often than the
+    reconnect backoff allows (making one is the probe: it gives up quietly after a few
+    seconds)."""
 
     def __init__(
         self,
@@ -338,10 +329,11 @@ class KafkaClients:
         self._backoff = backoff
         self._reconnect = Backoff(backoff.base, min(backoff.cap, RECONNECT_MAX_SECONDS))
         self._retry_at = 0.0  # monotonic time before which no new client is tried
+        self.producer: KafkaProducer | None = None
 
-    def first(self) -> KafkaProducer | None:
-        """A client of a broker that has the topic, or None once stopped. A setting the client
-        refuses raises KafkaConfigurationError: retrying cannot help."""
+    def first(self) -> bool:
+        """Make a client of a broker that has the topic; False once stopped. A setting the
+        client refuses raises KafkaConfigurationError: retrying cannot help."""
         while not self._stop.is_set():
             producer = None
             try:
@@ -349,7 +341,8 @@ class KafkaClients:
                 self._ensure_topic()
                 self._backoff.reset()
                 log.info("Connected to Kafka at %s, topic %s", self.bootstrap_servers, self.topic)
-                return producer
+                self.producer = producer
+                return True
             except KafkaConfigurationError:
                 close_client(producer)
                 raise
@@ -365,13 +358,13 @@ class KafkaClients:
                     delay,
                 )
                 self._stop.wait(delay)
-        return None
+        return False
 
-    def next(self, waiting: int) -> KafkaProducer | None:
-        """A new client, or None if it is too soon to try or Kafka does not answer (said,
-        with the `waiting` events): then the next publish after the delay tries again."""
+    def next(self, waiting: int) -> bool:
+        """Make a new client (after `close_current`); False if it is too soon to try or Kafka
+        does not answer (said, with the `waiting` events): a later call tries again."""
         if time.monotonic() < self._retry_at:
-            return None
+            return False
         try:
             producer = self._new_producer()
         except KafkaError as exc:
@@ -385,9 +378,21 @@ class KafkaClients:
                 waiting,
                 delay,
             )
-            return None
+            return False
         self._reconnect.reset()
-        return producer
+        self.producer = producer
+        return True
+
+    def flush(self, timeout: float) -> None:
+        if self.producer is not None:
+            try:
+                self.producer.flush(timeout=timeout)
+            except KafkaError as exc:
+                log.warning("Kafka flush incomplete: %s", _describe(exc))
+
+    def close_current(self) -> None:
+        producer, self.producer = self.producer, None
+        close_client(producer)
 
     def allow_now(self) -> None:
         """Let the next call of `next` try at once (one last session before stopping)."""
