@@ -10,6 +10,9 @@ every event not yet acknowledged again, in the order they were first sent, befor
 newer. Per partition the unacknowledged events are always the tail of
 what was sent (acknowledgements arrive in order), so a re-send repeats a run of the stream in
 its original order; the events' identities let the consumer count each one once.
+
+KafkaSink keeps the events in order (waiting, then sent and unacknowledged: _Outstanding);
+KafkaClients makes, re-makes and closes its client; StallWatch times Kafka's silences.
 """
 
 from __future__ import annotations
