@@ -27,11 +27,17 @@ from kafka.errors import (
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
-from aggregator.events import PriceEvent
-from aggregator.kafka_edge import KafkaUnresponsive, Positions, SpinGuard, new_consumer
+from aggregator.kafka_edge import (
+    CatchUpWatch,
+    KafkaUnresponsive,
+    Positions,
+    SpinGuard,
+    new_consumer,
+)
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog, report_flush
-from aggregator.retry import Backoff
+from aggregator.shared.backoff import Backoff
+from aggregator.shared.contract import DecodedEvent
 from aggregator.store import (
     FlushContext,
     NotOwner,
@@ -58,6 +64,7 @@ class Aggregator(ConsumerRebalanceListener):
         self.poller = SpinGuard(settings.bootstrap_servers)
         self.positions = Positions(settings.topic)
         self.accumulator = Accumulator()
+        self.catch_up = CatchUpWatch()
         self.consumed_log = ConsumedLog()
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
@@ -104,7 +111,7 @@ class Aggregator(ConsumerRebalanceListener):
             return
         received_ms = time.time_ns() // 1_000_000
         messages = sum(len(batch) for batch in records.values())
-        consumed: list[tuple[PriceEvent, bool]] | None = None
+        consumed: list[tuple[DecodedEvent, bool]] | None = None
         if self.consumed_log.wants_each(messages):
             consumed = []
         for tp, batch in records.items():
@@ -113,6 +120,9 @@ class Aggregator(ConsumerRebalanceListener):
             self.consumed_log.count(messages)
         else:
             self.consumed_log.each(consumed)
+        if self.catch_up.caught_up(self.positions.known_lag(self.accumulator.pending.next_offsets)):
+            log.info("Caught up with the backlog: flushing now")
+            self.next_flush = time.monotonic()
 
     # -- flushing ---------------------------------------------------------------------------
 

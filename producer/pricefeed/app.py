@@ -14,9 +14,9 @@ from kafka.errors import KafkaConfigurationError
 
 from pricefeed.config import ConfigError, load_settings
 from pricefeed.registry import open_source
+from pricefeed.shared.backoff import Backoff
 from pricefeed.sink import KafkaSink
 from pricefeed.source import SourceError
-from pricefeed.timing import Backoff
 
 log = logging.getLogger("producer")
 

@@ -9,8 +9,9 @@ import time
 from typing import TYPE_CHECKING
 
 from pricefeed.binance import ALL_SYMBOLS
+from pricefeed.shared.backoff import Backoff
 from pricefeed.source import PollFailed, PollSource
-from pricefeed.timing import Backoff, FixedRateSchedule
+from pricefeed.timing import FixedRateSchedule
 
 if TYPE_CHECKING:
     from pricefeed.config import Settings

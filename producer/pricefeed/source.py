@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from pricefeed.contract import PriceEvent
+    from pricefeed.shared.contract import PriceEvent
     from pricefeed.sink import KafkaSink
     from pricefeed.sources import Sequencer
 

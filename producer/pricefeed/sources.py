@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, ClassVar
 
 from pricefeed.binance import ALL_SYMBOLS, BinanceClient
-from pricefeed.contract import ContractError, PriceEvent, live_stream, make_event
+from pricefeed.shared.contract import ContractError, PriceEvent, live_stream, make_event
 
 if TYPE_CHECKING:
     from pricefeed.config import Settings
