@@ -29,6 +29,13 @@ from pricefeed.binance import (
     ticker_price_params,
 )
 from pricefeed.config import ConfigError, Settings, build_parser, load_settings
+from pricefeed.live_sources import (
+    BinanceSource,
+    Sequencer,
+    SimulatedSource,
+    events_from_pairs,
+    new_run_id,
+)
 from pricefeed.polling import FixedRatePoller, report_failure, retry_delay, run_polling
 from pricefeed.registry import SOURCE_NAMES, open_source, sources_help
 from pricefeed.replay import ReplaySource
@@ -37,13 +44,6 @@ from pricefeed.shared.backoff import Backoff
 from pricefeed.shared.contract import PriceEvent, check_price, make_event
 from pricefeed.sink import KafkaSink, KeyPartitionCache
 from pricefeed.source import SourceError
-from pricefeed.sources import (
-    BinanceSource,
-    Sequencer,
-    SimulatedSource,
-    events_from_pairs,
-    new_run_id,
-)
 from pricefeed.timing import FixedRateSchedule
 from tests.harness.fake_binance import SYMBOLS_PATTERN
 

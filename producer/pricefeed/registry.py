@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pricefeed.live_sources import BinanceSource, SimulatedSource
 from pricefeed.polling import FixedRatePoller
 from pricefeed.replay import ReplaySource
 from pricefeed.source import PollSource, Source
-from pricefeed.sources import BinanceSource, SimulatedSource
 
 if TYPE_CHECKING:
     from pricefeed.config import Settings

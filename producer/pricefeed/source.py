@@ -20,9 +20,9 @@ import threading
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from pricefeed.live_sources import Sequencer
     from pricefeed.shared.contract import PriceEvent
     from pricefeed.sink import KafkaSink
-    from pricefeed.sources import Sequencer
 
 
 class SourceError(Exception):
