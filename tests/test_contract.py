@@ -16,6 +16,7 @@ import pytest
 
 from aggregator.shared.contract import ContractError as ConsumerRefuses
 from aggregator.shared.contract import decode_event
+from pricefeed.live_sources import Sequencer
 from pricefeed.shared.contract import (
     EARLIEST_EVENT_MS,
     MAX_FUTURE_MS,
@@ -26,7 +27,6 @@ from pricefeed.shared.contract import (
     make_event,
     replay_stream,
 )
-from pricefeed.sources import Sequencer
 from tests.pipeline import BASE_TIME_MS
 
 NOW_MS = BASE_TIME_MS + 86_400_000  # both sides' clock

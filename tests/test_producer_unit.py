@@ -18,7 +18,6 @@ from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 from kafka.partitioner import DefaultPartitioner
 
-from pricefeed.app import report_failure, retry_delay, run_polling
 from pricefeed.binance import (
     ALL_SYMBOLS,
     InvalidResponse,
@@ -29,11 +28,22 @@ from pricefeed.binance import (
     parse_ticker_prices,
     ticker_price_params,
 )
-from pricefeed.config import ConfigError, Settings, load_settings
+from pricefeed.config import ConfigError, Settings, build_parser, load_settings
+from pricefeed.live_sources import (
+    BinanceSource,
+    Sequencer,
+    SimulatedSource,
+    events_from_pairs,
+    new_run_id,
+)
+from pricefeed.polling import FixedRatePoller, report_failure, retry_delay, run_polling
+from pricefeed.registry import SOURCE_NAMES, open_source, sources_help
+from pricefeed.replay import ReplaySource
+from pricefeed.shared import contract
 from pricefeed.shared.backoff import Backoff
 from pricefeed.shared.contract import PriceEvent, check_price, make_event
 from pricefeed.sink import KafkaSink, KeyPartitionCache
-from pricefeed.sources import Sequencer, SimulatedSource, events_from_pairs, new_run_id
+from pricefeed.source import SourceError
 from pricefeed.timing import FixedRateSchedule
 from tests.harness.fake_binance import SYMBOLS_PATTERN
 
@@ -646,6 +656,50 @@ def test_simulated_source_prices_are_positive_eight_decimal_contract_events() ->
     assert len(set(btc)) > 400  # that really moves
 
 
+# --- the source registry ---------------------------------------------------------------------
+
+
+def test_every_runnable_source_is_one_the_contract_admits() -> None:
+    assert set(SOURCE_NAMES) == set(contract.SOURCES)
+
+
+def test_help_names_every_registered_source() -> None:
+    assert sources_help() == "binance, simulated (seeded random walk) or replay"
+    help_text = " ".join(build_parser().format_help().split())
+    assert all(name in help_text for name in SOURCE_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("name", "runs", "echoes"),
+    [("binance", BinanceSource, True), ("simulated", SimulatedSource, True)],
+)
+def test_a_poll_source_runs_on_the_fixed_rate_clock(name: str, runs: type, echoes: bool) -> None:
+    source = open_source(Settings(source=name, symbols=("BTCUSDT", "ETHUSDT")))
+    assert isinstance(source, FixedRatePoller)
+    assert isinstance(source.source, runs)
+    assert source.source.symbols == ("BTCUSDT", "ETHUSDT")
+    assert source.source.sequencer.source == name  # the start line and the events say it
+    assert source.echoes_each_event is echoes
+
+
+def test_many_symbols_are_summarised_per_tick_not_echoed_per_price() -> None:
+    many = tuple(f"S{i}USDT" for i in range(21))
+    assert open_source(Settings(source="simulated", symbols=many)).echoes_each_event is False
+    assert open_source(Settings(source="binance", symbols=ALL_SYMBOLS)).echoes_each_event is False
+
+
+def test_the_replay_source_checks_its_files_when_opened(tmp_path: Path) -> None:
+    good = tmp_path / "BTCUSDT-aggTrades-2026-01-01.csv"
+    good.write_text(
+        "1,87648.21000000,0.08185000,5723703861,5723703861,1767225600039409,True,True\n"
+    )
+    source = open_source(Settings(source="replay", replay_files=(good,)))
+    assert isinstance(source, ReplaySource)
+    assert source.echoes_each_event is False  # progress lines instead: one per event is slow
+    with pytest.raises(SourceError, match="does not exist"):
+        open_source(Settings(source="replay", replay_files=(tmp_path / "missing.csv",)))
+
+
 # --- the polling loop, on a simulated clock --------------------------------------------------
 
 
@@ -661,6 +715,8 @@ class LoopRig:
     """Clock, stop event, source and sink for run_polling: waiting advances the simulated
     clock, and the loop is stopped once every scripted step has been polled. Like a real clock,
     every reading is a little later than the one before (1 µs)."""
+
+    symbols = ("BTCUSDT",)
 
     def __init__(self, steps: Sequence[Step], start: float = 1_000.0) -> None:
         self.now = start

@@ -80,6 +80,21 @@ def test_a_file_of_another_layout_stops_the_replay_with_one_sentence(tmp_path):
     assert wrong.name in lines[0]
 
 
+def test_a_file_without_one_valid_line_stops_the_running_replay_with_exit_2(
+    broker, tmp_path, topic
+):
+    """Known only at the file's end, after Kafka was connected: said in the log, exit 2."""
+    bad = tmp_path / "BTCUSDT-aggTrades-2026-01-01.csv"
+    bad.write_text("1,-1,0.08185000,5723703861,5723703861,1767225600039409,True,True\n")
+    args = ["--source", "replay", "--bootstrap-servers", broker.bootstrap, "--topic", topic]
+    result = run_script("producer", [*args, str(bad)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    stopped = [line for line in result.stdout.splitlines() if "Replay stopped: " in line]
+    assert len(stopped) == 1 and "ERROR" in stopped[0], result.stdout
+    assert f"{bad.name} has no valid aggTrades line" in stopped[0]
+
+
 def test_a_file_named_without_its_symbol_is_replayed_with_replay_symbol(broker, tmp_path, topic):
     kline = "1577836800000,7195.24,7196.25,7183.14,{close},51.6,{close_time},3.5,493,19.5,140.4,0"
     path = tmp_path / "history.csv"

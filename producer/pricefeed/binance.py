@@ -1,11 +1,15 @@
-"""The Binance edge: one GET of /api/v3/ticker/price for all symbols, and what can go wrong."""
+"""The Binance edge: one GET of /api/v3/ticker/price for all symbols, what can go wrong, and
+how each failure is said and retried."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
 import requests
+
+from pricefeed.source import PollFailed
 
 RESTRICTED_FIX = (
     "set BINANCE_BASE_URL=https://data-api.binance.vision (Binance's market-data-only host), "
@@ -13,8 +17,11 @@ RESTRICTED_FIX = (
 )
 
 
-class BinanceError(Exception):
+class BinanceError(PollFailed):
     """A poll that produced no prices; the subclass says what the producer should do."""
+
+    def explain(self, then: str) -> str:
+        return f"Binance unavailable: {self}; {then}"
 
 
 class RateLimited(BinanceError):
@@ -25,9 +32,20 @@ class RateLimited(BinanceError):
         self.status = status
         self.retry_after = retry_after
 
+    def explain(self, then: str) -> str:
+        if self.retry_after is None:
+            return f"Binance rate limit: {self}, no Retry-After; {then}"
+        what = "IP banned" if self.status == 418 else "rate limit"
+        return f"Binance {what}: {self}; Retry-After {self.retry_after:g} s, {then}"
+
 
 class Restricted(BinanceError):
     """451: Binance refuses this location."""
+
+    level = logging.ERROR
+
+    def explain(self, then: str) -> str:
+        return f"Binance refuses this location ({self}). To fix: {RESTRICTED_FIX}. {_capital(then)}"
 
 
 class Unavailable(BinanceError):
@@ -37,9 +55,24 @@ class Unavailable(BinanceError):
 class Rejected(BinanceError):
     """Another 4xx: Binance says the request itself is wrong."""
 
+    level = logging.ERROR
+
+    def explain(self, then: str) -> str:
+        return f"Binance rejected the request: {self}; check SYMBOLS. {_capital(then)}"
+
 
 class InvalidResponse(BinanceError):
-    """A 200 whose body is not the documented JSON."""
+    """A 200 whose body is not the documented JSON: skip this tick only."""
+
+    retry_after = 0.0
+
+    def explain(self, then: str) -> str:
+        return f"Skipped poll: Binance sent an invalid body ({self}); {then}"
+
+
+def _capital(words: str) -> str:
+    """The same words, starting a sentence."""
+    return words[0].upper() + words[1:]
 
 
 ALL_SYMBOLS = ("ALL",)  # SYMBOLS=ALL: every pair Binance lists (no such symbol exists)

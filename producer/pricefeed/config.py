@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pricefeed.registry import SOURCE_NAMES, sources_help
 from pricefeed.shared import settings as shared
-from pricefeed.shared.contract import SOURCES, ContractError, check_symbol
+from pricefeed.shared.contract import ContractError, check_symbol
 from pricefeed.shared.settings import ConfigError, Invalid, Option
 
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
@@ -107,8 +108,8 @@ _OPTIONS = [
         "--source",
         "PRODUCER_SOURCE",
         "source",
-        "binance, simulated (seeded random walk) or replay",
-        shared.one_of(SOURCES, lambda text: text.strip().lower()),
+        sources_help(),
+        shared.one_of(SOURCE_NAMES, lambda text: text.strip().lower()),
     ),
     shared.KAFKA_BROKERS,
     shared.kafka_topic("topic to publish to"),

@@ -1,5 +1,6 @@
 """`--source replay FILE...`: publish history from Binance public-data files, in file order,
-at N times real time (`--speed N`) or as fast as the broker takes it (`--speed max`)."""
+at N times real time (`--speed N`) or as fast as the broker takes it (`--speed max`): the
+streaming source (source.Source)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pricefeed.config import Settings
-from pricefeed.replay_files import FileContent, ReplayStats, read_events, scan_content
+from pricefeed.replay_files import (
+    FileContent,
+    ReplayFileError,
+    ReplayStats,
+    read_events,
+    scan_content,
+)
 from pricefeed.replay_ledger import ReplayLedger
 from pricefeed.shared.contract import PriceEvent
-from pricefeed.sink import KafkaSink
+from pricefeed.source import SourceError
+
+if TYPE_CHECKING:
+    from pricefeed.config import Settings
+    from pricefeed.sink import KafkaSink
 
 log = logging.getLogger("producer")
 
@@ -94,14 +105,37 @@ def paced(events: Iterator[PriceEvent], speed: float | None, stop: threading.Eve
 
 
 @dataclass
-class Replay:
-    files: tuple[Path, ...]
+class ReplayFiles:
+    """The files, checked, ready to be read: each one's events, line statistics and content."""
+
     streams: list[Iterator[PriceEvent]]
     stats: dict[Path, ReplayStats]
     contents: dict[Path, FileContent]
 
 
-def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
+class ReplaySource:
+    """The replay as a Source. Its progress lines replace one `Produced:` line per event,
+    which would be the bottleneck."""
+
+    echoes_each_event = False
+
+    def __init__(self, replay: ReplayFiles, settings: Settings) -> None:
+        self.replay = replay
+        self.settings = settings
+
+    @classmethod
+    def open(cls, settings: Settings) -> ReplaySource:
+        """Raises ReplayFileError (a SourceError) for a file that cannot be replayed."""
+        return cls(open_replay(settings.replay_files, settings.replay_symbol), settings)
+
+    def run(self, sink: KafkaSink, stop: threading.Event) -> None:
+        try:
+            run_replay(self.replay, self.settings, sink, stop)
+        except ReplayFileError as exc:  # known only at a file's end: nothing valid in it
+            raise SourceError(f"Replay stopped: {exc}") from exc
+
+
+def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> ReplayFiles:
     """Check every file before anything is sent: a bad one stops the replay at the start
     with ReplayFileError's one-sentence reason. `symbol`, if given, is every file's symbol;
     otherwise each file's name says it."""
@@ -110,17 +144,18 @@ def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> Replay:
     streams = [
         read_events(path, symbol, stats=stats[path], digest=contents[path].digest) for path in files
     ]
-    return Replay(files, streams, stats, contents)
+    return ReplayFiles(streams, stats, contents)
 
 
-def run_replay(replay: Replay, settings: Settings, sink: KafkaSink, stop: threading.Event) -> None:
+def run_replay(
+    replay: ReplayFiles, settings: Settings, sink: KafkaSink, stop: threading.Event
+) -> None:
     """Publish every file in order; raises ReplayFileError if a file turns out to hold no
     valid line (known only at its end)."""
     streams, stats = replay.streams, replay.stats
     speed = "max" if settings.replay_speed is None else f"{settings.replay_speed:g}x"
     total = sum(replay.contents[path].lines for path in settings.replay_files)
     log.info("Replaying %d file(s), ~%d events, at speed %s", len(streams), total, speed)
-    sink.echo = False  # one line per event would be the bottleneck: progress lines instead
     now = time.monotonic()
     progress = Progress(total, started=now, last_shown=now, on_terminal=sys.stdout.isatty())
     ledger = ReplayLedger(settings.replay_state_dir, settings.bootstrap_servers, settings.topic)

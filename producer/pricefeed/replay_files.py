@@ -56,6 +56,7 @@ from pricefeed.shared.contract import (
     replay_stream,
     wall_clock_ms,
 )
+from pricefeed.source import SourceError
 
 SOURCE = "replay"
 
@@ -72,7 +73,7 @@ MAX_KEPT_ERRORS = 5  # reasons kept for the log; the count covers all of them
 LAYOUT_PROBE_LINES = 10  # so that one truncated first line does not reject a whole file
 
 
-class ReplayFileError(ValueError):
+class ReplayFileError(SourceError, ValueError):
     """A file that cannot be replayed; the message is one sentence naming the file."""
 
 

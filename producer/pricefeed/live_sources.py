@@ -1,4 +1,5 @@
-"""Where prices come from. A source's poll() returns the events of one tick."""
+"""The live poll sources (Binance's ticker, the simulated walk): poll() returns the events of
+one tick (source.PollSource), and the identity every live event carries."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pricefeed.binance import ALL_SYMBOLS, BinanceClient
 from pricefeed.shared.contract import ContractError, PriceEvent, live_stream, make_event
+
+if TYPE_CHECKING:
+    from pricefeed.config import Settings
 
 log = logging.getLogger("producer")
 
@@ -57,6 +61,11 @@ class BinanceSource:
         self.client = client
         self.symbols = tuple(symbols)
         self.sequencer = sequencer or Sequencer("binance")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BinanceSource:
+        client = BinanceClient(settings.binance_base_url, settings.http_timeout)
+        return cls(client, settings.symbols)
 
     def poll(self) -> list[PriceEvent]:
         pairs = self.client.ticker_prices(self.symbols)
@@ -107,6 +116,10 @@ class SimulatedSource:
         self._clock = clock
         self.sequencer = Sequencer("simulated")
         self._prices = {s: self._start_price(s) for s in self.symbols}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SimulatedSource:
+        return cls(settings.symbols, settings.seed)
 
     def _start_price(self, symbol: str) -> Decimal:
         return next(
