@@ -94,7 +94,7 @@ class ConsumerLoop(ConsumerRebalanceListener):
 
     def poll_once(self) -> None:
         timeout_ms = int(max(0.0, min(1.0, self.flusher.next_flush - time.monotonic())) * 1000)
-        if self.positions.unresolved:
+        if self.flusher.resolve_due():
             self.flusher.resolve_positions()
         records = self.poller.poll(self.consumer, timeout_ms)
         self.consumed_log.summarise_if_due()

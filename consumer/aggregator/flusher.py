@@ -32,7 +32,9 @@ class Flusher:
         self.interval_started = time.monotonic()
         self.next_flush = self.interval_started + settings.flush_interval
         self.store_down_since: float | None = None
+        # One backoff for both retries, of a flush and of reading stored offsets: one outage.
         self.backoff = Backoff(cap=10.0)  # PostgreSQL back: resume within seconds
+        self.resolve_at = 0.0  # monotonic time of the next try to read stored offsets
 
     def flush_on_timer(self) -> None:
         try:
@@ -109,13 +111,18 @@ class Flusher:
         self.positions.rewind(self.accumulator.discard().first_offsets)
 
     def forget_outage(self) -> None:
-        """With a new Kafka client, partitions start unpaused."""
+        """With a new Kafka client, partitions start unpaused and are resolved at once."""
         self.store_down_since = None
+        self.resolve_at = 0.0
+
+    def resolve_due(self) -> bool:
+        """New partitions wait for their stored offsets, and a failed try is not yet retried."""
+        return bool(self.positions.unresolved) and time.monotonic() >= self.resolve_at
 
     def resolve_positions(self, timeout: float | None = None) -> None:
         """Start each new partition at its offset stored in PostgreSQL (Positions.start_at),
         with the streams' marks as they are there now. Until PostgreSQL answers, the new
-        partitions stay paused."""
+        partitions stay paused, and the try is repeated with backoff."""
         partitions = sorted(self.positions.unresolved)
         try:
             stored = self.store.stored_offsets(
@@ -124,8 +131,16 @@ class Flusher:
             # The new partitions' streams may have advanced under another member.
             self.accumulator.load_marks(self.store.stream_marks(timeout))
         except StoreUnavailable as exc:
-            log.error("PostgreSQL unavailable (%s): assigned partitions wait", exc)
+            delay = self.backoff.next_delay()
+            self.resolve_at = time.monotonic() + delay
+            log.error(
+                "PostgreSQL unavailable (%s): assigned partitions wait; retrying in %.1f s",
+                exc,
+                delay,
+            )
             self.positions.hold_unresolved()
             return
+        if self.store_down_since is None:
+            self.backoff.reset()  # no flush waits: the next outage starts with short waits
         starts = self.positions.start_at(stored, resume=self.store_down_since is None)
         log.info("Resuming from stored offsets %s", starts)
