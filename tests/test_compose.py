@@ -38,8 +38,8 @@ PROVIDER_FILE = GRAFANA_DIR / "dashboards" / "dashboard.yml"
 # The variables each script reads, from its own configuration table: a renamed setting
 # that compose still sets under the old name fails here.
 SCRIPT_ENV = {
-    "producer": {var for _, var, _, _ in producer_config._OPTIONS},
-    "consumer": {var for _, var, _, _ in consumer_config._OPTIONS},
+    "producer": {option.env for option in producer_config._OPTIONS},
+    "consumer": {option.env for option in consumer_config._OPTIONS},
 }
 # Where Grafana reads each provisioning kind, and the repository folder that holds it.
 GRAFANA_PROVISIONING = {

@@ -1,64 +1,87 @@
 """The settings both scripts read follow one rule: the same text is accepted by both, or
-refused by both with the same sentence. (Each script ships alone in its image, so each has
-its own config.py; this keeps the two from drifting apart.)"""
+refused by both with the same sentence. Their options live in shared/settings.py, one text in
+both packages (tests/test_shared_copies.py); this holds each script to using them, and says
+which texts the rule takes."""
 
 from __future__ import annotations
 
 import pytest
 
 from aggregator import config as consumer_config
+from aggregator.shared import settings as consumer_shared
 from pricefeed import config as producer_config
+from pricefeed.shared import settings as producer_shared
+from pricefeed.shared.settings import Option
 
 SHARED = ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "LOG_LEVEL"]
-VALUES = {
-    "KAFKA_BOOTSTRAP_SERVERS": [
-        "localhost:9092",
-        "a:1, b:65535",
-        "[::1]:9092",
-        "127.0.0.1:99999",
-        "127.0.0.1:0",
-        "localhost",
-        "a:1,",
-        "kafka://a:1",
-        "::1:9092",
-        "a:²",
-        "a:١٢",
-        "a:099999",
-    ],
-    "KAFKA_TOPIC": ["btc_price", "a.b-c", "...", ".", "..", "bad topic!", "t" * 249, "t" * 250],
-    "LOG_LEVEL": ["info", "WARNING", "LOUD", "TRACE"],
-}
-CASES = [(var, value) for var in SHARED for value in VALUES[var]]
+OK, REFUSED = "accepted", "refused"
+CASES = [
+    ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", OK),
+    ("KAFKA_BOOTSTRAP_SERVERS", "a:1, b:65535", OK),
+    ("KAFKA_BOOTSTRAP_SERVERS", "[::1]:9092", OK),
+    ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:99999", REFUSED),
+    ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:0", REFUSED),
+    ("KAFKA_BOOTSTRAP_SERVERS", "localhost", REFUSED),
+    ("KAFKA_BOOTSTRAP_SERVERS", "a:1,", REFUSED),
+    ("KAFKA_BOOTSTRAP_SERVERS", "kafka://a:1", REFUSED),
+    ("KAFKA_BOOTSTRAP_SERVERS", "::1:9092", REFUSED),  # IPv6 without brackets
+    ("KAFKA_BOOTSTRAP_SERVERS", "a:²", REFUSED),
+    ("KAFKA_BOOTSTRAP_SERVERS", "a:١٢", REFUSED),  # digits of another script
+    ("KAFKA_BOOTSTRAP_SERVERS", "a:099999", REFUSED),
+    ("KAFKA_TOPIC", "btc_price", OK),
+    ("KAFKA_TOPIC", "a.b-c", OK),
+    ("KAFKA_TOPIC", "...", OK),
+    ("KAFKA_TOPIC", ".", REFUSED),
+    ("KAFKA_TOPIC", "..", REFUSED),
+    ("KAFKA_TOPIC", "bad topic!", REFUSED),
+    ("KAFKA_TOPIC", "t" * 249, OK),
+    ("KAFKA_TOPIC", "t" * 250, REFUSED),
+    ("LOG_LEVEL", "info", OK),
+    ("LOG_LEVEL", "WARNING", OK),
+    ("LOG_LEVEL", "LOUD", REFUSED),
+    ("LOG_LEVEL", "TRACE", REFUSED),
+]
 
 
 def outcome(load, env: dict[str, str]) -> tuple[str, object]:
     try:
-        settings = load(env)
+        settings = load(["--no-check-hosts"], env)
     except (producer_config.ConfigError, consumer_config.ConfigError) as error:
-        return "refused", str(error)
-    return "accepted", settings
+        return REFUSED, str(error)
+    return OK, settings
 
 
-def test_the_shared_variables_are_the_same_options_in_both_scripts() -> None:
-    producer = {var: flag for flag, var, _, _ in producer_config._OPTIONS}
-    consumer = {var: flag for flag, var, _, _ in consumer_config._OPTIONS}
-    assert set(SHARED) <= set(producer) & set(consumer)
-    assert {var: producer[var] for var in SHARED} == {var: consumer[var] for var in SHARED}
+def the_option(config, var: str) -> Option:
+    return next(option for option in config._OPTIONS if option.env == var)
 
 
-@pytest.mark.parametrize(("var", "value"), CASES, ids=[f"{v}={x[:20]}" for v, x in CASES])
-def test_both_scripts_accept_or_refuse_a_shared_setting_alike(var: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "shared"), [(producer_config, producer_shared), (consumer_config, consumer_shared)]
+)
+def test_each_script_takes_the_shared_variables_from_shared_settings(config, shared) -> None:
+    topic = the_option(config, "KAFKA_TOPIC")
+    assert topic == shared.kafka_topic(topic.help)  # the help says what the script does with it
+    assert the_option(config, "KAFKA_BOOTSTRAP_SERVERS") == shared.KAFKA_BROKERS
+    assert the_option(config, "LOG_LEVEL") == shared.LOG_LEVEL
+
+
+def test_the_cases_cover_every_shared_variable_both_ways() -> None:
+    assert {(var, verdict) for var, _, verdict in CASES} == {
+        (var, verdict) for var in SHARED for verdict in (OK, REFUSED)
+    }
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "verdict"), CASES, ids=[f"{v}={x[:20]}" for v, x, _ in CASES]
+)
+def test_both_scripts_accept_or_refuse_a_shared_setting_alike(var: str, value: str, verdict: str):
     env = {var: value}
-    produced = outcome(lambda e: producer_config.load_settings(["--no-check-hosts"], e), env)
-    consumed = outcome(lambda e: consumer_config.load_settings(["--no-check-hosts"], e), env)
-    assert produced[0] == consumed[0], (produced, consumed)
-    if produced[0] == "refused":
+    produced = outcome(producer_config.load_settings, env)
+    consumed = outcome(consumer_config.load_settings, env)
+    assert (produced[0], consumed[0]) == (verdict, verdict), (produced, consumed)
+    if verdict == REFUSED:
         assert produced[1] == consumed[1]
+        assert str(produced[1]).startswith(f"{var} (")
     else:
-        field = next(f for _, v, f, _ in producer_config._OPTIONS if v == var)
+        field = the_option(producer_config, var).field
         assert getattr(produced[1], field) == getattr(consumed[1], field)
-
-
-def test_every_option_of_either_script_has_its_own_parser() -> None:
-    for module in (producer_config, consumer_config):
-        assert {field for _, _, field, _ in module._OPTIONS} == set(module._PARSERS)

@@ -189,6 +189,18 @@ def test_idle_consumer_still_flushes_metrics(env, dsn):
     assert query(dsn, "SELECT count(*) FROM five_min_bitcoin_event") == [(0,)]
 
 
+def test_a_backlog_is_flushed_as_soon_as_it_is_read_not_at_the_next_tick(broker, env, dsn, topic):
+    # More than a backlog (CatchUpWatch.BACKLOG_MESSAGES) waits in one partition (one symbol);
+    # the timer alone would first flush after an hour.
+    events = random_stream(random.Random(7), 25_000, symbols=["BTCUSDT"])
+    produce(broker.bootstrap, topic, events)
+    with start_consumer({**env, "FLUSH_INTERVAL_SECONDS": "3600"}) as consumer:
+        wait_for_total(dsn, len(events), 120, [consumer])
+        consumer.wait_for_output("Caught up with the backlog: flushing now", timeout=10)
+        assert consumer.stop() == 0
+    assert_tables_equal_truth(dsn, events)
+
+
 BAD_MESSAGES: dict[str, bytes | None] = {
     "invalid JSON": b'{"symbol": "BTCUSDT", "pri',
     "not an object": b'["BTCUSDT", "43250.75"]',

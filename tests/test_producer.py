@@ -19,9 +19,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from pricefeed.contract import make_event
+from pricefeed.shared.backoff import Backoff
+from pricefeed.shared.contract import make_event
 from pricefeed.sink import KafkaSink
-from pricefeed.timing import Backoff
 from tests.harness import FakeBinance, Fault, TansuBroker, free_port, wait_until
 from tests.harness.fake_binance import MISSING, RecordedRequest, listed_pairs
 from tests.harness.scripts import Script, run_script

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pricefeed.contract import make_event
 from pricefeed.replay import Progress, paced
 from pricefeed.replay_files import read_events
+from pricefeed.shared.contract import make_event
 from tests.harness.net import wait_until
 from tests.harness.sample_files import write_agg_trades, write_klines
 from tests.harness.scripts import run_script

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pricefeed.contract import PriceEvent
 from pricefeed.replay_files import (
     MAX_KEPT_ERRORS,
     ReplayFileError,
@@ -19,6 +18,7 @@ from pricefeed.replay_files import (
     read_events,
     to_epoch_ms,
 )
+from pricefeed.shared.contract import MAX_FUTURE_MS, PriceEvent, wall_clock_ms
 from tests.pipeline import SHARED_DATA, needs_shared_data
 
 KLINES_HEADER = (
@@ -440,6 +440,30 @@ def test_malformed_lines_are_skipped_counted_and_explained(tmp_path: Path) -> No
         "skipped 7 malformed lines in BTCUSDT-1m-2020-01-01.csv "
         "(first: line 2: 13 columns, expected 12)"
     )
+
+
+def test_lines_further_ahead_than_the_consumer_takes_are_skipped(tmp_path: Path) -> None:
+    """A time in the future (a broken file, a clock gone wrong) would be dead-lettered by the
+    consumer, so the replay does not send it: in milliseconds or microseconds alike."""
+    soon = wall_clock_ms() + 60_000  # within MAX_FUTURE_MS: taken
+    late = wall_clock_ms() + MAX_FUTURE_MS + 60_000
+    path = write(
+        tmp_path,
+        "BTCUSDT-aggTrades-2026-01-01.csv",
+        agg_trade(soon * 1000, "1.5"),  # µs: the hot path
+        agg_trade(late * 1000, "1.6"),
+        agg_trade(soon, "1.7"),  # ms
+        agg_trade(late, "1.8"),
+        agg_trade(4_102_444_799_999, "1.9"),  # the last millisecond of 2099
+    )
+    stats = ReplayStats()
+    assert times_and_prices(list(read_events(path, stats=stats))) == [
+        (soon, "1.5"),
+        (soon, "1.7"),
+    ]
+    assert stats.skipped == 3
+    assert [error.split(":")[0] for error in stats.first_errors] == ["line 2", "line 4", "line 5"]
+    assert all("more than 5 minutes in the future" in e for e in stats.first_errors), stats
 
 
 def test_summary_is_none_without_skipped_lines() -> None:

@@ -27,12 +27,18 @@ from kafka.errors import (
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
-from aggregator.events import PriceEvent
 from aggregator.flusher import Flusher
-from aggregator.kafka_edge import KafkaUnresponsive, Positions, SpinGuard, new_consumer
+from aggregator.kafka_edge import (
+    CatchUpWatch,
+    KafkaUnresponsive,
+    Positions,
+    SpinGuard,
+    new_consumer,
+)
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog
-from aggregator.retry import Backoff
+from aggregator.shared.backoff import Backoff
+from aggregator.shared.contract import DecodedEvent
 from aggregator.store import (
     NotOwner,
     OffsetsMoved,
@@ -62,6 +68,7 @@ class ConsumerLoop(ConsumerRebalanceListener):
         self.positions = Positions(settings.topic)
         self.accumulator = Accumulator()
         self.flusher = Flusher(settings, store, self.accumulator, self.positions)
+        self.catch_up = CatchUpWatch()
         self.consumed_log = ConsumedLog()
         self.was_assigned = False  # since the last reset: the Kafka client worked
         # Inside a rebalance callback the client sends no heartbeats: PostgreSQL must answer
@@ -102,7 +109,7 @@ class ConsumerLoop(ConsumerRebalanceListener):
             return
         received_ms = time.time_ns() // 1_000_000
         messages = sum(len(batch) for batch in records.values())
-        consumed: list[tuple[PriceEvent, bool]] | None = None
+        consumed: list[tuple[DecodedEvent, bool]] | None = None
         if self.consumed_log.wants_each(messages):
             consumed = []
         for tp, batch in records.items():
@@ -111,6 +118,9 @@ class ConsumerLoop(ConsumerRebalanceListener):
             self.consumed_log.count(messages)
         else:
             self.consumed_log.each(consumed)
+        if self.catch_up.caught_up(self.positions.known_lag(self.accumulator.pending.next_offsets)):
+            log.info("Caught up with the backlog: flushing now")
+            self.flusher.next_flush = time.monotonic()
 
     def reset(self) -> None:
         """After losing the Kafka client: forget everything unflushed and every position."""

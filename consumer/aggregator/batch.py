@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aggregator.events import (
+from aggregator.shared.contract import (
     MAX_MESSAGE_BYTES,
     REPLAY_SOURCE,
-    InvalidEvent,
-    PriceEvent,
+    ContractError,
+    DecodedEvent,
     decode_event,
 )
 from aggregator.windows import WINDOW_MS, WindowDeltas, WindowStats
@@ -129,7 +129,7 @@ class Accumulator:
         partition: int,
         records: Sequence[ConsumerRecord],
         received_ms: int,
-        consumed: list[tuple[PriceEvent, bool]] | None = None,
+        consumed: list[tuple[DecodedEvent, bool]] | None = None,
     ) -> None:
         """Fold one partition's records (in offset order) into the pending flush. With
         `consumed`, also list each valid event and whether it was late, for the log.
@@ -146,7 +146,7 @@ class Accumulator:
         marks, marks_before = self.marks, pending.marks_before
         decode, invalid, replay_source, window_ms = (
             decode_event,
-            InvalidEvent,
+            ContractError,
             REPLAY_SOURCE,
             WINDOW_MS,
         )

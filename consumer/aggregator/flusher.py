@@ -15,7 +15,7 @@ from aggregator.batch import Accumulator
 from aggregator.config import Settings
 from aggregator.kafka_edge import Positions
 from aggregator.report import report_flush
-from aggregator.retry import Backoff
+from aggregator.shared.backoff import Backoff
 from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
 
 log = logging.getLogger("consumer")

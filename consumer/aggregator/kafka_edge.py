@@ -83,6 +83,28 @@ class SpinGuard:
         return records
 
 
+class CatchUpWatch:
+    """Tells when the consumer has just read to the end of a backlog (a backfill, or what
+    piled up during an outage), so that it can flush at once instead of at the next tick:
+    the backlog is then visible as soon as it is read. Live traffic is a few messages per
+    poll and never makes a backlog, so there the flush keeps its cadence."""
+
+    BACKLOG_MESSAGES = 20_000  # behind by this many: catching up, not live
+
+    def __init__(self) -> None:
+        self.behind = False
+
+    def caught_up(self, lag: int) -> bool:
+        """True once, when `lag` (messages behind the partition ends) reaches 0 after a
+        backlog."""
+        if lag >= self.BACKLOG_MESSAGES:
+            self.behind = True
+        elif lag == 0 and self.behind:
+            self.behind = False
+            return True
+        return False
+
+
 class Positions:
     """Where each assigned partition stands, kept beside the Kafka client that reads it.
 
@@ -165,18 +187,29 @@ class Positions:
 
     def lag(self, read_up_to: dict[int, int]) -> int | None:
         """Messages behind the partition ends, from the high watermarks of recent fetches
-        (`read_up_to`: next offsets of what is pending, over what is stored)."""
+        (`read_up_to`: next offsets of what is pending, over what is stored); None until
+        every assigned partition has been fetched."""
+        lags = self._lags(read_up_to)
+        return None if None in lags else sum(lags)  # type: ignore[arg-type]
+
+    def known_lag(self, read_up_to: dict[int, int]) -> int:
+        """The same over the partitions fetched so far (a busy partition is known long
+        before an idle one)."""
+        return sum(lag for lag in self._lags(read_up_to) if lag is not None)
+
+    def _lags(self, read_up_to: dict[int, int]) -> list[int | None]:
         assert self.consumer is not None
-        lag = 0
+        lags: list[int | None] = []
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                return None
             position = read_up_to.get(tp.partition)
             if position is None:
                 position = self.stored.get(tp.partition)
-            lag += max(0, highwater - position) if position is not None else highwater
-        return lag
+            if highwater is None:
+                lags.append(None)
+            else:
+                lags.append(max(0, highwater - position) if position is not None else highwater)
+        return lags
 
     def pause_all(self) -> None:
         assert self.consumer is not None

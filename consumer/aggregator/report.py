@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from aggregator.batch import PendingFlush
-from aggregator.events import PriceEvent
+from aggregator.shared.contract import DecodedEvent
 from aggregator.windows import WindowStats
 
 log = logging.getLogger("consumer")
@@ -36,7 +36,7 @@ class ConsumedLog:
     def wants_each(self, messages_in_poll: int) -> bool:
         return messages_in_poll <= PER_MESSAGE_LIMIT and self._count == 0
 
-    def each(self, consumed: list[tuple[PriceEvent, bool]]) -> None:
+    def each(self, consumed: list[tuple[DecodedEvent, bool]]) -> None:
         for event, late in consumed:
             note = " (late)" if late else ""
             log.info("Consumed: %s = $%s%s", event.symbol, money(event.price), note)

@@ -25,9 +25,10 @@ from pricefeed.binance import (
 from pricefeed.config import ConfigError, Settings, load_settings
 from pricefeed.replay import open_replay, run_replay
 from pricefeed.replay_files import ReplayFileError
+from pricefeed.shared.backoff import Backoff
 from pricefeed.sink import KafkaSink
 from pricefeed.sources import BinanceSource, SimulatedSource
-from pricefeed.timing import Backoff, FixedRateSchedule
+from pricefeed.timing import FixedRateSchedule
 
 log = logging.getLogger("producer")
 

@@ -14,9 +14,9 @@ from itertools import islice
 from pathlib import Path
 
 from pricefeed.config import Settings
-from pricefeed.contract import PriceEvent
 from pricefeed.replay_files import FileContent, ReplayStats, read_events, scan_content
 from pricefeed.replay_ledger import ReplayLedger
+from pricefeed.shared.contract import PriceEvent
 from pricefeed.sink import KafkaSink
 
 log = logging.getLogger("producer")

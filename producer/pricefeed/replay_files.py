@@ -16,6 +16,7 @@ Rules:
 - Header: only the first non-blank line may be one, recognised by a first field made of
   letters and underscores (`open_time`, `agg_trade_id`, `id`); it is skipped.
 - Times: see `to_epoch_ms`; the unit is decided per value by magnitude.
+  A line more than 5 minutes ahead of the clock is skipped: the consumer would refuse it.
 - Symbol: the explicit argument, else the file name's prefix (`BTCUSDT-1m-2020-01-01.csv`).
 - Identity: every event of a file belongs to the stream `replay/<symbol>/<digest>`, where the
   digest is the SHA-256 of the CSV's bytes (for a zip, of the CSV inside), and its `seq` is
@@ -42,14 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from pricefeed.contract import (
+from pricefeed.shared.contract import (
+    EARLIEST_EVENT_MS,
+    MAX_FUTURE_MS,
     PRICE_PATTERN,
     ContractError,
     PriceEvent,
+    check_event_time,
     check_identity,
     check_price,
     check_symbol,
     replay_stream,
+    wall_clock_ms,
 )
 
 SOURCE = "replay"
@@ -58,7 +63,7 @@ SOURCE = "replay"
 # In milliseconds that is [1.23e12, 4.1e12); in microseconds [1.23e15, 4.1e15). The ranges are
 # three orders of magnitude apart, so a value falls in at most one of them, and seconds or
 # nanoseconds fall in neither.
-MIN_EPOCH_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z
+MIN_EPOCH_MS = EARLIEST_EVENT_MS  # 2009-01-01T00:00:00Z
 MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
 MIN_EPOCH_US = MIN_EPOCH_MS * 1000
 MAX_EPOCH_US = MAX_EPOCH_MS * 1000
@@ -208,6 +213,10 @@ def _stream_events(
     errors_before = len(stats.first_errors)
     header_allowed = True
     plain_price = PRICE_PATTERN.fullmatch
+    # The contract's bound on the future, as the consumer will apply it: from the clock at the
+    # start of the file, which only moves on while the file is sent (so never too lenient).
+    now_ms = wall_clock_ms()
+    latest_us = min(MAX_EPOCH_US, (now_ms + MAX_FUTURE_MS + 1) * 1000)  # exclusive
     with _open_text(path) as lines:
         try:
             for line_number, line in enumerate(lines, start=1):
@@ -220,7 +229,7 @@ def _stream_events(
                     if raw_time.isascii() and raw_time.isdigit():
                         time_us = int(raw_time)
                         if (
-                            MIN_EPOCH_US <= time_us < MAX_EPOCH_US
+                            MIN_EPOCH_US <= time_us < latest_us
                             and plain_price(price)
                             and price.strip("0.")
                         ):
@@ -241,10 +250,10 @@ def _stream_events(
                     stats.skip(line_number, f"{len(fields)} columns, expected {columns}")
                     continue
                 try:
-                    time_ms = to_epoch_ms(fields[time_column])
+                    time_ms = check_event_time(to_epoch_ms(fields[time_column]), now_ms)
                     # make_event's other checks hold already: the symbol and the stream were
-                    # checked once, the source is ours, the time an epoch in ms, the line
-                    # number positive (a replay's hot path).
+                    # checked once, the source is ours, the line number positive (a replay's
+                    # hot path).
                     event = PriceEvent(
                         symbol,
                         check_price(fields[price_column]),

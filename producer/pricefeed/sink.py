@@ -30,8 +30,8 @@ from kafka.errors import (
 )
 from kafka.partitioner import DefaultPartitioner
 
-from pricefeed.contract import PriceEvent
-from pricefeed.timing import Backoff
+from pricefeed.shared.backoff import Backoff
+from pricefeed.shared.contract import PriceEvent
 
 log = logging.getLogger("producer")
 

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import ClassVar
 
 from pricefeed.binance import ALL_SYMBOLS, BinanceClient
-from pricefeed.contract import ContractError, PriceEvent, live_stream, make_event
+from pricefeed.shared.contract import ContractError, PriceEvent, live_stream, make_event
 
 log = logging.getLogger("producer")
 

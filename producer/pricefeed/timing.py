@@ -1,4 +1,4 @@
-"""When to poll and when to retry: pure arithmetic over a clock the caller reads."""
+"""When to poll: pure arithmetic over a clock the caller reads (retries: shared/backoff.py)."""
 
 from __future__ import annotations
 
@@ -32,22 +32,3 @@ class FixedRateSchedule:
         self._last_tick = tick
         offset = self._rng.uniform(0, self.jitter) if self.jitter else 0.0
         return tick, self.due_at(tick) + offset
-
-
-class Backoff:
-    """Exponential backoff with 'equal jitter': attempt n waits between d/2 and d,
-    d = min(cap, base * 2**n). Jitter spreads clients apart; the floor keeps growth certain."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempts = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(self.attempts, 60))
-        self.attempts += 1
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self.attempts = 0

@@ -1,4 +1,4 @@
-"""One backoff for every retry of the consumer: pure arithmetic, no I/O."""
+"""One backoff for every retry: pure arithmetic, no I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 class Backoff:
     """Exponential backoff with 'equal jitter': attempt n waits between d/2 and d,
-    d = min(cap, base * 2**n). Jitter spreads instances apart; the floor keeps growth certain."""
+    d = min(cap, base * 2**n). Jitter spreads clients apart; the floor keeps growth certain."""
 
     def __init__(self, base: float = 1.0, cap: float = 30.0, rng: random.Random | None = None):
         self.base = base
