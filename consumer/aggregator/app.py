@@ -119,8 +119,7 @@ class ConsumerLoop(ConsumerRebalanceListener):
         else:
             self.consumed_log.each(consumed)
         if self.catch_up.caught_up(self.positions.known_lag(self.accumulator.pending.next_offsets)):
-            log.info("Caught up with the backlog: flushing now")
-            self.flusher.next_flush = time.monotonic()
+            self.flusher.flush_soon("Caught up with the backlog")
 
     def reset(self) -> None:
         """After losing the Kafka client: forget everything unflushed and every position."""

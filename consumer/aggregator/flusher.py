@@ -78,6 +78,13 @@ class Flusher:
             self.backoff.reset()
             self.positions.resume_all()
 
+    def flush_soon(self, why: str) -> None:
+        """Flush at the loop's next turn rather than at the timer's, unless an outage's
+        backoff is running (that wait stands)."""
+        if self.store_down_since is None:
+            log.info("%s: flushing now", why)
+            self.next_flush = time.monotonic()
+
     def on_store_down(self, exc: StoreUnavailable) -> None:
         """Keep what is pending, stop reading more, and try again with backoff."""
         delay = self.backoff.next_delay()
