@@ -429,20 +429,6 @@ def wait_for_total(dsn: str, expected: int, timeout: float, consumers: Sequence[
         raise AssertionError(f"stored {total_events(dsn)} of {expected} events\n{logs}") from None
 
 
-def stats_columns(stats: Any) -> dict[str, Any]:
-    """The consumer's WindowStats under the column names expected_windows uses."""
-    return {
-        "event_count": stats.count,
-        "price_sum": stats.price_sum,
-        "min_value": stats.min,
-        "max_value": stats.max,
-        "open_value": stats.open,
-        "first_event_at": stats.open_time,
-        "close_value": stats.close,
-        "last_event_at": stats.close_time,
-    }
-
-
 @contextmanager
 def group_member(
     bootstrap: str, topic: str, group: str, until: Callable[[], object] | None = None

@@ -28,14 +28,13 @@ from aggregator.shared.contract import (
     DecodedEvent,
     decode_event,
 )
-from aggregator.windows import WINDOW_MS, WindowStats, window_start
+from aggregator.windows import STATISTICS, WINDOW_MS, WindowStats, column_values, window_start
 from tests.pipeline import (
     BASE_TIME_MS,
     LONG_PRICE,
     Event,
     expected_windows,
     random_stream,
-    stats_columns,
     tie_heavy_stream,
 )
 
@@ -54,17 +53,9 @@ def stats_of(events: list[Event]) -> WindowStats:
 
 
 def exactly(stats: WindowStats) -> tuple[Any, ...]:
-    """Every field, Decimals with their written form: 3.5 and 3.50 differ here."""
-    return (
-        stats.count,
-        str(stats.price_sum),
-        str(stats.min),
-        str(stats.max),
-        str(stats.open),
-        stats.open_time,
-        str(stats.close),
-        stats.close_time,
-    )
+    """Every statistic, Decimals with their written form: 3.5 and 3.50 differ here."""
+    values = (getattr(stats, s.field) for s in STATISTICS)
+    return tuple(str(v) if isinstance(v, Decimal) else v for v in values)
 
 
 # -- window_start ----------------------------------------------------------------------------
@@ -178,7 +169,7 @@ def test_window_stats_equal_the_offline_ground_truth() -> None:
                 windows[key].add(Decimal(e.price), e.event_time)
             else:
                 windows[key] = WindowStats.of(Decimal(e.price), e.event_time)
-        got = {key: stats_columns(stats) for key, stats in windows.items()}
+        got = {key: column_values(stats) for key, stats in windows.items()}
         assert got == expected_windows(events), f"seed {seed}"
 
 
@@ -362,7 +353,7 @@ def test_repeats_of_counted_identities_are_skipped() -> None:
     acc.process_batch(0, [record(i, e) for i, e in enumerate(sent)], NOW_MS)
     m = acc.pending.metrics
     assert (m.events, m.duplicate_events) == (len(a) + len(b), len(sent) - len(a) - len(b))
-    got = {key: stats_columns(stats) for key, stats in acc.pending.windows.deltas.items()}
+    got = {key: column_values(stats) for key, stats in acc.pending.windows.deltas.items()}
     assert got == expected_windows(a + b)
     assert acc.pending.advanced_marks() == [
         ("binance/BTCUSDT/r1", 5, "binance", 0),
@@ -444,7 +435,7 @@ def test_accumulated_windows_equal_the_offline_ground_truth() -> None:
             batch = [record(offset + i, e) for i, e in enumerate(events[offset : offset + size])]
             acc.process_batch(0, batch, NOW_MS)
             offset += size
-        got = {key: stats_columns(stats) for key, stats in acc.pending.windows.deltas.items()}
+        got = {key: column_values(stats) for key, stats in acc.pending.windows.deltas.items()}
         assert got == expected_windows(events), f"seed {seed}"
 
 

@@ -26,9 +26,11 @@ from aggregator.store import (
 )
 from aggregator.windows import (
     MERGE_INTO_ROW_SQL,
+    STATISTICS,
     WINDOW_MS,
     WindowKey,
     WindowStats,
+    column_values,
     merge_params,
     window_start,
 )
@@ -42,7 +44,6 @@ from tests.pipeline import (
     expected_windows,
     query,
     random_stream,
-    stats_columns,
     stored_windows,
     tie_heavy_stream,
 )
@@ -168,7 +169,7 @@ def test_flushes_merged_in_sql_equal_the_python_merge_and_the_ground_truth(store
             )
             stored_offset = offset
         stored = stored_windows(dsn)
-        python = {key: stats_columns(stats) for key, stats in window_deltas(events).items()}
+        python = {key: column_values(stats) for key, stats in window_deltas(events).items()}
         label = f"seed {seed}, flushes of {[len(f) for f in flushes]}"
         assert_rows_equal(stored, python, label)
         assert_rows_equal(stored, expected_windows(events), label)
@@ -185,7 +186,7 @@ def test_a_row_merged_with_a_delta_at_any_split_equals_the_whole(dsn):
             for seed in range(40):
                 rng = random.Random(seed)
                 events = tie_heavy_stream(rng, rng.randint(2, 16))
-                whole = {k: stats_columns(s) for k, s in window_deltas(events).items()}
+                whole = {k: column_values(s) for k, s in window_deltas(events).items()}
                 for split in range(1, len(events)):
                     cur.execute("DELETE FROM five_min_bitcoin_event")
                     cur.execute(MERGE_INTO_ROW_SQL, merge_params(window_deltas(events[:split])))
@@ -212,6 +213,22 @@ def test_equal_event_times_across_flushes_first_seen_opens_last_seen_closes(stor
     assert (row["open_value"], row["first_event_at"]) == (Decimal("9"), t - 1)
     assert (row["close_value"], row["last_event_at"]) == (Decimal("22"), t + 5)
     assert row["event_count"] == 6 and row["price_sum"] == Decimal("93")
+
+
+def test_every_declared_statistic_has_its_column_of_its_type(store, dsn):
+    """STATISTICS against the migrated table: a statistic declared without its migration, or
+    with another type, fails here (a flush would fail at run time)."""
+    types = dict(
+        query(
+            dsn,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'five_min_bitcoin_event'",
+        )
+    )
+    in_sql = {"timestamptz": "timestamp with time zone"}
+    for statistic in STATISTICS:
+        declared = in_sql.get(statistic.sql_type, statistic.sql_type)
+        assert types.get(statistic.column) == declared, statistic
 
 
 # -- one transaction, compare-and-set offsets ------------------------------------------------

@@ -27,6 +27,7 @@ from kafka.errors import (
 
 from aggregator.batch import Accumulator
 from aggregator.config import ConfigError, Settings, load_settings
+from aggregator.flusher import Flusher
 from aggregator.kafka_edge import (
     CatchUpWatch,
     KafkaUnresponsive,
@@ -35,11 +36,10 @@ from aggregator.kafka_edge import (
     new_consumer,
 )
 from aggregator.migrations import MigrationError
-from aggregator.report import ConsumedLog, report_flush
+from aggregator.report import ConsumedLog
 from aggregator.shared.backoff import Backoff
 from aggregator.shared.contract import DecodedEvent
 from aggregator.store import (
-    FlushContext,
     NotOwner,
     OffsetsMoved,
     Store,
@@ -55,7 +55,10 @@ EXIT_FAILED = 1  # stopped with work not written, or the database refused it
 CLOSE_TIMEOUT_MS = 5_000
 
 
-class Aggregator(ConsumerRebalanceListener):
+class ConsumerLoop(ConsumerRebalanceListener):
+    """Runs the loop: polls Kafka, folds the records into the Accumulator, has the Flusher
+    write them when the interval is up, and follows the group's rebalances."""
+
     def __init__(self, settings: Settings, store: Store, stop: threading.Event) -> None:
         self.settings = settings
         self.store = store
@@ -64,18 +67,13 @@ class Aggregator(ConsumerRebalanceListener):
         self.poller = SpinGuard(settings.bootstrap_servers)
         self.positions = Positions(settings.topic)
         self.accumulator = Accumulator()
+        self.flusher = Flusher(settings, store, self.accumulator, self.positions)
         self.catch_up = CatchUpWatch()
         self.consumed_log = ConsumedLog()
-        self.interval_started = time.monotonic()
-        self.next_flush = self.interval_started + settings.flush_interval
-        self.store_down_since: float | None = None
         self.was_assigned = False  # since the last reset: the Kafka client worked
-        self.backoff = Backoff(cap=10.0)  # PostgreSQL back: resume within seconds
         # Inside a rebalance callback the client sends no heartbeats: PostgreSQL must answer
         # well within the session timeout there, or the member is evicted.
         self.callback_timeout = settings.session_timeout_ms / 1000 / 3
-
-    # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> bool:
         """Consume until stopped. False if the final flush could not be written."""
@@ -92,9 +90,9 @@ class Aggregator(ConsumerRebalanceListener):
         try:
             while not self.stop.is_set():
                 self.poll_once()
-                if time.monotonic() >= self.next_flush:
-                    self.flush_on_timer()
-            return self.flush_final()
+                if time.monotonic() >= self.flusher.next_flush:
+                    self.flusher.flush_on_timer()
+            return self.flusher.flush_final()
         finally:
             # Revokes partitions (flushing again if anything is pending) and leaves the group;
             # bounded, for a broker that does not answer.
@@ -102,9 +100,9 @@ class Aggregator(ConsumerRebalanceListener):
             self.store.close()
 
     def poll_once(self) -> None:
-        timeout_ms = int(max(0.0, min(1.0, self.next_flush - time.monotonic())) * 1000)
-        if self.positions.unresolved:
-            self.resolve_positions()
+        timeout_ms = int(max(0.0, min(1.0, self.flusher.next_flush - time.monotonic())) * 1000)
+        if self.flusher.resolve_due():
+            self.flusher.resolve_positions()
         records = self.poller.poll(self.consumer, timeout_ms)
         self.consumed_log.summarise_if_due()
         if not records:
@@ -121,90 +119,13 @@ class Aggregator(ConsumerRebalanceListener):
         else:
             self.consumed_log.each(consumed)
         if self.catch_up.caught_up(self.positions.known_lag(self.accumulator.pending.next_offsets)):
-            log.info("Caught up with the backlog: flushing now")
-            self.next_flush = time.monotonic()
-
-    # -- flushing ---------------------------------------------------------------------------
-
-    def flush_on_timer(self) -> None:
-        try:
-            self.flush()
-        except StoreUnavailable as exc:
-            self.on_store_down(exc)
-            return
-        except OffsetsMoved as exc:
-            # Another member wrote our partitions' offsets, or our own last commit went through
-            # although its answer was lost: either way PostgreSQL holds the truth. Drop what is
-            # pending and carry on from the offsets stored there.
-            log.warning("%s", exc)
-            self.drop_pending()
-            self.positions.reread_all()
-            self.resolve_positions()
-        self.next_flush = time.monotonic() + self.settings.flush_interval
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Write what is pending in one transaction, then tell Kafka (for lag tooling)."""
-        pending = self.accumulator.pending
-        now = time.monotonic()
-        ctx = FlushContext(
-            group_id=self.settings.group_id,
-            topic=self.settings.topic,
-            instance_id=self.settings.instance_id,
-            interval_seconds=now - self.interval_started,
-            offset_lag=self.positions.lag(pending.next_offsets),
-            expected_offsets=dict(self.positions.stored),
-        )
-        duration_ms = self.store.write(pending, ctx, timeout)
-        self.accumulator.take()
-        self.interval_started = now
-        self.positions.advance(pending.next_offsets)
-        report_flush(pending, ctx, duration_ms)
-        if self.store_down_since is not None:
-            log.info(
-                "PostgreSQL is back after %.0f s: resuming consumption",
-                time.monotonic() - self.store_down_since,
-            )
-            self.store_down_since = None
-            self.backoff.reset()
-            self.positions.resume_all()
-
-    def on_store_down(self, exc: StoreUnavailable) -> None:
-        """Keep what is pending, stop reading more, and try again with backoff."""
-        delay = self.backoff.next_delay()
-        if self.store_down_since is None:
-            self.store_down_since = time.monotonic()
-            self.positions.pause_all()
-        log.error(
-            "PostgreSQL unavailable (%s): consumption paused, %d events held; retrying in %.1f s",
-            exc,
-            self.accumulator.pending.metrics.events,
-            delay,
-        )
-        self.next_flush = time.monotonic() + delay
-
-    def flush_final(self) -> bool:
-        """The flush before exit. False if it could not be written (they are read again)."""
-        try:
-            self.flush()
-            return True
-        except (StoreUnavailable, OffsetsMoved) as exc:
-            log.error(
-                "Final flush failed (%s): %d unflushed events will be read again on restart",
-                exc,
-                self.accumulator.pending.metrics.events,
-            )
-            self.drop_pending()
-            return False
-
-    def drop_pending(self) -> None:
-        """Forget unflushed state and rewind to where it began, so it is read again."""
-        self.positions.rewind(self.accumulator.discard().first_offsets)
+            self.flusher.flush_soon("Caught up with the backlog")
 
     def reset(self) -> None:
         """After losing the Kafka client: forget everything unflushed and every position."""
         self.accumulator.discard()
         self.positions.clear()
-        self.store_down_since = None
+        self.flusher.forget_outage()
         self.was_assigned = False
 
     # -- rebalancing (runs on kafka-python's IO loop, which also sends heartbeats) ----------
@@ -215,10 +136,10 @@ class Aggregator(ConsumerRebalanceListener):
         next owner reads those events again from the stored offsets."""
         if not self.accumulator.pending.is_empty():
             try:
-                self.flush(self.callback_timeout)
+                self.flusher.flush(self.callback_timeout)
             except (StoreUnavailable, OffsetsMoved) as exc:
                 log.warning("Could not flush before rebalance (%s): dropping unflushed state", exc)
-                self.drop_pending()
+                self.flusher.drop_pending()
         self.positions.forget(tp.partition for tp in revoked)
 
     def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
@@ -226,7 +147,7 @@ class Aggregator(ConsumerRebalanceListener):
         log.warning(
             "Lost partitions %s: dropping unflushed state", sorted(tp.partition for tp in lost)
         )
-        self.drop_pending()
+        self.flusher.drop_pending()
         self.positions.forget(tp.partition for tp in lost)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -234,25 +155,7 @@ class Aggregator(ConsumerRebalanceListener):
         log.info("Assigned partitions %s of %s", partitions, self.settings.topic)
         self.positions.assigned(partitions)
         self.was_assigned = True
-        self.resolve_positions(self.callback_timeout)
-
-    def resolve_positions(self, timeout: float | None = None) -> None:
-        """Start each new partition at its offset stored in PostgreSQL (Positions.start_at),
-        with the streams' marks as they are there now. Until PostgreSQL answers, the new
-        partitions stay paused."""
-        partitions = sorted(self.positions.unresolved)
-        try:
-            stored = self.store.stored_offsets(
-                self.settings.group_id, self.settings.topic, partitions, timeout
-            )
-            # The new partitions' streams may have advanced under another member.
-            self.accumulator.load_marks(self.store.stream_marks(timeout))
-        except StoreUnavailable as exc:
-            log.error("PostgreSQL unavailable (%s): assigned partitions wait", exc)
-            self.positions.hold_unresolved()
-            return
-        starts = self.positions.start_at(stored, resume=self.store_down_since is None)
-        log.info("Resuming from stored offsets %s", starts)
+        self.flusher.resolve_positions(self.callback_timeout)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -333,15 +236,15 @@ def tune_garbage_collector() -> None:
 
 
 def consume(settings: Settings, store: Store, stop: threading.Event) -> int:
-    """Run the aggregator, recreating the Kafka client after transient failures; the exit code."""
+    """Run the loop, recreating the Kafka client after transient failures; the exit code."""
     tune_garbage_collector()
-    aggregator = Aggregator(settings, store, stop)
+    loop = ConsumerLoop(settings, store, stop)
     backoff = Backoff(cap=15.0)  # with the 5 s bootstrap: consuming again within 20 s
     while not stop.is_set():
         try:
-            return 0 if aggregator.run() else EXIT_FAILED
+            return 0 if loop.run() else EXIT_FAILED
         except KafkaError as exc:
-            if aggregator.was_assigned:
+            if loop.was_assigned:
                 backoff.reset()  # it worked for a while: a new outage starts with short waits
             cause = root_cause(exc)
             if not isinstance(cause, KafkaError):
@@ -359,7 +262,7 @@ def consume(settings: Settings, store: Store, stop: threading.Event) -> int:
                 describe(cause),
                 delay,
             )
-            aggregator.reset()
+            loop.reset()
             stop.wait(delay)
     return 0
 

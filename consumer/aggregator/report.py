@@ -1,5 +1,5 @@
-"""What the consumer prints: `Consumed:`, `Flushed:` and `Metrics:` lines, as the original did,
-summarised when there are too many to read."""
+"""What the consumer prints: a `Consumed:` line per message, a `Flushed:` line per window and
+a `Metrics:` line per flush, summarised when there are too many to read."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from decimal import Decimal
 
 from aggregator.batch import PendingFlush
 from aggregator.shared.contract import DecodedEvent
-from aggregator.store import FlushContext
 from aggregator.windows import WindowStats
 
 log = logging.getLogger("consumer")
@@ -69,7 +68,7 @@ def _window_line(symbol: str, start_ms: int, stats: WindowStats) -> str:
     )
 
 
-def report_flush(pending: PendingFlush, ctx: FlushContext, duration_ms: float) -> None:
+def report_flush(pending: PendingFlush, duration_ms: float) -> None:
     deltas = pending.windows.deltas
     if len(deltas) <= PER_WINDOW_LIMIT:
         for (symbol, start), stats in sorted(deltas.items()):

@@ -126,20 +126,19 @@ def _answer_within(seconds: float):
         _deadline.at = None
 
 
-class Store:
-    def __init__(
-        self, dsn: str, migrations_dir: Path, answer_timeout: float = ANSWER_TIMEOUT_SECONDS
-    ) -> None:
+class Connection:
+    """One connection to PostgreSQL, opened on demand: every call answered within a deadline,
+    every failure sorted into what the caller can do (the three errors above)."""
+
+    def __init__(self, dsn: str, answer_timeout: float) -> None:
         self.dsn = dsn
-        self.migrations_dir = migrations_dir
         self.answer_timeout = answer_timeout
-        self._pruned_at: float | None = None
         self.started = False  # after the first success, a host name failing to resolve is DNS
         self._conn: psycopg2.extensions.connection | None = None
         psycopg2.extensions.set_wait_callback(_wait_until_deadline)
 
     @contextlib.contextmanager
-    def _call(self, timeout: float | None = None):
+    def call(self, timeout: float | None = None):
         """One store call: a connection, a deadline, and errors sorted by what can be done."""
         with _answer_within(timeout or self.answer_timeout):
             try:
@@ -150,7 +149,7 @@ class Store:
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 raise self._fail(exc) from None
             except psycopg2.Error as exc:
-                self._drop_connection()
+                self.close()
                 raise StoreFailed(_describe(exc)) from None
 
     def _connection(self) -> psycopg2.extensions.connection:
@@ -170,16 +169,28 @@ class Store:
         return self._conn
 
     def _fail(self, exc: Exception) -> StoreUnavailable:
-        """Close a connection that failed: the next call reconnects."""
-        self._drop_connection()
+        """The error of a failed connection, closed: the next call reconnects."""
+        self.close()
         missed = getattr(_deadline, "missed", None)
         return StoreUnavailable(f"{missed} (server hung?)" if missed else _one_line(exc))
 
-    def _drop_connection(self) -> None:
+    def close(self) -> None:
+        """Close the connection (also one that failed): the next call reconnects."""
         if self._conn is not None:
             with contextlib.suppress(psycopg2.Error):
                 self._conn.close()
         self._conn = None
+
+
+class Store:
+    """The consumer's work in PostgreSQL, each method one transaction over one Connection."""
+
+    def __init__(
+        self, dsn: str, migrations_dir: Path, answer_timeout: float = ANSWER_TIMEOUT_SECONDS
+    ) -> None:
+        self.migrations_dir = migrations_dir
+        self._db = Connection(dsn, answer_timeout)
+        self._pruned_at: float | None = None
 
     def migrate(self) -> list[str]:
         """Apply the migrations this database has not had, in order, in one transaction under
@@ -188,7 +199,11 @@ class Store:
         migrations = migrations_in(self.migrations_dir)
         # A long migration may take longer than a flush: the server's statement_timeout and
         # a generous deadline still bound it.
-        with self._call(timeout=max(60.0, self.answer_timeout)) as conn, conn, conn.cursor() as cur:
+        with (
+            self._db.call(timeout=max(60.0, self._db.answer_timeout)) as conn,
+            conn,
+            conn.cursor() as cur,
+        ):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
             cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
             applied: set[int] = set()
@@ -214,7 +229,7 @@ class Store:
 
     def claim(self, group_id: str) -> None:
         """Become the owning group of empty tables; raise NotOwner if another group owns them."""
-        with self._call() as conn, conn, conn.cursor() as cur:
+        with self._db.call() as conn, conn, conn.cursor() as cur:
             cur.execute(
                 "INSERT INTO table_owner (group_id) VALUES (%s) ON CONFLICT DO NOTHING",
                 (group_id,),
@@ -229,7 +244,7 @@ class Store:
         transaction: the new group continues exactly where the old one stopped. The marks
         belong to the tables, not to a group, so they stay as they are. Returns the previous
         owner and how many partition offsets moved."""
-        with self._call() as conn, conn, conn.cursor() as cur:
+        with self._db.call() as conn, conn, conn.cursor() as cur:
             cur.execute("SELECT group_id FROM table_owner FOR UPDATE")
             row = cur.fetchone()
             previous = row[0] if row else None
@@ -254,14 +269,14 @@ class Store:
 
     def stream_marks(self, timeout: float | None = None) -> dict[str, int]:
         """Every stream's high-water mark: what the tables have counted."""
-        with self._call(timeout) as conn, conn, conn.cursor() as cur:
+        with self._db.call(timeout) as conn, conn, conn.cursor() as cur:
             cur.execute("SELECT stream, last_seq FROM stream_marks")
             return dict(cur.fetchall())
 
     def stored_offsets(
         self, group_id: str, topic: str, partitions: list[int], timeout: float | None = None
     ) -> dict[int, int]:
-        with self._call(timeout) as conn, conn, conn.cursor() as cur:
+        with self._db.call(timeout) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT partition, next_offset FROM consumer_offsets "
                 "WHERE group_id = %s AND topic = %s AND partition = ANY(%s)",
@@ -279,7 +294,7 @@ class Store:
         (drop the pending state), NotOwner or StoreFailed; in every case nothing was written.
         """
         started = time.perf_counter()
-        with self._call(timeout) as conn, conn, conn.cursor() as cur:
+        with self._db.call(timeout) as conn, conn, conn.cursor() as cur:
             _check_owner(cur, ctx.group_id)  # waits for a take-over in progress
             _advance_offsets(cur, pending, ctx)  # it locks the rows that fence us
             marks = pending.advanced_marks()
@@ -303,9 +318,7 @@ class Store:
         return True
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self._db.close()
 
 
 def _check_owner(cur: psycopg2.extensions.cursor, group_id: str) -> None:

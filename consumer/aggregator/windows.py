@@ -1,8 +1,10 @@
 """5-minute tumbling windows on event time: the heart of the exactness. Pure, no I/O.
 
-A window's statistics are a mergeable value (count, sum, min, max, first, last). Events merge
-into a delta in memory (`WindowStats.merge`); at a flush the delta merges into its row in
-PostgreSQL (`MERGE_INTO_ROW_SQL`) by the same rules, written side by side below:
+A window's statistics are a mergeable value. Events merge into a delta in memory
+(`WindowStats`); at a flush the delta merges into its row of five_min_bitcoin_event
+(`MERGE_INTO_ROW_SQL`). Each statistic is declared once, in STATISTICS: its field, its column
+and its merge, in Python and in SQL one line apart, over the same two operands: `t` the row
+(earlier events) and `d` the delta (later events; EXCLUDED in SQL). The rules:
 
     count, sum   add
     min, max     take the extreme
@@ -12,12 +14,19 @@ PostgreSQL (`MERGE_INTO_ROW_SQL`) by the same rules, written side by side below:
 "Already held" is always earlier in the stream: the row holds flushed events, the delta the
 ones read after them, and within a delta events merge in offset order. So open/close on equal
 event times follow the order of the partition, which a replay after a crash repeats exactly.
+
+The SQL statement and its parameters are derived from STATISTICS. A new statistic is its
+field in WindowStats (with `of` and `add`), its line in STATISTICS, a migration adding its
+column, and its offline truth in tests/pipeline.py: README, "Adding a statistic or a column".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from decimal import Context, Decimal
+from operator import attrgetter
+from typing import Any
 
 WINDOW_MS = 5 * 60 * 1000
 # Sums must stay exact: the default context (28 digits) would round them, and the contract
@@ -32,6 +41,8 @@ def window_start(event_time_ms: int) -> int:
 
 @dataclass(slots=True)
 class WindowStats:
+    """One window's statistics: a field per line of STATISTICS, in the same order."""
+
     count: int
     price_sum: Decimal
     min: Decimal
@@ -45,19 +56,9 @@ class WindowStats:
     def of(cls, price: Decimal, event_time: int) -> WindowStats:
         return cls(1, price, price, price, price, event_time, price, event_time)
 
-    def merge(self, later: WindowStats) -> None:
-        """Fold in statistics of events that came after ours in the stream."""
-        self.count += later.count
-        self.price_sum = EXACT.add(self.price_sum, later.price_sum)
-        self.min = min(self.min, later.min)
-        self.max = max(self.max, later.max)
-        if later.open_time < self.open_time:
-            self.open, self.open_time = later.open, later.open_time
-        if later.close_time >= self.close_time:
-            self.close, self.close_time = later.close, later.close_time
-
     def add(self, price: Decimal, event_time: int) -> None:
-        """merge(WindowStats.of(price, event_time)) without building the object (hot path)."""
+        """merge(WindowStats.of(price, event_time)), written out: it runs for every message
+        (tests hold it to `merge`)."""
         self.count += 1
         self.price_sum = EXACT.add(self.price_sum, price)
         if price < self.min:
@@ -69,60 +70,125 @@ class WindowStats:
         if event_time >= self.close_time:
             self.close, self.close_time = price, event_time
 
+    def merge(self, later: WindowStats) -> None:
+        """Fold in statistics of events that came after ours in the stream: each statistic's
+        Python merge, all from the values before it (as SQL's SET reads the old row)."""
+        merged = [statistic.merge(self, later) for statistic in STATISTICS]
+        for statistic, value in zip(STATISTICS, merged, strict=True):
+            setattr(self, statistic.field, value)
 
-# The same merge in SQL: `t` is the row (earlier events), EXCLUDED the delta (later events).
-# The delta comes in as arrays, one element per window, sorted by key so that concurrent
-# flushes lock rows in the same order.
-MERGE_INTO_ROW_SQL = """
-INSERT INTO five_min_bitcoin_event AS t (
-    symbol, five_min_start, five_min_end, event_count, price_sum, min_value, max_value,
-    open_value, first_event_at, close_value, last_event_at, updated_at)
-SELECT d.symbol,
-       to_timestamp(0) + d.start_ms * interval '1 millisecond',
-       to_timestamp(0) + (d.start_ms + %(window_ms)s) * interval '1 millisecond',
-       d.count, d.price_sum, d.min, d.max,
-       d.open, to_timestamp(0) + d.open_ms * interval '1 millisecond',
-       d.close, to_timestamp(0) + d.close_ms * interval '1 millisecond',
-       now()
-FROM unnest(%(symbol)s::text[], %(start_ms)s::bigint[], %(count)s::bigint[],
-            %(price_sum)s::numeric[], %(min)s::numeric[], %(max)s::numeric[],
-            %(open)s::numeric[], %(open_ms)s::bigint[], %(close)s::numeric[],
-            %(close_ms)s::bigint[])
-     AS d(symbol, start_ms, count, price_sum, min, max, open, open_ms, close, close_ms)
-ON CONFLICT (symbol, five_min_start) DO UPDATE SET
-    event_count    = t.event_count + EXCLUDED.event_count,
-    price_sum      = t.price_sum + EXCLUDED.price_sum,
-    min_value      = LEAST(t.min_value, EXCLUDED.min_value),
-    max_value      = GREATEST(t.max_value, EXCLUDED.max_value),
-    open_value     = CASE WHEN EXCLUDED.first_event_at < t.first_event_at
-                          THEN EXCLUDED.open_value ELSE t.open_value END,
-    first_event_at = LEAST(t.first_event_at, EXCLUDED.first_event_at),
-    close_value    = CASE WHEN EXCLUDED.last_event_at >= t.last_event_at
-                          THEN EXCLUDED.close_value ELSE t.close_value END,
-    last_event_at  = GREATEST(t.last_event_at, EXCLUDED.last_event_at),
-    updated_at     = now()
-"""
+
+@dataclass(frozen=True, slots=True)
+class Statistic:
+    field: str  # of WindowStats
+    column: str  # of five_min_bitcoin_event
+    sql_type: str  # of the column: bigint, numeric, or timestamptz (epoch ms in WindowStats)
+    merge: Callable[[Any, Any], Any]  # (t, d) -> the merged value
+    sql_merge: str  # the same rule over the row t and the delta EXCLUDED
+
+
+# fmt: off
+STATISTICS = (
+    # field, column, SQL type
+    #     the Python merge: t the row (earlier events), d the delta (later events)
+    #     the SQL merge, the same rule: t the row, EXCLUDED the delta
+    Statistic("count", "event_count", "bigint",
+        lambda t, d: t.count + d.count,
+        "t.event_count + EXCLUDED.event_count"),
+    Statistic("price_sum", "price_sum", "numeric",
+        lambda t, d: EXACT.add(t.price_sum, d.price_sum),
+        "t.price_sum + EXCLUDED.price_sum"),  # numeric: exact in SQL
+    Statistic("min", "min_value", "numeric",
+        lambda t, d: min(t.min, d.min),
+        "LEAST(t.min_value, EXCLUDED.min_value)"),
+    Statistic("max", "max_value", "numeric",
+        lambda t, d: max(t.max, d.max),
+        "GREATEST(t.max_value, EXCLUDED.max_value)"),
+    Statistic("open", "open_value", "numeric",
+        lambda t, d: d.open if d.open_time < t.open_time else t.open,
+        "CASE WHEN EXCLUDED.first_event_at < t.first_event_at"
+        " THEN EXCLUDED.open_value ELSE t.open_value END"),
+    Statistic("open_time", "first_event_at", "timestamptz",
+        lambda t, d: min(t.open_time, d.open_time),
+        "LEAST(t.first_event_at, EXCLUDED.first_event_at)"),
+    Statistic("close", "close_value", "numeric",
+        lambda t, d: d.close if d.close_time >= t.close_time else t.close,
+        "CASE WHEN EXCLUDED.last_event_at >= t.last_event_at"
+        " THEN EXCLUDED.close_value ELSE t.close_value END"),
+    Statistic("close_time", "last_event_at", "timestamptz",
+        lambda t, d: max(t.close_time, d.close_time),
+        "GREATEST(t.last_event_at, EXCLUDED.last_event_at)"),
+)
+# fmt: on
+
+if [f.name for f in fields(WindowStats)] != [s.field for s in STATISTICS]:  # pragma: no cover
+    raise TypeError("WindowStats' fields and STATISTICS must list the same statistics in order")
+
+COLUMNS = tuple(s.column for s in STATISTICS)
+
+
+def _from_epoch_ms(ms: str) -> str:
+    return f"to_timestamp(0) + {ms} * interval '1 millisecond'"
+
+
+def _delta_value(statistic: Statistic) -> str:
+    """The delta's value of a statistic as its column takes it (times travel as epoch ms)."""
+    value = f"d.{statistic.field}"
+    return _from_epoch_ms(value) if statistic.sql_type == "timestamptz" else value
+
+
+def _array_type(statistic: Statistic) -> str:
+    return "bigint" if statistic.sql_type == "timestamptz" else statistic.sql_type
+
+
+def _merge_into_row_sql() -> str:
+    columns = ", ".join(COLUMNS)
+    values = ",\n       ".join(_delta_value(s) for s in STATISTICS)
+    arrays = ", ".join(f"%({s.field})s::{_array_type(s)}[]" for s in STATISTICS)
+    names = ", ".join(s.field for s in STATISTICS)
+    merges = "".join(f"    {s.column} = {s.sql_merge},\n" for s in STATISTICS)
+    return (
+        f"INSERT INTO five_min_bitcoin_event AS t (\n"
+        f"    symbol, five_min_start, five_min_end, {columns}, updated_at)\n"
+        f"SELECT d.symbol, {_from_epoch_ms('d.start_ms')},\n"
+        f"       {_from_epoch_ms('(d.start_ms + %(window_ms)s)')},\n"
+        f"       {values},\n"
+        f"       now()\n"
+        f"FROM unnest(%(symbol)s::text[], %(start_ms)s::bigint[], {arrays})\n"
+        f"     AS d(symbol, start_ms, {names})\n"
+        f"ON CONFLICT (symbol, five_min_start) DO UPDATE SET\n"
+        f"{merges}"
+        f"    updated_at = now()\n"
+    )
+
+
+# The SQL merge of STATISTICS. The delta comes in as arrays, one element per window, sorted
+# by key so that concurrent flushes lock rows in the same order. In SET every expression reads
+# the row as it was before the statement, like `merge` above.
+MERGE_INTO_ROW_SQL = _merge_into_row_sql()
 
 WindowKey = tuple[str, int]  # (symbol, window start in epoch ms)
+
+_FIELD_VALUES = tuple((s.field, attrgetter(s.field)) for s in STATISTICS)
 
 
 def merge_params(deltas: dict[WindowKey, WindowStats]) -> dict[str, list[object] | int]:
     """The deltas as the column arrays MERGE_INTO_ROW_SQL takes, in key order."""
     keys = sorted(deltas)
     stats = [deltas[key] for key in keys]
-    return {
+    params: dict[str, list[object] | int] = {
         "window_ms": WINDOW_MS,
         "symbol": [symbol for symbol, _ in keys],
         "start_ms": [start for _, start in keys],
-        "count": [s.count for s in stats],
-        "price_sum": [s.price_sum for s in stats],
-        "min": [s.min for s in stats],
-        "max": [s.max for s in stats],
-        "open": [s.open for s in stats],
-        "open_ms": [s.open_time for s in stats],
-        "close": [s.close for s in stats],
-        "close_ms": [s.close_time for s in stats],
     }
+    for field, value_of in _FIELD_VALUES:
+        params[field] = list(map(value_of, stats))
+    return params
+
+
+def column_values(stats: WindowStats) -> dict[str, Any]:
+    """The statistics under their column names (times as epoch ms)."""
+    return {s.column: getattr(stats, s.field) for s in STATISTICS}
 
 
 class WindowDeltas:
