@@ -1,5 +1,6 @@
-"""Helpers for end-to-end tests and the benchmark: known event streams, their ground truth
-computed offline with Decimal (independently of the consumer's code), and table readers."""
+"""Helpers shared by the tests: known event streams, their ground truth computed offline with
+Decimal (independently of the consumer's code; the consumer's own Python merge sits beside it,
+to be held to it), table readers, and publishing to and reading from Kafka."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from aggregator.windows import WindowKey, WindowStats, window_start
 from tests.harness import PostgresServer, TansuBroker
 from tests.harness.net import wait_until
 from tests.harness.scripts import Script
@@ -187,6 +189,19 @@ def _windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
         if e.event_time >= w["last_event_at"]:
             w["close_value"], w["last_event_at"] = price, e.event_time
     return windows
+
+
+def window_deltas(events: Iterable[Event]) -> dict[WindowKey, WindowStats]:
+    """The consumer's Python merge (aggregator.windows): events folded in stream order, per
+    (symbol, window), for the tests that hold it to expected_windows and to the SQL merge."""
+    deltas: dict[WindowKey, WindowStats] = {}
+    for e in events:
+        key = (e.symbol, window_start(e.event_time))
+        if key in deltas:
+            deltas[key].add(Decimal(e.price), e.event_time)
+        else:
+            deltas[key] = WindowStats.of(Decimal(e.price), e.event_time)
+    return deltas
 
 
 def stored_windows(dsn: str) -> dict[tuple[str, int], dict[str, Any]]:

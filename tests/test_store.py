@@ -46,6 +46,7 @@ from tests.pipeline import (
     random_stream,
     stored_windows,
     tie_heavy_stream,
+    window_deltas,
 )
 
 GROUP, TOPIC = "test-group", "btc_price"
@@ -72,18 +73,6 @@ def ready_store(dsn: str, group: str = GROUP) -> Store:
 
 
 # -- building flushes ------------------------------------------------------------------------
-
-
-def window_deltas(events: list[Event]) -> dict[WindowKey, WindowStats]:
-    """The Python merge: events folded in stream order, per (symbol, window)."""
-    deltas: dict[WindowKey, WindowStats] = {}
-    for e in events:
-        key = (e.symbol, window_start(e.event_time))
-        if key in deltas:
-            deltas[key].add(Decimal(e.price), e.event_time)
-        else:
-            deltas[key] = WindowStats.of(Decimal(e.price), e.event_time)
-    return deltas
 
 
 def pending_flush(
