@@ -23,7 +23,7 @@ START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, in the µs of recent s
 
 def write_agg_trades(path: Path, count: int, seed: int = 7) -> None:
     """`count` aggregate trades, about 30 per second, prices around 43,000.00 USDT moving in
-    cents. Like Binance's own BTCUSDT aggTrades (shared/binance-data), about 40 % of trades
+    cents. Like Binance's own BTCUSDT aggTrades files (data.binance.vision), about 40 % of trades
     are at the previous trade's price."""
     rng = random.Random(seed)
     cents, time_us = 4_300_000, START_US

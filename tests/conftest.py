@@ -20,9 +20,22 @@ for folder in ("producer", "consumer"):
 
 from aggregator.config import DEFAULT_MIGRATIONS  # noqa: E402
 from aggregator.store import Store  # noqa: E402
-from tests.harness import PostgresServer, TansuBroker  # noqa: E402
+from tests.harness import FakeBinance, PostgresServer, TansuBroker  # noqa: E402
+from tests.producer_runs import BTC, ETH  # noqa: E402
+
+# The Grafana tests' fixtures (databases read as grafana_reader, pipeline runs).
+pytest_plugins = ["tests.grafana.fixtures"]
 
 _names = itertools.count()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Said at the top of every run: whether the tests on real Binance files will run."""
+    from tests.pipeline import MISSING_SAMPLES, SAMPLES_MISSING, SHARED_DATA
+
+    if MISSING_SAMPLES:
+        return f"Binance sample files: the tests on them will be SKIPPED: {SAMPLES_MISSING}."
+    return f"Binance sample files: {SHARED_DATA}"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +48,13 @@ def broker() -> Iterator[TansuBroker]:
 def postgres() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def binance() -> Iterator[FakeBinance]:
+    """A fake Binance answering BTCUSDT and ETHUSDT at tests.producer_runs' BTC and ETH."""
+    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as fake:
+        yield fake
 
 
 @pytest.fixture

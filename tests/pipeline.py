@@ -1,10 +1,14 @@
-"""Helpers for end-to-end tests and the benchmark: known event streams, their ground truth
-computed offline with Decimal (independently of the consumer's code), and table readers."""
+"""Helpers shared by the tests: known event streams, their ground truth computed offline with
+Decimal (independently of the consumer's code; the consumer's own Python merge sits beside it,
+to be held to it), table readers, and publishing to and reading from Kafka."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import itertools
 import json
+import os
 import random
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,14 +23,34 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from aggregator.windows import WindowKey, WindowStats, window_start
 from tests.harness import PostgresServer, TansuBroker
 from tests.harness.net import wait_until
 from tests.harness.scripts import Script
 
 WINDOW_MS = 300_000
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "binance-data"
+
+# Real files of Binance's public data (data.binance.vision: daily spot klines in ms and in µs,
+# the first 5,000 lines of a daily aggTrades file), for the tests that read real files. The
+# project does not ship them: Binance states no licence for its data files. The tests look in
+# BINANCE_SAMPLE_DIR, else in ../shared/binance-data/ beside the checkout, and skip saying so.
+SHARED_DATA = Path(
+    os.environ.get("BINANCE_SAMPLE_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "binance-data"
+)
+SAMPLE_FILES = (
+    "BTCUSDT-1m-2020-01-01.csv",
+    "BTCUSDT-1h-2026-05-08.csv",
+    "BTCUSDT-aggTrades-2026-01-01.head5000.csv",
+)
+MISSING_SAMPLES = [name for name in SAMPLE_FILES if not (SHARED_DATA / name).is_file()]
+SAMPLES_MISSING = (
+    f"real Binance files {', '.join(MISSING_SAMPLES)} missing from {SHARED_DATA}. "
+    "The project does not ship Binance's public data files (their licence is not stated); "
+    "set BINANCE_SAMPLE_DIR to a folder holding them"
+)
 needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real Binance sample files not found in {SHARED_DATA}"
+    bool(MISSING_SAMPLES), reason=f"NOT RUN: {SAMPLES_MISSING} to run this test."
 )
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: old but valid history
 
@@ -114,6 +138,22 @@ def tie_heavy_stream(rng: random.Random, count: int, windows: int = 3) -> list[E
     return events
 
 
+def truth_from_csv(path: Path) -> list[Event]:
+    """The events a replay of this file must produce, read independently of the producer:
+    klines at their close (column 6) with their close price (column 4); trades at their time
+    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms. Identity: the
+    file's stream (SHA-256 of its bytes) and the line number."""
+    symbol = path.name.split("-")[0]
+    stream = f"replay/{symbol}/{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}"
+    events = []
+    with path.open(newline="") as rows:
+        for line, row in enumerate(csv.reader(rows), start=1):
+            price, raw_time = (row[4], row[6]) if len(row) == 12 else (row[1], row[5])
+            time_ms = int(raw_time) // 1000 if int(raw_time) >= 10**15 else int(raw_time)
+            events.append(Event(symbol, price, time_ms, "replay", stream, line))
+    return events
+
+
 def expected_windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
     """Every column of five_min_bitcoin_event, computed offline. `events` in stream order per
     symbol: on equal event times the first seen opens and the last seen closes. Sums are
@@ -149,6 +189,19 @@ def _windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
         if e.event_time >= w["last_event_at"]:
             w["close_value"], w["last_event_at"] = price, e.event_time
     return windows
+
+
+def window_deltas(events: Iterable[Event]) -> dict[WindowKey, WindowStats]:
+    """The consumer's Python merge (aggregator.windows): events folded in stream order, per
+    (symbol, window), for the tests that hold it to expected_windows and to the SQL merge."""
+    deltas: dict[WindowKey, WindowStats] = {}
+    for e in events:
+        key = (e.symbol, window_start(e.event_time))
+        if key in deltas:
+            deltas[key].add(Decimal(e.price), e.event_time)
+        else:
+            deltas[key] = WindowStats.of(Decimal(e.price), e.event_time)
+    return deltas
 
 
 def stored_windows(dsn: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -224,7 +277,8 @@ def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...
     return rows
 
 
-def execute(dsn: str, sql: str, params: Sequence[Any] = ()) -> None:
+def execute(dsn: str, sql: str, params: Sequence[Any] | None = None) -> None:
+    """One statement (or a script: without params nothing is %-formatted), committed."""
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
     conn.close()

@@ -4,12 +4,16 @@ producer.py sends for the same file, and its ground truth is the windows' own ar
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 from bench.data import agg_trades, file_windows, write_agg_trades
 from bench.throughput import replay_messages
 from pricefeed.replay_files import detect_layout, read_events
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bare_producer_messages_are_what_producer_py_sends(tmp_path: Path) -> None:
@@ -39,3 +43,20 @@ def test_file_windows_follow_the_window_rules(tmp_path: Path) -> None:
     assert (first.open, first.open_ms) == (Decimal("3.5"), start)  # ties: the first opens
     assert (first.close, first.close_ms) == (Decimal(4), start + 299_999)  # the last closes
     assert windows["BTCUSDT", start + 300_000].count == 1
+
+
+def test_the_bench_imports_the_harness_and_nothing_else_of_the_tests() -> None:
+    """The bench runs the scripts against the harness's servers, and needs neither a test
+    module nor pytest: what its modules import, transitively, in a fresh interpreter."""
+    modules = ["bench.throughput", "bench.identity_cost", "bench.data"]  # quix_peer: optional
+    probe = (
+        f"import sys, {', '.join(modules)}; "
+        "print(' '.join(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('pytest', '_pytest', 'tests'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = result.stdout.split()
+    assert "tests.harness" in loaded  # the probe sees the bench's imports
+    assert [m for m in loaded if m != "tests" and not m.startswith("tests.harness")] == []

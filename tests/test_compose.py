@@ -52,7 +52,7 @@ PINNED_IMAGES = {
     # The major version's moving tag (each 15.x minor release, with its security fixes) on a
     # fixed Debian release (glibc collations stay those the volume's indexes were built with).
     "postgres": r"postgres:15-bookworm",
-    # tests/grafana_sql.py and tests/test_grafana_upstream.py cite this exact version.
+    # tests/grafana/sql.py and tests/test_grafana_upstream.py cite this exact version.
     "grafana": r"grafana/grafana:12\.0\.2",
 }
 DATA_VOLUMES = {

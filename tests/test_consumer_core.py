@@ -36,6 +36,7 @@ from tests.pipeline import (
     expected_windows,
     random_stream,
     tie_heavy_stream,
+    window_deltas,
 )
 
 NOW_MS = BASE_TIME_MS + 10 * WINDOW_MS  # "now" for validation: after every test event
@@ -162,14 +163,7 @@ def test_window_stats_equal_the_offline_ground_truth() -> None:
     for seed in range(300):
         rng = random.Random(seed)
         events = tie_heavy_stream(rng, rng.randint(1, 60))
-        windows: dict[tuple[str, int], WindowStats] = {}
-        for e in events:
-            key = (e.symbol, window_start(e.event_time))
-            if key in windows:
-                windows[key].add(Decimal(e.price), e.event_time)
-            else:
-                windows[key] = WindowStats.of(Decimal(e.price), e.event_time)
-        got = {key: column_values(stats) for key, stats in windows.items()}
+        got = {key: column_values(stats) for key, stats in window_deltas(events).items()}
         assert got == expected_windows(events), f"seed {seed}"
 
 

@@ -29,11 +29,11 @@ from tests.pipeline import (
     random_stream,
     start_consumer,
     total_events,
+    truth_from_csv,
     wait_for_total,
     wait_until_all_read,
 )
-from tests.test_producer import BTC, ETH, printed, producer_args, stop_cleanly
-from tests.test_replay import truth_from_csv
+from tests.producer_runs import BTC, ETH, printed, producer_args, stop_cleanly
 
 AGG_TRADES = SHARED_DATA / "BTCUSDT-aggTrades-2026-01-01.head5000.csv"
 KLINES = SHARED_DATA / "BTCUSDT-1m-2020-01-01.csv"

@@ -8,27 +8,20 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
 
 from tests.harness import FakeBinance, Fault, wait_until
 from tests.harness.fake_binance import MISSING, RESTRICTED_LOCATION_BODY
+from tests.producer_runs import BTC, ETH  # the prices of the `binance` fixture
 
 TICKER = "/api/v3/ticker/price"
-BTC, ETH = "43250.75000000", "2250.10000000"
 JSON_TYPE = "application/json;charset=UTF-8"
 ILLEGAL_SYMBOLS_MSG = (
     "Illegal characters found in parameter 'symbols'; legal range is "
     """'^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'."""
 )
-
-
-@pytest.fixture
-def binance() -> Iterator[FakeBinance]:
-    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as fake:
-        yield fake
 
 
 def get(fake: FakeBinance, path: str, timeout: float = 5, **params: str) -> requests.Response:

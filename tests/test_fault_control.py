@@ -10,21 +10,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 import requests
 
 from tests.harness import FakeBinance
 from tests.harness.fake_binance import RESTRICTED_LOCATION_BODY
+from tests.producer_runs import BTC  # the price of the `binance` fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKER = "/api/v3/ticker/price"
-BTC = "43250.75000000"
-
-
-@pytest.fixture
-def binance() -> Iterator[FakeBinance]:
-    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": "2300.10000000"}) as fake:
-        yield fake
 
 
 def control(fake: FakeBinance, method: str, route: str, **params: str) -> requests.Response:
@@ -207,7 +202,18 @@ def test_the_harness_prints_the_control_url_and_how_to_freeze_each_server(harnes
     assert answer.status_code == 451
 
 
-def test_the_printed_commands_freeze_and_thaw_postgresql(harness) -> None:
+@pytest.fixture
+def libpq_waits() -> Iterator[None]:
+    """Connections wait as libpq does (its connect_timeout holds): a Store made earlier in this
+    process installed psycopg2's process-wide wait callback, which waits without a deadline
+    outside the Store's own calls."""
+    installed = psycopg2.extensions.get_wait_callback()
+    psycopg2.extensions.set_wait_callback(None)
+    yield
+    psycopg2.extensions.set_wait_callback(installed)
+
+
+def test_the_printed_commands_freeze_and_thaw_postgresql(harness, libpq_waits) -> None:
     env, printed = harness
     pid = env["HARNESS_POSTGRES_PID"]
     dsn = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,7 +23,7 @@ from tests.pipeline import (
     start_consumer,
     wait_for_total,
 )
-from tests.test_producer import (
+from tests.producer_runs import (
     BTC,
     ETH,
     answered,
@@ -36,12 +35,6 @@ from tests.test_producer import (
 )
 
 DELIVERY_TIMEOUT_MS = 4000  # short, to keep the test short; the slow test uses the default
-
-
-@pytest.fixture
-def binance() -> Iterator[FakeBinance]:
-    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as fake:
-        yield fake
 
 
 def frozen_broker_then_thawed(

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.grafana_sql import (
+from tests.grafana.sql import (
     ALERT_RULES_FILE,
     CONTACT_POINTS_FILE,
     DASHBOARD_DIR,

@@ -21,6 +21,7 @@ from tests.pipeline import (
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    execute,
     expected_windows,
     produce,
     produce_raw,
@@ -34,12 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MIGRATE_SCRIPT = ROOT / "infra" / "00-migrate.sh"
 INIT_DB_SQL = ROOT / "infra" / "init_db.sql"
 PREVIOUS_RELEASE_SCHEMA = Path(__file__).parent / "data" / "release1_init_db.sql"
-
-
-def execute(dsn: str, sql: str, params: Any = None) -> None:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-    conn.close()
 
 
 def run_entrypoint_script(postgres: PostgresServer, database: str) -> str:
@@ -59,6 +54,50 @@ def schema_of(dsn: str) -> list[tuple[Any, ...]]:
         "SELECT 'index', tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' "
         "ORDER BY 1, 2, 3",
     )
+
+
+def test_the_consumer_applies_each_file_once_in_order_records_it_and_keeps_the_data(
+    postgres, database
+):
+    dsn = postgres.dsn(database)
+    names = [path.stem for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql"))]
+    assert names[:2] == ["001_initial_schema", "002_exactly_once"]
+    store = Store(dsn, DEFAULT_MIGRATIONS)
+    try:
+        assert store.migrate() == names
+        fill_as_the_previous_release(dsn, "btc_price", "g", random_stream(random.Random(3), 20))
+        before = table_rows(dsn)
+        assert store.migrate() == []  # every start: nothing left to apply, data kept
+        assert table_rows(dsn) == before and all(before.values())
+    finally:
+        store.close()
+    recorded = query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1")
+    assert recorded == [(i + 1, name) for i, name in enumerate(names)]
+
+
+def test_every_file_runs_twice(postgres, database):
+    """Idempotent files: a database the first release made (no record yet) takes them all."""
+    dsn = postgres.dsn(database)
+    for _ in range(2):
+        for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql")):
+            execute(dsn, path.read_text())
+    tables = query(
+        dsn,
+        "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
+        (
+            [
+                "five_min_bitcoin_event",
+                "pipeline_metrics",
+                "consumer_offsets",
+                "dead_letter_events",
+                "rolling_avg_30min",
+                "schema_migrations",
+                "stream_marks",
+                "table_owner",
+            ],
+        ),
+    )
+    assert tables == [(8,)]
 
 
 def test_the_entrypoint_script_and_the_consumer_apply_the_same_files(postgres):
@@ -175,6 +214,17 @@ def fill_as_the_previous_release(dsn: str, topic: str, group: str, events: list[
             (topic, len(events)),
         )
     conn.close()
+
+
+def table_rows(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables the consumer writes."""
+    tables = [
+        "five_min_bitcoin_event",
+        "consumer_offsets",
+        "pipeline_metrics",
+        "dead_letter_events",
+    ]
+    return {table: query(dsn, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
 
 
 def test_a_database_of_the_previous_release_upgrades_in_place_and_continues_exactly(

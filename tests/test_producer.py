@@ -8,16 +8,13 @@ import itertools
 import json
 import re
 import signal
-import subprocess
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
+from kafka import KafkaConsumer
 from kafka.errors import KafkaTimeoutError
 
 from pricefeed.shared.backoff import Backoff
@@ -26,34 +23,20 @@ from pricefeed.sink import KafkaSink, force_close
 from tests.harness import FakeBinance, Fault, TansuBroker, free_port, wait_until
 from tests.harness.fake_binance import MISSING, RecordedRequest, listed_pairs
 from tests.harness.scripts import Script, run_script
+from tests.producer_runs import (
+    BTC,
+    ETH,
+    answered,
+    by_poll,
+    message,
+    messages,
+    printed,
+    producer_args,
+    read_topic,
+    stop_cleanly,
+)
 
-BTC, ETH = "43250.75000000", "2300.10000000"
-END_MARKER = b"__end_of_test__"
-CONTRACT_KEYS = {"symbol", "price", "event_time", "source", "stream", "seq"}
-FAST_BACKOFF = ["--backoff-base", "0.2", "--backoff-max", "2"]
 GRID_TOLERANCE = 0.09  # seconds off its grid point (scheduling noise; < half of every interval)
-PRODUCED = re.compile(r"Produced: (\{.*\})$", re.MULTILINE)
-
-
-@pytest.fixture
-def binance() -> Iterator[FakeBinance]:
-    with FakeBinance({"BTCUSDT": BTC, "ETHUSDT": ETH}) as fake:
-        yield fake
-
-
-def producer_args(
-    binance: FakeBinance,
-    bootstrap: str,
-    topic: str,
-    *extra: str,
-    symbols: Sequence[str] | None = ("BTCUSDT", "ETHUSDT"),
-    interval: float = 0.2,
-) -> list[str]:
-    """Command-line flags for a run against `binance` and `bootstrap` (symbols None: from env)."""
-    args = ["--binance-url", binance.base_url, "--bootstrap-servers", bootstrap, "--topic", topic]
-    if symbols is not None:
-        args += ["--symbols", ",".join(symbols)]
-    return [*args, "--interval", str(interval), *FAST_BACKOFF, *extra]
 
 
 def wait_for_requests(
@@ -70,87 +53,12 @@ def wait_for_requests(
     return wait_until(arrived, timeout, f"{n} ticker/price requests")
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 15) -> list[ConsumerRecord]:
-    """Every record the producer wrote, by event time then symbol. Call after the producer has
-    stopped (it flushes on SIGTERM): a marker is then appended to each partition, and reading up
-    to the markers gives exactly what was there before, without trusting end offsets."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = sorted(
-            wait_until(lambda: consumer.partitions_for_topic(topic), timeout, topic)
-        )
-        mark_partition_ends(bootstrap, topic, partitions)
-        assigned = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        records: list[ConsumerRecord] = []
-        ended: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(ended) < len(partitions):
-            assert time.monotonic() < deadline, f"end markers not read in {timeout} s"
-            for tp, batch in consumer.poll(timeout_ms=200).items():
-                for record in batch:
-                    if record.key == END_MARKER:
-                        ended.add(tp.partition)
-                    elif tp.partition not in ended:
-                        records.append(record)
-        return sorted(records, key=lambda r: (r.timestamp, r.key))
-    finally:
-        consumer.close()
-
-
-def mark_partition_ends(bootstrap: str, topic: str, partitions: Sequence[int]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for partition in partitions:
-            producer.send(topic, key=END_MARKER, value=b"", partition=partition)
-        producer.flush(timeout=15)
-    finally:
-        producer.close()
-
-
 def partition_count(bootstrap: str, topic: str) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
         return len(wait_until(lambda: consumer.partitions_for_topic(topic), 15, topic))
     finally:
         consumer.close()
-
-
-def message(record: ConsumerRecord) -> dict[str, object]:
-    """The record's JSON, after checking it against the contract."""
-    body = json.loads(record.value)
-    assert set(body) == CONTRACT_KEYS, body
-    assert isinstance(body["symbol"], str)
-    assert isinstance(body["price"], str)
-    assert isinstance(body["event_time"], int) and not isinstance(body["event_time"], bool)
-    assert isinstance(body["stream"], str) and isinstance(body["seq"], int)
-    assert record.key == body["symbol"].encode()
-    assert record.timestamp == body["event_time"]
-    assert record.timestamp_type == 0  # CreateTime: the producer's event time, kept as sent
-    return body
-
-
-def messages(records: Sequence[ConsumerRecord]) -> list[dict[str, object]]:
-    return [message(record) for record in records]
-
-
-def by_poll(bodies: Sequence[Mapping[str, object]]) -> list[dict[str, str]]:
-    """{symbol: price} per poll, in order: one poll's messages share one event time."""
-    polls: dict[object, dict[str, str]] = defaultdict(dict)
-    for body in bodies:
-        symbol, price = str(body["symbol"]), str(body["price"])
-        assert symbol not in polls[body["event_time"]], f"{symbol} twice in one poll"
-        polls[body["event_time"]][symbol] = price
-    return [polls[time_] for time_ in sorted(polls)]  # type: ignore[type-var]
-
-
-def printed(output: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in PRODUCED.findall(output)]
-
-
-def answered(binance: FakeBinance, status: int = 200) -> list[RecordedRequest]:
-    return [r for r in binance.ticker_requests() if r.status == status]
 
 
 def grid_ticks(requests: Sequence[RecordedRequest], interval: float) -> list[int]:
@@ -169,19 +77,6 @@ def grid_ticks(requests: Sequence[RecordedRequest], interval: float) -> list[int
 
 def gaps(requests: Sequence[RecordedRequest]) -> list[float]:
     return [b.monotonic - a.monotonic for a, b in itertools.pairwise(requests)]
-
-
-def stop_cleanly(script: Script, signum: int = signal.SIGTERM) -> str:
-    """Stop the producer as a user would; it must exit 0 without a traceback."""
-    script.signal(signum)
-    try:
-        exit_code = script.wait(30)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"producer ignored signal {signum}:\n{script.output()}") from None
-    assert exit_code == 0, script.output()[-3000:]
-    output = script.output()
-    assert "Traceback" not in output, output[-3000:]
-    return output
 
 
 # --- the happy path --------------------------------------------------------------------------

@@ -63,3 +63,33 @@ def test_every_readme_query_runs_on_the_schema(dsn) -> None:
             cur.execute(statement)
             cur.fetchall()
     conn.close()
+
+
+def test_the_layout_names_every_folder_and_helper_of_tests_and_only_those() -> None:
+    """The README's layout entry of tests/ stays true: each folder and helper module it names
+    exists, none exists unnamed, and no test file imports another (what tests share lives in
+    the helpers)."""
+    (block,) = re.findall(r"## Layout\n\n```\n(.*?)```", README.read_text(), re.DOTALL)
+    (entry,) = [e for e in re.split(r"\n(?=\S)", block) if e.startswith("tests/")]
+    # Its items: the first after the folder's name, each next one after the ")" closing the
+    # description of the one before.
+    items = re.findall(r"(?:^tests/ |\), )([\w*]+(?:\.py|\.sh|/))", " ".join(entry.split()))
+    named = set(items)
+    tests = README.parent / "tests"
+    assert "test_*.py" in named and all(
+        (tests / name).exists() for name in named - {"test_*.py"}
+    ), named
+    present = {
+        f"{path.name}/" if path.is_dir() else path.name
+        for path in tests.iterdir()
+        if not path.name.startswith(("test_", "__", "."))
+        and (path.is_dir() or path.suffix == ".py")
+        and path.name != "conftest.py"
+    }
+    assert present <= named, f"not in README's layout: {sorted(present - named)}"
+    importing = [
+        path.name
+        for path in tests.glob("test_*.py")
+        if re.search(r"^\s*(from|import) tests\.test_", path.read_text(), re.MULTILINE)
+    ]
+    assert importing == [], f"test files importing test files: {importing}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
 import random
@@ -11,7 +9,6 @@ import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -31,24 +28,9 @@ from tests.pipeline import (
     needs_shared_data,
     query,
     start_consumer,
+    truth_from_csv,
     wait_for_total,
 )
-
-
-def truth_from_csv(path: Path) -> list[Event]:
-    """The events a replay of this file must produce, read independently of the producer:
-    klines at their close (column 6) with their close price (column 4); trades at their time
-    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms. Identity: the
-    file's stream (SHA-256 of its bytes) and the line number."""
-    symbol = path.name.split("-")[0]
-    stream = f"replay/{symbol}/{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}"
-    events = []
-    with path.open(newline="") as rows:
-        for line, row in enumerate(csv.reader(rows), start=1):
-            price, raw_time = (row[4], row[6]) if len(row) == 12 else (row[1], row[5])
-            time_ms = int(raw_time) // 1000 if int(raw_time) >= 10**15 else int(raw_time)
-            events.append(Event(symbol, price, time_ms, "replay", stream, line))
-    return events
 
 
 @needs_shared_data

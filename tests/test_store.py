@@ -1,5 +1,6 @@
 """The PostgreSQL edge against a real server: the SQL merge equals the Python merge, the flush
-is one compare-and-set transaction, the schema, the reader role and the rolling view."""
+is one compare-and-set transaction, and the rolling view (the migrations: test_migrations.py,
+the roles: test_roles.py)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ from tests.pipeline import (
     BASE_TIME_MS,
     Event,
     exact_average_at_scale,
+    execute,
     expected_windows,
     query,
     random_stream,
     stored_windows,
     tie_heavy_stream,
+    window_deltas,
 )
 
 GROUP, TOPIC = "test-group", "btc_price"
@@ -70,18 +73,6 @@ def ready_store(dsn: str, group: str = GROUP) -> Store:
 
 
 # -- building flushes ------------------------------------------------------------------------
-
-
-def window_deltas(events: list[Event]) -> dict[WindowKey, WindowStats]:
-    """The Python merge: events folded in stream order, per (symbol, window)."""
-    deltas: dict[WindowKey, WindowStats] = {}
-    for e in events:
-        key = (e.symbol, window_start(e.event_time))
-        if key in deltas:
-            deltas[key].add(Decimal(e.price), e.event_time)
-        else:
-            deltas[key] = WindowStats.of(Decimal(e.price), e.event_time)
-    return deltas
 
 
 def pending_flush(
@@ -134,13 +125,6 @@ def assert_rows_equal(
                 columns["price_sum"], columns["event_count"], got["avg_value"]
             )
         assert got["avg_value"] == average, (label, key)
-
-
-def execute(dsn: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
-    """One statement without a result, committed."""
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-    conn.close()
 
 
 def clear_tables(dsn: str) -> None:
@@ -505,84 +489,6 @@ def test_a_dead_letter_read_again_is_kept_once(store, dsn):
     execute(dsn, "UPDATE consumer_offsets SET next_offset = 0")  # rewound by an operator
     store.write(pending_flush({}, {0: 51}, dead_letters=[letter(0, 50)]), context({0: 0}))
     assert query(dsn, 'SELECT "offset" FROM dead_letter_events') == [(50,)]
-
-
-# -- schema and roles ------------------------------------------------------------------------
-
-
-def test_migrations_apply_once_in_order_and_are_recorded(dsn):
-    store = Store(dsn, DEFAULT_MIGRATIONS)
-    try:
-        names = [path.stem for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql"))]
-        assert store.migrate() == names and names[:2] == ["001_initial_schema", "002_exactly_once"]
-        store.claim(GROUP)
-        store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
-        assert store.migrate() == []  # every start: nothing left to apply, data kept
-        assert table_counts(dsn)[:2] == (1, 2)
-        assert store.stored_offsets(GROUP, TOPIC, [0]) == {0: 2}
-        recorded = query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1")
-        assert recorded == [(i + 1, name) for i, name in enumerate(names)]
-    finally:
-        store.close()
-
-
-def test_every_migration_runs_twice(dsn):
-    """Idempotent files: a database the first release made (no record yet) takes them all."""
-    for _ in range(2):
-        for path in sorted(DEFAULT_MIGRATIONS.glob("*.sql")):
-            execute(dsn, path.read_text())
-    tables = query(
-        dsn,
-        "SELECT count(*) FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(name) IS NOT NULL",
-        (
-            [
-                "five_min_bitcoin_event",
-                "pipeline_metrics",
-                "consumer_offsets",
-                "dead_letter_events",
-                "rolling_avg_30min",
-                "schema_migrations",
-                "stream_marks",
-                "table_owner",
-            ],
-        ),
-    )
-    assert tables == [(8,)]
-
-
-def as_reader(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    """Run one statement as grafana_reader (SET ROLE: privileges are the role's alone)."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET ROLE grafana_reader")
-            cur.execute(sql)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-def test_grafana_reader_reads_the_dashboard_tables_and_nothing_else(store, dsn):
-    store.write(pending_flush(some_windows(), {0: 2}), context({0: None}))
-    assert as_reader(dsn, "SELECT event_count FROM five_min_bitcoin_event") == [(2,)]
-    assert as_reader(dsn, "SELECT events_processed FROM pipeline_metrics") == [(0,)]
-    assert as_reader(dsn, "SELECT rolling_event_count FROM rolling_avg_30min") == [(2,)]
-    forbidden = [
-        "SELECT * FROM consumer_offsets",
-        "INSERT INTO five_min_bitcoin_event (symbol, five_min_start, five_min_end, event_count, "
-        "price_sum, min_value, max_value, open_value, close_value, first_event_at, "
-        "last_event_at) SELECT symbol, five_min_start + interval '1 day', five_min_end + "
-        "interval '1 day', event_count, price_sum, min_value, max_value, open_value, "
-        "close_value, first_event_at, last_event_at FROM five_min_bitcoin_event",
-        "UPDATE five_min_bitcoin_event SET event_count = 1",
-        "DELETE FROM pipeline_metrics",
-        "UPDATE consumer_offsets SET next_offset = 0",
-    ]
-    for sql in forbidden:
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            as_reader(dsn, sql)
-    assert table_counts(dsn)[:3] == (1, 2, 1)
 
 
 # -- the rolling view ------------------------------------------------------------------------

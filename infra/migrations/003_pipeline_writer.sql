@@ -1,7 +1,7 @@
 -- Migration 3: pipeline_writer, the least-privilege role consumer.py writes through in
 -- docker-compose (infra/10-role-passwords.sh sets its password, $CONSUMER_DB_PASSWORD, on a
 -- new volume). Idempotent. A table the consumer starts writing needs its grant in a new
--- migration, and tests/test_writer_role.py fails until it has one.
+-- migration, and tests/test_roles.py fails until it has one.
 --
 -- Exactly what the consumer's SQL needs (consumer/aggregator/store.py, windows.py), nothing
 -- else: no TRUNCATE, no DDL, no access to anything Grafana or other tools own.

@@ -5,6 +5,8 @@
 - `FakeBinance`: an HTTP server that answers like Binance's spot REST API.
 
 `python -m tests.harness` starts all three and prints the environment to point the scripts at.
+bench/ uses them too, so this package imports nothing of the tests and no test tool (held by
+tests/test_bench.py).
 """
 
 from tests.harness.fake_binance import FakeBinance, Fault

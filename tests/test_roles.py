@@ -1,23 +1,37 @@
-"""pipeline_writer: the consumer writes through a least-privilege role, as docker-compose runs it.
+"""The deployment's two login roles, each holding exactly what its user needs.
 
 The database is set up as PostgreSQL's entrypoint sets up a new compose volume (tests/deploy.py:
-the superuser applies infra/migrations/ with infra/00-migrate.sh, then the password script).
-consumer.py then runs as the role docker-compose.yml gives it, with the real broker, and must
-store exactly what was published, across a restart; the role can do nothing else.
+the superuser applies infra/migrations/ with infra/00-migrate.sh, then the password script,
+which sets both roles' passwords).
+
+- pipeline_writer: consumer.py runs as the role docker-compose.yml gives it, with the real
+  broker, and must store exactly what was published, across a restart; the role can do
+  nothing else.
+- grafana_reader: Grafana's datasource (its queries: test_grafana_panels.py and
+  test_grafana_alerts.py) reads the dashboard tables and can do nothing else.
 """
 
 from __future__ import annotations
 
 import random
+import subprocess
+from pathlib import Path
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.extensions
 import pytest
 import yaml
 
 from aggregator.config import DEFAULT_MIGRATIONS
-from tests.deploy import COMPOSE_FILE, PASSWORDS, role_connection, run_init
+from tests.deploy import (
+    COMPOSE_FILE,
+    PASSWORDS,
+    entrypoint_env,
+    role_connection,
+    run_init,
+    run_init_file,
+)
+from tests.grafana.database import READER_ROLE
 from tests.harness import PostgresServer, TansuBroker
 from tests.pipeline import (
     assert_tables_equal_truth,
@@ -34,10 +48,16 @@ from tests.pipeline import (
 WRITER = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["consumer"]["environment"][
     "POSTGRES_USER"
 ]
-WRITER_PASSWORD = PASSWORDS["CONSUMER_DB_PASSWORD"]
+PASSWORD_SCRIPT = Path(__file__).resolve().parents[1] / "infra" / "10-role-passwords.sh"
+READER = READER_ROLE  # the user of grafana/datasources/datasource.yml
+ROLE_PASSWORDS = {
+    WRITER: PASSWORDS["CONSUMER_DB_PASSWORD"],
+    READER: PASSWORDS["GRAFANA_DB_PASSWORD"],
+}
+WRITER_PASSWORD = ROLE_PASSWORDS[WRITER]
 
 # What the consumer's SQL needs (consumer/aggregator/store.py, windows.py), and nothing more.
-TABLE_PRIVILEGES = {
+WRITER_PRIVILEGES = {
     ("five_min_bitcoin_event", "SELECT"),  # ON CONFLICT DO UPDATE reads the row
     ("five_min_bitcoin_event", "INSERT"),
     ("five_min_bitcoin_event", "UPDATE"),
@@ -56,6 +76,13 @@ TABLE_PRIVILEGES = {
     ("table_owner", "UPDATE"),  # take-over; and SELECT ... FOR SHARE in every flush
     ("schema_migrations", "SELECT"),  # at start: nothing left to apply
 }
+# What the dashboards and alert rules read, and nothing more.
+READER_PRIVILEGES = {
+    ("five_min_bitcoin_event", "SELECT"),
+    ("pipeline_metrics", "SELECT"),
+    ("rolling_avg_30min", "SELECT"),
+}
+PRIVILEGES = {WRITER: WRITER_PRIVILEGES, READER: READER_PRIVILEGES}
 
 
 @pytest.fixture
@@ -65,47 +92,67 @@ def deployed(postgres: PostgresServer, database: str) -> str:
     return postgres.dsn(database)
 
 
-def writer_connection(postgres: PostgresServer, database: str):
-    return role_connection(postgres, database, WRITER, WRITER_PASSWORD)
+def login(postgres: PostgresServer, database: str, role: str):
+    """A connection as `role`, with the password the deployment's password script set."""
+    return role_connection(postgres, database, role, ROLE_PASSWORDS[role])
 
 
 def test_compose_runs_the_consumer_as_the_writer_role() -> None:
     assert WRITER == "pipeline_writer"
 
 
-def test_writer_holds_exactly_the_privileges_the_consumer_needs(deployed: str) -> None:
+@pytest.mark.parametrize("missing", sorted(PASSWORDS))
+def test_password_script_requires_each_password(
+    postgres: PostgresServer, database: str, deployed: str, missing: str
+) -> None:
+    env = entrypoint_env(postgres, database, {k: v for k, v in PASSWORDS.items() if k != missing})
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        run_init_file(PASSWORD_SCRIPT, env)
+    assert f"{missing} must be set" in failure.value.stderr
+
+
+@pytest.mark.parametrize("role", sorted(PRIVILEGES))
+def test_each_role_holds_exactly_the_privileges_its_user_needs(deployed: str, role: str) -> None:
     grants = query(
         deployed,
         "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
         "WHERE grantee = %s",
-        (WRITER,),
+        (role,),
     )
-    assert set(grants) == TABLE_PRIVILEGES
+    assert set(grants) == PRIVILEGES[role]
     ((sequence_usage,),) = query(
         deployed,
         "SELECT has_sequence_privilege(%s, 'dead_letter_events_id_seq', 'USAGE')",
-        (WRITER,),
+        (role,),
     )
-    assert sequence_usage
+    assert sequence_usage == (role == WRITER)  # dead letters get their id from it
     (flags,) = query(
         deployed,
         "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolcanlogin "
         "FROM pg_roles WHERE rolname = %s",
-        (WRITER,),
+        (role,),
     )
     assert flags == (False, False, False, False, False, True)
     ((create_in_schema, create_in_database),) = query(
         deployed,
         "SELECT has_schema_privilege(%s, 'public', 'CREATE'), "
         "has_database_privilege(%s, current_database(), 'CREATE')",
-        (WRITER, WRITER),
+        (role, role),
     )
     assert (create_in_schema, create_in_database) == (False, False)
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
+def test_reader_reads_the_dashboard_tables(
+    postgres: PostgresServer, database: str, deployed: str
+) -> None:
+    with login(postgres, database, READER) as conn, conn.cursor() as cur:
+        for table, _ in sorted(READER_PRIVILEGES):
+            cur.execute(f"SELECT count(*) FROM {table}")
+            assert cur.fetchall() == [(0,)], table
+
+
+REFUSED = {
+    WRITER: [
         "DROP TABLE five_min_bitcoin_event",
         "CREATE TABLE writer_scratch (x int)",
         "ALTER TABLE pipeline_metrics ADD COLUMN x int",
@@ -119,12 +166,28 @@ def test_writer_holds_exactly_the_privileges_the_consumer_needs(deployed: str) -
         "CREATE FUNCTION writer_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'",
         "CREATE OR REPLACE VIEW rolling_avg_30min AS SELECT 1 AS x",
     ],
+    READER: [
+        "INSERT INTO pipeline_metrics (metric_timestamp) VALUES (now())",
+        "INSERT INTO five_min_bitcoin_event (symbol) VALUES ('BTCUSDT')",
+        "UPDATE five_min_bitcoin_event SET event_count = 1",
+        "DELETE FROM pipeline_metrics",
+        "SELECT * FROM consumer_offsets",
+        "UPDATE consumer_offsets SET next_offset = 0",
+        "SELECT * FROM dead_letter_events",
+        "SELECT * FROM stream_marks",
+        "CREATE TABLE grafana_scratch (x int)",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("role", "statement"), [(role, s) for role, refused in REFUSED.items() for s in refused]
 )
-def test_writer_cannot_change_the_schema_delete_or_read_beyond_its_sql(
-    postgres: PostgresServer, database: str, deployed: str, statement: str
+def test_a_role_cannot_change_the_schema_delete_or_read_beyond_its_sql(
+    postgres: PostgresServer, database: str, deployed: str, role: str, statement: str
 ) -> None:
     with (
-        writer_connection(postgres, database) as conn,
+        login(postgres, database, role) as conn,
         conn.cursor() as cur,
         pytest.raises(psycopg2.errors.InsufficientPrivilege),
     ):

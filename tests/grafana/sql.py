@@ -23,8 +23,8 @@ grafana/grafana (re-check them when the image tag changes):
 12.0.2 sends SQL comments to PostgreSQL as they are and expands macros inside them too: the
 quote-aware comment stripping in macros.go came with grafana/grafana#121772, backported to
 11.6.15, 12.1.11, 12.2.9, 12.3.7 and 12.4.3, not to 12.0.x. The provisioned queries therefore
-hold no comments at all (tests/test_grafana.py), which reads the same on either side of that
-change.
+hold no comments at all (tests/test_grafana_provisioning.py), which reads the same on either
+side of that change.
 
 Times are RFC 3339 in UTC with trailing zeros of the fraction trimmed (Go's RFC3339Nano,
 macros.go L87-91).
@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = ROOT / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 DATASOURCE_FILE = GRAFANA_DIR / "datasources" / "datasource.yml"
