@@ -202,18 +202,7 @@ def test_the_harness_prints_the_control_url_and_how_to_freeze_each_server(harnes
     assert answer.status_code == 451
 
 
-@pytest.fixture
-def libpq_waits() -> Iterator[None]:
-    """Connections wait as libpq does (its connect_timeout holds): a Store made earlier in this
-    process installed psycopg2's process-wide wait callback, which waits without a deadline
-    outside the Store's own calls."""
-    installed = psycopg2.extensions.get_wait_callback()
-    psycopg2.extensions.set_wait_callback(None)
-    yield
-    psycopg2.extensions.set_wait_callback(installed)
-
-
-def test_the_printed_commands_freeze_and_thaw_postgresql(harness, libpq_waits) -> None:
+def test_the_printed_commands_freeze_and_thaw_postgresql(harness) -> None:
     env, printed = harness
     pid = env["HARNESS_POSTGRES_PID"]
     dsn = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import socket
 import threading
 from collections.abc import Iterator
 from decimal import Context, Decimal, localcontext
@@ -591,3 +592,24 @@ def test_a_password_with_spaces_and_quotes_connects(postgres: PostgresServer, da
     )
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         query(wrong, "SELECT 1")
+
+
+def test_a_connection_outside_the_store_keeps_its_connect_timeout(store):
+    """The Store's wait callback is process-wide; a connection of anyone else in the process
+    (a test, the bench) must still give up after its own connect_timeout, as libpq does."""
+    raised: list[BaseException] = []
+
+    def connect(port: int) -> None:
+        try:
+            psycopg2.connect(f"host=127.0.0.1 port={port} dbname=x user=x connect_timeout=1")
+        except psycopg2.OperationalError as exc:
+            raised.append(exc)
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        attempt = threading.Thread(target=connect, args=(silent.getsockname()[1],), daemon=True)
+        attempt.start()
+        attempt.join(timeout=15)  # a deadline for the test itself: it hangs if unbounded
+        assert not attempt.is_alive(), "connect_timeout was ignored: still waiting after 15 s"
+    assert "timeout expired" in str(raised[0])

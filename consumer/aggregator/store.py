@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+from psycopg2.extensions import parse_dsn
 
 from aggregator.batch import PendingFlush
 from aggregator.migrations import MigrationError, migrations_in, missing
@@ -95,18 +96,25 @@ _deadline = threading.local()
 
 
 def _wait_until_deadline(conn: psycopg2.extensions.connection) -> None:
-    """psycopg2's wait callback: psycopg2.extras.wait_select, with a deadline."""
+    """psycopg2's wait callback: psycopg2.extras.wait_select, with a deadline. The callback is
+    process-wide: a connection used outside the Store's calls keeps libpq's own rule, its
+    `connect_timeout` while connecting and no limit after."""
+    at: float | None = getattr(_deadline, "at", None)
+    missed = f"PostgreSQL did not answer within {getattr(_deadline, 'seconds', 0):g} s"
+    if at is None and conn.status == psycopg2.extensions.STATUS_SETUP:
+        connect_timeout = int(parse_dsn(conn.dsn).get("connect_timeout") or 0)
+        if connect_timeout > 0:
+            at, missed = time.monotonic() + connect_timeout, "timeout expired"
     while True:
         state = conn.poll()
         if state == psycopg2.extensions.POLL_OK:
             return
-        at: float | None = getattr(_deadline, "at", None)
         timeout = None if at is None else at - time.monotonic()
         if timeout is not None and timeout <= 0:
             # psycopg2 then closes the connection, and what the caller catches may be about
             # that ("connection already closed"): keep the real reason where it can be found.
-            _deadline.missed = f"PostgreSQL did not answer within {_deadline.seconds:g} s"
-            raise psycopg2.OperationalError(_deadline.missed)
+            _deadline.missed = missed
+            raise psycopg2.OperationalError(missed)
         fd = conn.fileno()
         if state == psycopg2.extensions.POLL_READ:
             select.select([fd], [], [], timeout)
