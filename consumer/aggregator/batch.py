@@ -154,7 +154,8 @@ class Accumulator:
         lag_max = -1
         # The window of the event before: a partition mostly holds runs of one stream's events
         # in one window, which then need neither the late check nor the window lookup.
-        last: tuple[object, int] | None = None
+        last_key: object = None
+        last_start = -1
         last_late, stats = False, None
         for record in records:
             key, value = record.key, record.value
@@ -184,7 +185,7 @@ class Accumulator:
                 if lag > lag_max:
                     lag_max = lag
             start = event_time - event_time % window_ms
-            if (late_key, start) == last:
+            if start == last_start and late_key == last_key:
                 # Same stream and window as the event before (a stream has one symbol): late
                 # exactly when it was (the newest window only moves on for an event that is
                 # not late), same delta.
@@ -202,7 +203,7 @@ class Accumulator:
                     stats = deltas[symbol, start] = new_stats(price, event_time)
                 else:
                     stats.add(price, event_time)
-                last, last_late = (late_key, start), late
+                last_key, last_start, last_late = late_key, start, late
             if late:
                 late_count += 1
             if consumed is not None:
