@@ -13,7 +13,7 @@ One run, one Kafka-protocol broker (Tansu), one PostgreSQL, this machine:
  4. Many symbols: `SYMBOLS=ALL` against a fake Binance listing 3,000 pairs: the producer's
     tick duration and the consumer's flush duration.
 
-Run: bench/run.sh [--events 500000] [--partitions 3] [--flush-interval 0.5]
+Run: bench/run.sh [--events 500000] [--partitions 3] [--flush-interval 30]
 """
 
 from __future__ import annotations
@@ -62,7 +62,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500_000, help="trades in the file")
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--flush-interval", type=float, default=0.5, help="consumer.py's")
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        default=30.0,
+        help="consumer.py's in (b), as it runs by default (it flushes on catching up)",
+    )
+    parser.add_argument(
+        "--backfill-flush-interval",
+        type=float,
+        default=0.5,
+        help="consumer.py's in the backfill, where it keeps up and has no backlog to catch up "
+        "with: the last events wait for the next flush",
+    )
     parser.add_argument("--pairs", type=int, default=3000, help="pairs for SYMBOLS=ALL")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each compared pair")
     parser.add_argument("--skip", nargs="*", default=[], choices=["quix", "backfill", "pairs"])
@@ -177,7 +189,7 @@ class Bench:
                 bare_consumer_seconds(self.broker.bootstrap, topic, self.args.partitions, n)
             )
             print(f"(b) consumer.py, run {run}...", flush=True)
-            dsn, env = self.database(f"bench_consumer_{run}", topic)
+            dsn, env = self.database(f"bench_consumer_{run}", topic, self.args.flush_interval)
             consumer = self.script("consumer", [], env)
             consumer.wait_for("Resuming from stored offsets")
             started = time.perf_counter()
@@ -212,7 +224,7 @@ class Bench:
 
     def backfill(self) -> None:
         n, topic = self.args.events, self.topic("bench_backfill")
-        dsn, env = self.database("bench_backfill", topic)
+        dsn, env = self.database("bench_backfill", topic, self.args.backfill_flush_interval)
         print("Backfill: producer.py --source replay and consumer.py together...", flush=True)
         consumer = self.script("consumer", [], env)
         consumer.wait_for("Resuming from stored offsets")
@@ -227,7 +239,8 @@ class Bench:
         check_tables(dsn, file_windows(self.file, SYMBOL))
         self.report.rates("backfill: file -> visible in PostgreSQL (checked exact)", n, [seconds])
         self.report.line(
-            f"    peak RSS producer.py {producer_rss:.0f} MB, consumer.py {consumer_rss:.0f} MB"
+            f"    peak RSS producer.py {producer_rss:.0f} MB, consumer.py {consumer_rss:.0f} MB; "
+            f"consumer.py flushing every {self.args.backfill_flush_interval:g} s"
         )
 
     # -- 4. many symbols ----------------------------------------------------------------------
@@ -235,8 +248,7 @@ class Bench:
     def many_pairs(self) -> None:
         pairs, interval = self.args.pairs, 2.0
         topic = self.topic("bench_all_pairs")
-        dsn, env = self.database("bench_all_pairs", topic)
-        env = {**env, "FLUSH_INTERVAL_SECONDS": str(interval)}
+        dsn, env = self.database("bench_all_pairs", topic, interval)
         print(f"SYMBOLS=ALL with {pairs:,} pairs, a tick and a flush every {interval:g} s...")
         with FakeBinance(listed_pairs(pairs)) as binance:
             consumer = self.script("consumer", [], env)
@@ -291,14 +303,14 @@ class Bench:
     def kafka_env(self, topic: str) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "KAFKA_TOPIC": topic}
 
-    def database(self, name: str, topic: str) -> tuple[str, dict[str, str]]:
+    def database(self, name: str, topic: str, flush_interval: float) -> tuple[str, dict[str, str]]:
         database = self.postgres.create_database(name)
         env = {
             **self.postgres.env(database),
             **self.kafka_env(topic),
             "KAFKA_CONSUMER_GROUP": name,
             "CONSUMER_INSTANCE_ID": name,
-            "FLUSH_INTERVAL_SECONDS": str(self.args.flush_interval),
+            "FLUSH_INTERVAL_SECONDS": str(flush_interval),
         }
         return self.postgres.dsn(database), env
 
