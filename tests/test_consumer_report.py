@@ -9,9 +9,7 @@ import pytest
 
 from aggregator import report
 from aggregator.report import ConsumedLog, money
-from aggregator.shared.contract import (
-    decode_event,
-)
+from aggregator.shared.contract import decode_event
 from tests.pipeline import (
     NOW_MS,
     message,

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from pricefeed.binance import (
-    ALL_SYMBOLS,
-)
+from pricefeed.binance import ALL_SYMBOLS
 from pricefeed.live_sources import (
     Sequencer,
     SimulatedSource,

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pricefeed.binance import (
-    ALL_SYMBOLS,
-)
+from pricefeed.binance import ALL_SYMBOLS
 from pricefeed.config import ConfigError, Settings, load_settings
 
 OFFLINE = "--no-check-hosts"

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pricefeed.binance import (
-    ALL_SYMBOLS,
-)
+from pricefeed.binance import ALL_SYMBOLS
 from pricefeed.config import Settings, build_parser
 from pricefeed.live_sources import (
     BinanceSource,

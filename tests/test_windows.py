@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.shared.contract import (
-    EARLIEST_EVENT_MS,
-)
+from aggregator.shared.contract import EARLIEST_EVENT_MS
 from aggregator.windows import STATISTICS, WINDOW_MS, WindowStats, column_values, window_start
 from tests.pipeline import (
     BASE_TIME_MS,
