@@ -53,6 +53,14 @@ needs_shared_data = pytest.mark.skipif(
     bool(MISSING_SAMPLES), reason=f"NOT RUN: {SAMPLES_MISSING} to run this test."
 )
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: old but valid history
+NOW_MS = BASE_TIME_MS + 10 * WINDOW_MS  # "now" for validation: after every test event
+
+# A valid message as another producer might send it, and variations of it.
+VALID = {"symbol": "BTCUSDT", "price": "43250.75000000", "event_time": NOW_MS, "source": "binance"}
+
+
+def message(**changes: object) -> bytes:
+    return json.dumps({**VALID, **changes}).encode()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pricefeed.shared.contract import (
     MAX_SEQ,
     SOURCES,
     ContractError,
+    PriceEvent,
     make_event,
     replay_stream,
 )
@@ -175,6 +176,21 @@ def test_both_sides_give_the_same_verdict(field: str, value: object, reason: str
         if not consumed.startswith("invalid JSON"):  # NaN and Infinity have no JSON form
             assert consumed == produced
         assert "\n" not in produced and len(produced) < 200, produced
+
+
+def test_make_event_and_its_json() -> None:
+    event = make_event("BTCUSDT", "43250.75000000", 1_767_225_600_039, "binance", LIVE, 3)
+    assert event == PriceEvent("BTCUSDT", "43250.75000000", 1_767_225_600_039, "binance", LIVE, 3)
+    assert event.key() == b"BTCUSDT"
+    assert json.loads(event.to_json_bytes()) == {
+        "symbol": "BTCUSDT",
+        "price": "43250.75000000",
+        "event_time": 1_767_225_600_039,
+        "source": "binance",
+        "stream": LIVE,
+        "seq": 3,
+    }
+    assert b'"price":"43250.75000000"' in event.to_json_bytes()  # a string, never a float
 
 
 def test_the_cases_cover_both_verdicts_for_every_field() -> None:

@@ -1,0 +1,81 @@
+"""The Binance edge's pure parts: ticker-price request parameters, parsing the answers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pricefeed.binance import (
+    ALL_SYMBOLS,
+    InvalidResponse,
+    parse_ticker_prices,
+    ticker_price_params,
+)
+from tests.harness.fake_binance import SYMBOLS_PATTERN
+
+FIFTY_SYMBOLS = [f"C{i:02d}USDT" for i in range(50)]
+
+
+def test_one_symbol_uses_the_symbol_parameter() -> None:
+    assert ticker_price_params(["BTCUSDT"]) == {"symbol": "BTCUSDT"}
+
+
+def test_several_symbols_are_one_compact_json_symbols_parameter() -> None:
+    params = ticker_price_params(["BTCUSDT", "ETHUSDT"])
+    assert params == {"symbols": '["BTCUSDT","ETHUSDT"]'}
+
+
+def test_fifty_symbols_stay_one_parameter_binance_accepts() -> None:
+    params = ticker_price_params(FIFTY_SYMBOLS)
+    assert list(params) == ["symbols"]
+    assert json.loads(params["symbols"]) == FIFTY_SYMBOLS
+    assert " " not in params["symbols"]
+    assert re.fullmatch(SYMBOLS_PATTERN, params["symbols"])
+
+
+def test_all_symbols_is_the_request_without_parameters() -> None:
+    assert ticker_price_params(ALL_SYMBOLS) == {}
+
+
+def test_parse_one_object_and_a_list() -> None:
+    one = {"symbol": "BTCUSDT", "price": "43250.75000000"}
+    two = [one, {"symbol": "ETHUSDT", "price": "2300.10000000"}]
+    assert parse_ticker_prices(one) == [("BTCUSDT", "43250.75000000")]
+    assert parse_ticker_prices(two) == [
+        ("BTCUSDT", "43250.75000000"),
+        ("ETHUSDT", "2300.10000000"),
+    ]
+    assert parse_ticker_prices([]) == []
+
+
+def test_parse_keeps_bad_prices_for_the_contract_to_judge() -> None:
+    payload = [{"symbol": "BTCUSDT", "price": 5.0}, {"symbol": "ETHUSDT"}]
+    assert parse_ticker_prices(payload) == [("BTCUSDT", 5.0), ("ETHUSDT", None)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        "BTCUSDT",
+        {"code": -1121, "msg": "Invalid symbol."},
+        [{"price": "1.0"}],
+        [{"symbol": "BTCUSDT", "price": "1.0"}, 42],
+        [{"symbol": ["BTCUSDT"], "price": "1.0"}],
+        [{"symbol": None, "price": "1.0"}],
+    ],
+    ids=[
+        "null",
+        "string",
+        "error-body",
+        "no-symbol",
+        "not-an-object",
+        "list-symbol",
+        "null-symbol",
+    ],
+)
+def test_parse_rejects_bodies_that_are_not_ticker_prices(payload: object) -> None:
+    with pytest.raises(InvalidResponse):
+        parse_ticker_prices(payload)

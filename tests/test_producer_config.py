@@ -1,0 +1,314 @@
+"""The producer's settings: defaults, flags over env, bad values in one sentence, host checks."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from pricefeed.binance import ALL_SYMBOLS
+from pricefeed.config import ConfigError, Settings, load_settings
+
+OFFLINE = "--no-check-hosts"
+
+
+def test_symbols_all_in_any_case_means_every_pair_binance_lists() -> None:
+    assert load_settings([OFFLINE], env={"SYMBOLS": "all"}).symbols == ALL_SYMBOLS
+    assert load_settings([OFFLINE, "--symbols", "ALL"]).symbols == ALL_SYMBOLS
+
+
+@pytest.mark.parametrize(
+    "args", [["--symbols", "ALL,BTCUSDT"], ["--symbols", "ALL", "--source", "simulated"]]
+)
+def test_symbols_all_stands_alone_with_binance(args: list[str]) -> None:
+    with pytest.raises(ConfigError, match="SYMBOLS=ALL"):
+        load_settings([OFFLINE, *args])
+
+
+def test_defaults() -> None:
+    settings = load_settings([OFFLINE], env={})
+    assert settings == Settings()
+    assert settings.topic == "btc_price"
+    assert settings.topic_partitions == 3
+    assert settings.symbols == ("BTCUSDT",)
+    assert settings.source == "binance"
+
+
+# (flag, environment variable, env value, flag value, field, value from env, value from flag)
+PRECEDENCE = [
+    ("--source", "PRODUCER_SOURCE", "simulated", "binance", "source", "simulated", "binance"),
+    (
+        "--bootstrap-servers",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "a:1",
+        "b:2",
+        "bootstrap_servers",
+        "a:1",
+        "b:2",
+    ),
+    ("--topic", "KAFKA_TOPIC", "from_env", "from_flag", "topic", "from_env", "from_flag"),
+    ("--partitions", "KAFKA_TOPIC_PARTITIONS", "5", "7", "topic_partitions", 5, 7),
+    (
+        "--symbols",
+        "SYMBOLS",
+        "ethusdt, btcusdt",
+        "SOLUSDT",
+        "symbols",
+        ("ETHUSDT", "BTCUSDT"),
+        ("SOLUSDT",),
+    ),
+    ("--interval", "POLL_INTERVAL_SECONDS", "2.5", "0.5", "poll_interval", 2.5, 0.5),
+    ("--jitter", "POLL_JITTER_SECONDS", "0.2", "0.1", "poll_jitter", 0.2, 0.1),
+    (
+        "--binance-url",
+        "BINANCE_BASE_URL",
+        "http://e.test",
+        "http://f.test",
+        "binance_base_url",
+        "http://e.test",
+        "http://f.test",
+    ),
+    ("--timeout", "HTTP_TIMEOUT_SECONDS", "3", "4", "http_timeout", 3.0, 4.0),
+    ("--backoff-base", "BACKOFF_BASE_SECONDS", "0.3", "0.4", "backoff_base", 0.3, 0.4),
+    ("--backoff-max", "BACKOFF_MAX_SECONDS", "9", "8", "backoff_max", 9.0, 8.0),
+    ("--seed", "SIMULATION_SEED", "11", "12", "seed", 11, 12),
+    (
+        "--delivery-timeout-ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "5000",
+        "6000",
+        "delivery_timeout_ms",
+        5000,
+        6000,
+    ),
+    (
+        "--replay-state-dir",
+        "REPLAY_STATE_DIR",
+        "/tmp/a",
+        "~/b",
+        "replay_state_dir",
+        Path("/tmp/a"),
+        Path("~/b").expanduser(),
+    ),
+    ("--log-level", "LOG_LEVEL", "DEBUG", "WARNING", "log_level", "DEBUG", "WARNING"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flag", "var", "env_value", "flag_value", "field", "from_env", "from_flag"),
+    PRECEDENCE,
+    ids=[row[1] for row in PRECEDENCE],
+)
+def test_flag_overrides_its_environment_variable(
+    flag: str,
+    var: str,
+    env_value: str,
+    flag_value: str,
+    field: str,
+    from_env: object,
+    from_flag: object,
+) -> None:
+    default = getattr(Settings(), field)
+    assert from_env != default and from_flag != from_env  # each case really changes something
+    assert getattr(load_settings([OFFLINE], env={var: env_value}), field) == from_env
+    flagged = load_settings([OFFLINE, flag, flag_value], env={var: env_value})
+    assert getattr(flagged, field) == from_flag
+    assert getattr(load_settings([OFFLINE, flag, flag_value], env={}), field) == from_flag
+
+
+def test_replay_settings_override_their_environment_variables() -> None:
+    replay = [OFFLINE, "--source", "replay", "prices.csv"]
+    env = {"REPLAY_SPEED": "60", "REPLAY_SYMBOL": "ethusdt"}
+    settings = load_settings(replay, env=env)
+    assert (settings.replay_speed, settings.replay_symbol) == (60.0, "ETHUSDT")
+    flagged = load_settings([*replay, "--speed", "max", "--replay-symbol", "SOLUSDT"], env=env)
+    assert (flagged.replay_speed, flagged.replay_symbol) == (None, "SOLUSDT")
+    assert load_settings(replay, env={}).replay_symbol is None  # default: from the file name
+
+
+def test_every_setting_has_a_precedence_case() -> None:
+    covered = {row[4] for row in PRECEDENCE} | {
+        "replay_speed",
+        "replay_symbol",
+        "replay_files",
+        "resume",
+    }
+    assert covered == {f.name for f in fields(Settings)}
+
+
+def test_empty_environment_variable_means_default() -> None:
+    settings = load_settings([OFFLINE], env={"SYMBOLS": "", "KAFKA_TOPIC": ""})
+    assert settings.symbols == ("BTCUSDT",)
+    assert settings.topic == "btc_price"
+
+
+SECONDS = "a finite number of seconds greater than 0 and at most 86400"
+# (environment, the variable the message must name, what the message must say is allowed)
+BAD_VALUES = [
+    ({"PRODUCER_SOURCE": "websocket"}, "PRODUCER_SOURCE", "binance, simulated or replay"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost:abc"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "KAFKA_BOOTSTRAP_SERVERS", "port 1-65535"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:0"}, "KAFKA_BOOTSTRAP_SERVERS", "port 1-65535"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1,"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1,:2"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "kafka://a:1"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a b:1"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
+    ({"KAFKA_TOPIC": "bad topic!"}, "KAFKA_TOPIC", "a-z A-Z 0-9 . _ -"),
+    ({"KAFKA_TOPIC": "prices/btc"}, "KAFKA_TOPIC", "a-z A-Z 0-9 . _ -"),
+    ({"KAFKA_TOPIC": "t" * 250}, "KAFKA_TOPIC", "1-249"),
+    ({"KAFKA_TOPIC": "."}, "KAFKA_TOPIC", "not . or .."),
+    ({"KAFKA_TOPIC": ".."}, "KAFKA_TOPIC", "not . or .."),
+    ({"KAFKA_TOPIC": "prix_é"}, "KAFKA_TOPIC", "a-z A-Z 0-9 . _ -"),
+    ({"KAFKA_TOPIC_PARTITIONS": "0"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "-3"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "three"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "2.5"}, "KAFKA_TOPIC_PARTITIONS", "whole number from 1"),
+    ({"KAFKA_TOPIC_PARTITIONS": "2147483648"}, "KAFKA_TOPIC_PARTITIONS", "2,147,483,647"),
+    ({"SYMBOLS": "BTC/USDT"}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "BTCUSDT,ETH USDT"}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "A" * 21}, "SYMBOLS", "1-20"),
+    ({"SYMBOLS": " , "}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "BTCUSDT,"}, "SYMBOLS", "Binance symbols like BTCUSDT"),
+    ({"SYMBOLS": "BTCUSDT,btcusdt"}, "SYMBOLS", "distinct"),
+    ({"POLL_INTERVAL_SECONDS": "0"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "-1"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "nan"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "inf"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "86401"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_INTERVAL_SECONDS": "soon"}, "POLL_INTERVAL_SECONDS", SECONDS),
+    ({"POLL_JITTER_SECONDS": "-0.5"}, "POLL_JITTER_SECONDS", "from 0 to 86400"),
+    ({"POLL_JITTER_SECONDS": "inf"}, "POLL_JITTER_SECONDS", "from 0 to 86400"),
+    ({"POLL_JITTER_SECONDS": "10"}, "POLL_JITTER_SECONDS", "below POLL_INTERVAL_SECONDS (10)"),
+    ({"BINANCE_BASE_URL": "api.binance.com"}, "BINANCE_BASE_URL", "http(s) URL"),
+    ({"BINANCE_BASE_URL": "ftp://api.binance.com"}, "BINANCE_BASE_URL", "http(s) URL"),
+    ({"BINANCE_BASE_URL": "http://127.0.0.1:99999"}, "BINANCE_BASE_URL", "port 1-65535"),
+    ({"BINANCE_BASE_URL": "http://127.0.0.1:0"}, "BINANCE_BASE_URL", "port 1-65535"),
+    ({"HTTP_TIMEOUT_SECONDS": "0"}, "HTTP_TIMEOUT_SECONDS", SECONDS),
+    ({"HTTP_TIMEOUT_SECONDS": "inf"}, "HTTP_TIMEOUT_SECONDS", SECONDS),
+    ({"BACKOFF_BASE_SECONDS": "0"}, "BACKOFF_BASE_SECONDS", SECONDS),
+    ({"BACKOFF_BASE_SECONDS": "nan"}, "BACKOFF_BASE_SECONDS", SECONDS),
+    ({"BACKOFF_MAX_SECONDS": "inf"}, "BACKOFF_MAX_SECONDS", SECONDS),
+    (
+        {"BACKOFF_BASE_SECONDS": "5", "BACKOFF_MAX_SECONDS": "2"},
+        "BACKOFF_MAX_SECONDS",
+        "must not be below BACKOFF_BASE_SECONDS (5)",
+    ),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "999"}, "KAFKA_DELIVERY_TIMEOUT_MS", "from 1000 to"),
+    (
+        {"KAFKA_DELIVERY_TIMEOUT_MS": "soon"},
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "whole number of milliseconds",
+    ),
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "2147483648"}, "KAFKA_DELIVERY_TIMEOUT_MS", "2,147,483,647"),
+    ({"SIMULATION_SEED": "lucky"}, "SIMULATION_SEED", "a whole number"),
+    ({"REPLAY_SPEED": "0"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
+    ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
+    ({"REPLAY_SPEED": "fast"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
+    ({"REPLAY_SYMBOL": "BTC/USDT"}, "REPLAY_SYMBOL", "a Binance symbol like BTCUSDT"),
+    ({"REPLAY_SYMBOL": "BTCUSDT"}, "REPLAY_SYMBOL", "only used with --source replay"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def assert_one_sentence(message: str) -> None:
+    assert "\n" not in message
+    assert message[0].isupper() or message[0] in "-'", message
+    assert message.endswith("."), message
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "var", "allowed"), BAD_VALUES, ids=[str(env)[:60] for env, _, _ in BAD_VALUES]
+)
+def test_bad_value_is_one_sentence_naming_the_setting_and_what_it_allows(
+    env: dict[str, str], var: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings([OFFLINE], env=env)
+    message = str(error.value)
+    assert message.startswith(var), message
+    assert allowed in message, message
+    assert_one_sentence(message)
+
+
+def test_a_bad_value_is_quoted_back_with_the_flag_and_the_rule() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings([OFFLINE], env={"POLL_INTERVAL_SECONDS": "inf"})
+    assert str(error.value) == (
+        "POLL_INTERVAL_SECONDS (--interval) must be a finite number of seconds greater than 0 "
+        "and at most 86400, not 'inf'."
+    )
+
+
+# The edges of every range are accepted: the rules refuse no value that works.
+ACCEPTED = [
+    ({"PRODUCER_SOURCE": " Simulated "}, "source", "simulated"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1, b.example:65535"}, "bootstrap_servers", None),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "[::1]:9092,10.0.0.1:9092"}, "bootstrap_servers", None),
+    ({"KAFKA_TOPIC": "t" * 249}, "topic", None),
+    ({"KAFKA_TOPIC": "a.b_c-D9"}, "topic", None),
+    ({"KAFKA_TOPIC": "..."}, "topic", None),
+    ({"KAFKA_TOPIC_PARTITIONS": "1"}, "topic_partitions", 1),
+    ({"SYMBOLS": "btcusdt, eth-usdt"}, "symbols", ("BTCUSDT", "ETH-USDT")),
+    ({"POLL_INTERVAL_SECONDS": "0.001"}, "poll_interval", 0.001),
+    ({"POLL_INTERVAL_SECONDS": "86400"}, "poll_interval", 86400.0),
+    ({"POLL_JITTER_SECONDS": "0"}, "poll_jitter", 0.0),
+    ({"POLL_JITTER_SECONDS": "9.999"}, "poll_jitter", 9.999),
+    ({"BINANCE_BASE_URL": "http://127.0.0.1:65535"}, "binance_base_url", None),
+    ({"BACKOFF_BASE_SECONDS": "60"}, "backoff_base", 60.0),  # equal to the maximum
+    ({"KAFKA_DELIVERY_TIMEOUT_MS": "1000"}, "delivery_timeout_ms", 1000),
+    ({"SIMULATION_SEED": "-7"}, "seed", -7),
+    ({"LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "expected"), ACCEPTED, ids=[str(env)[:60] for env, _, _ in ACCEPTED]
+)
+def test_values_at_the_edge_of_each_rule_are_accepted(
+    env: dict[str, str], field: str, expected: object
+) -> None:
+    value = getattr(load_settings([OFFLINE], env=env), field)
+    assert value == (next(iter(env.values())) if expected is None else expected)
+
+
+def test_bad_flag_value_is_a_config_error_too() -> None:
+    with pytest.raises(ConfigError, match="POLL_INTERVAL_SECONDS"):
+        load_settings([OFFLINE, "--interval", "0"], env={"POLL_INTERVAL_SECONDS": "5"})
+
+
+def test_files_need_replay_and_replay_needs_files() -> None:
+    with pytest.raises(ConfigError, match="replay"):
+        load_settings([OFFLINE, "prices.csv"], env={})
+    with pytest.raises(ConfigError, match="replay"):
+        load_settings([OFFLINE, "--source", "replay"], env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "var"),
+    [
+        ({"BINANCE_BASE_URL": "https://nothing.invalid"}, "BINANCE_BASE_URL"),
+        (
+            {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092,nothing.invalid:9092"},
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+    ],
+)
+def test_unresolvable_host_stops_at_start(env: dict[str, str], var: str) -> None:
+    base = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "BINANCE_BASE_URL": "http://127.0.0.1"}
+    with pytest.raises(ConfigError) as error:
+        load_settings([], env={**base, **env})
+    assert var in str(error.value)
+    assert "'nothing.invalid'" in str(error.value)
+    assert_one_sentence(str(error.value))
+    # The same settings are accepted when the check is turned off: DNS was the only problem.
+    load_settings([OFFLINE], env={**base, **env})
+
+
+def test_resolvable_hosts_pass_and_simulated_source_ignores_the_binance_host() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "localhost:9092", "BINANCE_BASE_URL": "http://127.0.0.1:1"}
+    assert load_settings([], env=env).bootstrap_servers == "localhost:9092"
+    simulated = {**env, "BINANCE_BASE_URL": "https://nothing.invalid"}
+    assert load_settings(["--source", "simulated"], env=simulated).source == "simulated"
