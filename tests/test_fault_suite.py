@@ -106,6 +106,14 @@ class Pipeline:
         before = total_events(self.dsn)
         wait_until(lambda: total_events(self.dsn) > before, timeout, "the tables to grow")
 
+    def streams(self) -> int:
+        """Streams the tables have counted events of (a producer run adds one per symbol)."""
+        return query(self.dsn, "SELECT count(*) FROM stream_marks")[0][0]
+
+    def wait_for_streams_beyond(self, counted: int, timeout: float = 60) -> None:
+        """Wait until events of a stream not counted before are in the tables."""
+        wait_until(lambda: self.streams() > counted, timeout, "a new producer run's events")
+
     def inject_poison(self) -> None:
         produce_raw(self.broker.bootstrap, self.topic, POISON, key=b"POISON")
 
@@ -188,8 +196,9 @@ def test_every_fault_class_at_once_ends_exact(pipeline: Pipeline) -> None:
 
     producer.signal(signal.SIGKILL)
     assert producer.wait() == -signal.SIGKILL
+    streams = p.streams()
     producer = p.start_producer()
-    p.progress()
+    p.wait_for_streams_beyond(streams)  # the new run publishes (events of the old may be late)
     p.inject_poison()
     p.progress()
 
