@@ -97,24 +97,23 @@ _deadline = threading.local()
 
 def _wait_until_deadline(conn: psycopg2.extensions.connection) -> None:
     """psycopg2's wait callback: psycopg2.extras.wait_select, with a deadline. The callback is
-    process-wide: a connection used outside the Store's calls keeps libpq's own rule, its
-    `connect_timeout` while connecting and no limit after."""
+    process-wide: a connection used outside the Store's calls keeps libpq's own rule."""
     at: float | None = getattr(_deadline, "at", None)
-    missed = f"PostgreSQL did not answer within {getattr(_deadline, 'seconds', 0):g} s"
-    if at is None and conn.status == psycopg2.extensions.STATUS_SETUP:
-        connect_timeout = int(parse_dsn(conn.dsn).get("connect_timeout") or 0)
-        if connect_timeout > 0:
-            at, missed = time.monotonic() + connect_timeout, "timeout expired"
+    in_store_call = at is not None
+    if not in_store_call:
+        at = _connect_deadline(conn)
     while True:
         state = conn.poll()
         if state == psycopg2.extensions.POLL_OK:
             return
         timeout = None if at is None else at - time.monotonic()
         if timeout is not None and timeout <= 0:
+            if not in_store_call:
+                raise psycopg2.OperationalError("timeout expired")  # libpq's words
             # psycopg2 then closes the connection, and what the caller catches may be about
             # that ("connection already closed"): keep the real reason where it can be found.
-            _deadline.missed = missed
-            raise psycopg2.OperationalError(missed)
+            _deadline.missed = f"PostgreSQL did not answer within {_deadline.seconds:g} s"
+            raise psycopg2.OperationalError(_deadline.missed)
         fd = conn.fileno()
         if state == psycopg2.extensions.POLL_READ:
             select.select([fd], [], [], timeout)
@@ -122,6 +121,15 @@ def _wait_until_deadline(conn: psycopg2.extensions.connection) -> None:
             select.select([], [fd], [], timeout)
         else:  # pragma: no cover - psycopg2 documents no other state
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
+
+
+def _connect_deadline(conn: psycopg2.extensions.connection) -> float | None:
+    """libpq's limit for a connection outside the Store's calls: its `connect_timeout` while
+    it connects, none after."""
+    if conn.status != psycopg2.extensions.STATUS_SETUP:
+        return None
+    seconds = int(parse_dsn(conn.dsn).get("connect_timeout") or 0)
+    return time.monotonic() + seconds if seconds > 0 else None
 
 
 @contextlib.contextmanager
