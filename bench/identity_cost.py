@@ -58,7 +58,7 @@ def messages(count: int, identity: bool) -> list[Record]:
 
 
 def fold(records: list[Record], accumulator: Accumulator) -> float:
-    """Seconds to fold the records in batches of 2000, as max_poll_records hands them over."""
+    """Seconds to fold the records in batches of 2000, as polls hand them over."""
     received = time.time_ns() // 1_000_000
     started = time.perf_counter()
     for start in range(0, len(records), 2000):

@@ -182,12 +182,14 @@ class Bench:
 
     def consumers(self, with_quix: bool) -> None:
         n, topic = self.args.events, self.replay_topic
-        bare, ours, rss, markers = [], [], 0.0, []
+        bare, ours, rss, markers, cpu_shares = [], [], 0.0, [], []
         for run in range(1, self.args.repeat + 1):
             print(f"(a) bare consumer, run {run}...", flush=True)
-            bare.append(
-                bare_consumer_seconds(self.broker.bootstrap, topic, self.args.partitions, n)
+            seconds, cpu_share = bare_consumer_seconds(
+                self.broker.bootstrap, topic, self.args.partitions, n
             )
+            bare.append(seconds)
+            cpu_shares.append(cpu_share)
             print(f"(b) consumer.py, run {run}...", flush=True)
             dsn, env = self.database(f"bench_consumer_{run}", topic, self.args.flush_interval)
             consumer = self.script("consumer", [], env)
@@ -204,6 +206,8 @@ class Bench:
         a = self.report.rates("(a) bare kafka-python consumer, poll + json.loads", n, bare)
         b = self.report.rates("(b) consumer.py into PostgreSQL (checked exact)", n, ours)
         self.report.ratios("(b)/(a)", b, a)
+        shares = ", ".join(f"{share:.2f}" for share in cpu_shares)
+        self.report.line(f"    (a) used a CPU for this share of its time: {shares}")
         self.report.line(
             f"    consumer.py peak RSS {rss:.0f} MB; a live event visible after "
             f"{visible_after:.2f} s (flush every {self.args.flush_interval:g} s)"
@@ -366,23 +370,28 @@ def bare_producer_seconds(bootstrap: str, topic: str, path: Path) -> float:
     return seconds
 
 
-def bare_consumer_seconds(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
-    """The ceiling: poll and decode, nothing else, with consumer.py's fetch settings."""
+def bare_consumer_seconds(
+    bootstrap: str, topic: str, partitions: int, expected: int
+) -> tuple[float, float]:
+    """The ceiling: poll and decode, nothing else, with consumer.py's fetch settings. Returns
+    the seconds and the share of them the process used a CPU: well under 1, the client waited
+    on its broker (as with kafka-python's fetches left waiting on idle partitions)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, **FETCH_SETTINGS
     )
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     consumer.seek_to_beginning()
     seen = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while seen < expected:
         for messages in consumer.poll(timeout_ms=1000).values():
             for m in messages:
                 json.loads(m.value)
                 seen += 1
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     consumer.close()
-    return seconds
+    return seconds, cpu / seconds
 
 
 def quix_seconds(bootstrap: str, topic: str, events: int) -> float:

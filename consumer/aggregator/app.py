@@ -118,7 +118,8 @@ class ConsumerLoop(ConsumerRebalanceListener):
             self.consumed_log.count(messages)
         else:
             self.consumed_log.each(consumed)
-        if self.catch_up.caught_up(self.positions.known_lag(self.accumulator.pending.next_offsets)):
+        lag = self.positions.known_lag(self.accumulator.pending.next_offsets)
+        if self.catch_up.caught_up(lag, just_read=messages):
             self.flusher.flush_soon("Caught up with the backlog")
 
     def reset(self) -> None:
@@ -228,7 +229,7 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def tune_garbage_collector() -> None:
-    """Every poll hands over up to 2,000 records that live until they are folded in, so the
+    """Every poll hands over up to 25,000 records that live until they are folded in, so the
     collector runs often, and its full passes walked every object of the imported libraries:
     those are frozen out of it, and young passes come less often (bench/: a few % of CPU)."""
     gc.freeze()

@@ -15,12 +15,19 @@ from aggregator.config import Settings
 
 log = logging.getLogger("consumer")
 
-# Larger fetches amortise the per-request cost when catching up on a backlog (bench/ gives its
-# bare client the same ones).
+# A poll takes every record a fetch brought for a partition. kafka-python 3.0.12 sends its next
+# fetch as soon as no fetched response is queued, and leaves out the partition whose records a
+# poll is still handing over. When the other partitions have nothing new (one symbol is one
+# partition: every backfill), that fetch asks only for them, and the broker holds it for
+# fetch_max_wait_ms (500 ms) while the backlog waits behind it: in bench/, half the time was
+# spent waiting with 2,000 records a poll. So a poll must hold a partition's whole response:
+# MAX_PARTITION_FETCH_BYTES, plus the one producer batch (at most 256 KiB from producer.py) a
+# broker may return beyond it, of the smallest valid events (tests/test_kafka_edge.py).
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
 FETCH_SETTINGS = {
-    "max_poll_records": 2000,
+    "max_poll_records": 25_000,
+    "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
     "fetch_max_bytes": 16 * 1024 * 1024,
-    "max_partition_fetch_bytes": 4 * 1024 * 1024,
 }
 
 
@@ -94,12 +101,13 @@ class CatchUpWatch:
     def __init__(self) -> None:
         self.behind = False
 
-    def caught_up(self, lag: int) -> bool:
+    def caught_up(self, lag: int, just_read: int) -> bool:
         """True once, when `lag` (messages behind the partition ends) reaches 0 after a
-        backlog."""
-        if lag >= self.BACKLOG_MESSAGES:
+        backlog. `just_read`: the messages of this poll, which the lag before it included (a
+        poll may take a whole backlog at once)."""
+        if lag + just_read >= self.BACKLOG_MESSAGES:
             self.behind = True
-        elif lag == 0 and self.behind:
+        if lag == 0 and self.behind:
             self.behind = False
             return True
         return False
