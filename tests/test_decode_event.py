@@ -1,12 +1,15 @@
-"""decode_event on whole messages: size, JSON, object, fields present (rules: test_contract)."""
+"""decode_event on whole messages: size, JSON, object, fields present (rules: test_contract),
+and its hot path, which must decide as the full rules do."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 
+from aggregator.shared import contract
 from aggregator.shared.contract import (
     MAX_MESSAGE_BYTES,
     ContractError,
@@ -56,3 +59,73 @@ def test_decode_rejects_with_a_reason_naming_the_problem(value: bytes | None, re
     text = str(caught.value)
     assert reason in text, text
     assert "\n" not in text and len(text) < 200, text
+
+
+# The hot path (msgspec) takes a message whose names and price were accepted before; the full
+# rules (orjson, every check) decide the rest. Around an event with known names, each message
+# must get the same verdict, and the same event or reason, either way.
+STREAM = "binance/BTCUSDT/20260101T000000Z-1a2b3c4d"
+KNOWN = message(stream=STREAM, seq=7)
+KNOWN_TEXT = KNOWN.decode()
+
+
+def known(**changes: object) -> bytes:
+    return message(**{"stream": STREAM, "seq": 7, **changes})
+
+
+AROUND_A_KNOWN_EVENT: dict[str, bytes | None] = {
+    "the event": KNOWN,
+    "without identity": message(),
+    "identity null": message(stream=None, seq=None),
+    "stream null, seq set": known(stream=None),
+    "seq null, stream set": known(seq=None),
+    "padded to the limit": KNOWN.ljust(MAX_MESSAGE_BYTES),
+    "padded beyond the limit": KNOWN.ljust(MAX_MESSAGE_BYTES + 1),
+    "a repeated key, the last one valid": KNOWN_TEXT.replace("{", '{"seq": 0, ', 1).encode(),
+    "a repeated key, the last one invalid": KNOWN_TEXT.replace("}", ', "seq": 0}').encode(),
+    "an unknown field": known(note="x"),
+    "a byte-order mark": b"\xef\xbb\xbf" + KNOWN,
+    "text after the object": KNOWN + b" x",
+    "escaped name": KNOWN_TEXT.replace("BTCUSDT", "\\u0042TCUSDT", 1).encode(),
+    "lone surrogate": KNOWN_TEXT.replace("BTCUSDT", "\\ud800", 1).encode(),
+    "a price not seen yet": known(price="43250.75000001"),
+    "a price as a number": known(price=43250.75),
+    "event_time true": known(event_time=True),
+    "event_time as a float": known(event_time=float(NOW_MS)),
+    "event_time with an exponent": KNOWN_TEXT.replace(str(NOW_MS), "1.7e12").encode(),
+    "event_time before 2009": known(event_time=1_230_767_999_999),
+    "event_time beyond now + 5 min": known(event_time=NOW_MS + 5 * 60_000 + 1),
+    "event_time at now + 5 min": known(event_time=NOW_MS + 5 * 60_000),
+    "seq 0": known(seq=0),
+    "seq 2**63": known(seq=2**63),
+    "seq 2**64 + 1": known(seq=2**64 + 1),
+    "seq 1e3": KNOWN_TEXT.replace('"seq": 7', '"seq": 1e3').encode(),
+    "an unknown source": known(source="other"),
+    "a symbol not seen yet": known(symbol="NEWPAIR"),
+    "an array": b"[" + KNOWN + b"]",
+    "no value": None,
+}
+
+
+def outcome(decode: Callable[[bytes | None, int], object], value: bytes | None) -> object:
+    try:
+        return decode(value, NOW_MS)
+    except ContractError as refused:
+        return f"refused: {refused}"
+
+
+@pytest.mark.parametrize("value", AROUND_A_KNOWN_EVENT.values(), ids=AROUND_A_KNOWN_EVENT)
+def test_the_hot_path_gives_the_verdict_of_the_full_rules(value: bytes | None) -> None:
+    decode_event(KNOWN, NOW_MS)  # its names and price are known from here on
+    assert outcome(decode_event, value) == outcome(contract._decode_in_full, value)
+
+
+def test_a_message_with_known_names_takes_the_hot_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = decode_event(KNOWN, NOW_MS)
+
+    def not_expected(value: bytes | None, now_ms: int) -> None:
+        raise AssertionError("the full rules were asked")
+
+    monkeypatch.setattr(contract, "_decode_in_full", not_expected)
+    assert decode_event(KNOWN, NOW_MS) == expected
+    assert decode_event(message(), NOW_MS) == expected._replace(stream=None, seq=None)

@@ -32,6 +32,7 @@ from decimal import Decimal
 from functools import partial
 from typing import NamedTuple
 
+import msgspec
 import orjson
 
 # Binance's own rule for symbol names (rest-api.md, "symbol" parameter); always fullmatch.
@@ -222,8 +223,60 @@ class DecodedEvent(NamedTuple):  # a tuple: the cheapest immutable object per me
         return self.source == REPLAY_SOURCE
 
 
+class _ContractFields(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The contract's fields with their JSON types, and nothing else."""
+
+    symbol: str
+    price: str
+    event_time: int
+    source: str
+    stream: str | None = None
+    seq: int | None = None
+
+
+# msgspec decodes straight into these typed fields, at about half of what orjson spends
+# building a dict (bench/): the hot path. A message it cannot take so (bad JSON, a field
+# missing, unknown or of another JSON type) goes the general way, which says what is wrong.
+# Both keep a repeated key's last value and refuse a byte-order mark and lone surrogates.
+_decode_fields = msgspec.json.Decoder(_ContractFields).decode
+
+
 def decode_event(value: bytes | None, now_ms: int) -> DecodedEvent:
-    """Parse one message value or raise ContractError with the reason."""
+    """Parse one message value or raise ContractError with the reason.
+
+    The hot path takes a message whose names (symbol, source, stream) and price the general
+    way has accepted before, and whose numbers are in range: the same verdict and event, at a
+    fraction of the cost. Anything else is decided by `_decode_in_full`."""
+    if value is None or len(value) > MAX_MESSAGE_BYTES:
+        return _decode_in_full(value, now_ms)
+    try:
+        fields = _decode_fields(value)
+    except msgspec.DecodeError:
+        return _decode_in_full(value, now_ms)
+    symbol, price, event_time, source, stream, seq = (
+        fields.symbol,
+        fields.price,
+        fields.event_time,
+        fields.source,
+        fields.stream,
+        fields.seq,
+    )
+    if (
+        symbol in _valid_symbols
+        and (decimal := _recent_prices.get(price)) is not None
+        and EARLIEST_EVENT_MS <= event_time <= now_ms + MAX_FUTURE_MS
+        and source in _SOURCE_SET
+        and (
+            (stream is None and seq is None)
+            or (stream in _valid_streams and seq is not None and 0 < seq <= MAX_SEQ)
+        )
+    ):
+        return _new_event((symbol, decimal, event_time, source, stream, seq))
+    return _decode_in_full(value, now_ms)
+
+
+def _decode_in_full(value: bytes | None, now_ms: int) -> DecodedEvent:
+    """Every rule of the contract, naming the first one broken (ContractError)."""
     if value is None:
         raise ContractError("message has no value")
     if len(value) > MAX_MESSAGE_BYTES:
