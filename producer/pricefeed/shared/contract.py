@@ -296,8 +296,9 @@ def _decode_in_full(value: bytes | None, now_ms: int) -> DecodedEvent:
         )
     except KeyError as exc:
         raise ContractError(f"missing field {exc.args[0]!r}") from None
-    # Hot path (every message): the common, valid case is checked inline, with the same rules
-    # as the check_* functions, which run only to accept a new name or to say what is wrong.
+    # The valid case is checked inline (a new price or name, a message of another producer),
+    # with the same rules as the check_* functions, which run only to accept a new name or to
+    # say what is wrong.
     if type(symbol) is not str or symbol not in _valid_symbols:
         symbol = check_symbol(symbol)
     if type(price) is not str or (decimal := _recent_prices.get(price)) is None:
