@@ -83,6 +83,13 @@ AROUND_A_KNOWN_EVENT: dict[str, bytes | None] = {
     "padded beyond the limit": KNOWN.ljust(MAX_MESSAGE_BYTES + 1),
     "a repeated key, the last one valid": KNOWN_TEXT.replace("{", '{"seq": 0, ', 1).encode(),
     "a repeated key, the last one invalid": KNOWN_TEXT.replace("}", ', "seq": 0}').encode(),
+    # orjson refuses the whole message for a number beyond a double's range.
+    "a repeated key, the first one beyond a double": (
+        KNOWN_TEXT.replace("{", '{"seq": 2' + "0" * 308 + ", ", 1).encode()
+    ),
+    "a repeated key, the first one a huge time": (
+        KNOWN_TEXT.replace("{", '{"event_time": -1' + "0" * 400 + ", ", 1).encode()
+    ),
     "an unknown field": known(note="x"),
     "a byte-order mark": b"\xef\xbb\xbf" + KNOWN,
     "text after the object": KNOWN + b" x",

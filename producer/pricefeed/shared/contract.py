@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import msgspec
 import orjson
@@ -224,14 +224,16 @@ class DecodedEvent(NamedTuple):  # a tuple: the cheapest immutable object per me
 
 
 class _ContractFields(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The contract's fields with their JSON types, and nothing else."""
+    """The contract's fields with their JSON types, and nothing else. The integers are bounded
+    to 64 bits: orjson refuses a document with an integer beyond a double's range even where a
+    repeated key's later value replaces it, and msgspec would keep the later value."""
 
     symbol: str
     price: str
-    event_time: int
+    event_time: Annotated[int, msgspec.Meta(ge=EARLIEST_EVENT_MS, le=MAX_SEQ)]
     source: str
     stream: str | None = None
-    seq: int | None = None
+    seq: Annotated[int, msgspec.Meta(gt=0, le=MAX_SEQ)] | None = None
 
 
 # msgspec decodes straight into these typed fields, at about half of what orjson spends
