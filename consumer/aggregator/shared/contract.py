@@ -298,23 +298,13 @@ def _decode_in_full(value: bytes | None, now_ms: int) -> DecodedEvent:
         )
     except KeyError as exc:
         raise ContractError(f"missing field {exc.args[0]!r}") from None
-    # The valid case is checked inline (a new price or name, a message of another producer),
-    # with the same rules as the check_* functions, which run only to accept a new name or to
-    # say what is wrong.
-    if type(symbol) is not str or symbol not in _valid_symbols:
-        symbol = check_symbol(symbol)
-    if type(price) is not str or (decimal := _recent_prices.get(price)) is None:
-        decimal = _decimal_price(price)
-    if type(event_time) is not int or not EARLIEST_EVENT_MS <= event_time <= now_ms + MAX_FUTURE_MS:
-        event_time = check_event_time(event_time, now_ms)
-    if type(source) is not str or source not in _SOURCE_SET:
-        source = check_source(source)
+    symbol = check_symbol(symbol)
+    decimal = _decimal_price(price)
+    event_time = check_event_time(event_time, now_ms)
+    source = check_source(source)
     stream, seq = body.get("stream"), body.get("seq")
     if stream is not None or seq is not None:  # both, or neither (previous release)
-        if type(stream) is not str or stream not in _valid_streams or type(seq) is not int:
-            stream, seq = check_identity(stream, seq)
-        elif not 0 < seq <= MAX_SEQ:
-            seq = check_seq(seq)
+        stream, seq = check_identity(stream, seq)
     return _new_event((symbol, decimal, event_time, source, stream, seq))
 
 
@@ -330,10 +320,10 @@ RECENT_PRICES = 4096
 
 
 def _decimal_price(price: object) -> Decimal:
-    # check_price's rules inlined for the valid case (a price not seen lately is common).
-    if type(price) is not str or not PRICE_PATTERN.fullmatch(price) or not price.strip("0."):
-        check_price(price)  # raises, naming the problem
-    value = Decimal(price)  # type: ignore[arg-type]
+    """The price's Decimal, checked once while it is recent."""
+    if type(price) is str and (known := _recent_prices.get(price)) is not None:
+        return known
+    value = Decimal(check_price(price))
     if len(_recent_prices) >= RECENT_PRICES:
         _recent_prices.clear()
     _recent_prices[price] = value  # type: ignore[index]
