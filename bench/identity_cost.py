@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT / "consumer")]
 import orjson  # noqa: E402
 
 from aggregator.batch import Accumulator  # noqa: E402
-from aggregator.shared.contract import decode_event  # noqa: E402
+from aggregator.decoding import decode_event  # noqa: E402
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT")
 

@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "producer"), str(ROOT / "consumer")]
 
 from aggregator.kafka_edge import FETCH_SETTINGS  # noqa: E402
 from bench.data import check_tables, file_windows, write_agg_trades  # noqa: E402
-from pricefeed.shared.contract import replay_stream  # noqa: E402
+from btcpipe.contract import replay_stream  # noqa: E402
 from pricefeed.sink import CLIENT_SETTINGS  # noqa: E402
 
 # The real servers of the test harness (a Kafka-protocol broker, PostgreSQL, a fake Binance):

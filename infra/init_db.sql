@@ -8,7 +8,7 @@
 -- consumer.py (at every start) and PostgreSQL's entrypoint (infra/00-migrate.sh) apply the
 -- same files and record each in schema_migrations; a database set up with this file gets
 -- those records from the consumer's first start. A new migration is one more line here
--- (tests/test_migrations.py checks that every file is listed, in order).
+-- (tests/integration/test_migrations.py checks that every file is listed, in order).
 \ir migrations/001_initial_schema.sql
 \ir migrations/002_exactly_once.sql
 \ir migrations/003_pipeline_writer.sql

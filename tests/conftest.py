@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,29 +86,10 @@ def replay_notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield folder
 
 
-# --- slow tests: last, and only while the suite stays within its 10 minutes -----------------
+# --- slow tests: last ---------------------------------------------------------------------------
 # A test marked slow proves at full scale what a faster test proves with shortened timeouts.
-# They run at the end of the suite, each one only if the suite has used less than
-# SLOW_TESTS_START_BEFORE seconds so far; otherwise it is skipped with a reason that says so.
-# `tests/run.sh -m slow` (or RUN_SLOW_TESTS=1) runs them whatever the time.
-
-SLOW_TESTS_START_BEFORE = float(os.environ.get("SLOW_TESTS_START_BEFORE_SECONDS", "420"))
-_session_started = time.monotonic()
+# The test command runs them, at the end; `tests/run.sh -m "not slow"` leaves them out.
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("slow") is None or os.environ.get("RUN_SLOW_TESTS") == "1":
-        return
-    if "slow" in (item.config.getoption("markexpr") or ""):
-        return
-    elapsed = time.monotonic() - _session_started
-    if elapsed > SLOW_TESTS_START_BEFORE:
-        pytest.skip(
-            f"slow test not run: the suite has taken {elapsed:.0f} s, over the "
-            f"{SLOW_TESTS_START_BEFORE:.0f} s after which slow tests would push it past 10 "
-            "minutes; run it with `tests/run.sh -m slow`"
-        )

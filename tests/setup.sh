@@ -29,8 +29,12 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.requirements.sha
-want=$(cat producer/requirements.txt consumer/requirements.txt tests/requirements.txt | sha256sum)
+want=$(cat producer/requirements.txt consumer/requirements.txt tests/requirements.txt \
+    btcpipe/pyproject.toml | sha256sum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    # The scripts' requirements install btcpipe as a copy (as the images do); the tests use
+    # it editable, so that a change to it is tested without installing it again.
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e ./btcpipe
     echo "$want" > "$stamp"
 fi

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 import sys
 import threading
 import time
@@ -37,8 +36,6 @@ from aggregator.kafka_edge import (
 )
 from aggregator.migrations import MigrationError
 from aggregator.report import ConsumedLog
-from aggregator.shared.backoff import Backoff
-from aggregator.shared.contract import DecodedEvent
 from aggregator.store import (
     NotOwner,
     OffsetsMoved,
@@ -47,6 +44,9 @@ from aggregator.store import (
     StoreMisconfigured,
     StoreUnavailable,
 )
+from btcpipe.backoff import Backoff
+from btcpipe.contract import DecodedEvent
+from btcpipe.process import configure_logging, describe, stop_on_signals
 
 log = logging.getLogger("consumer")
 
@@ -159,22 +159,6 @@ class ConsumerLoop(ConsumerRebalanceListener):
         self.flusher.resolve_positions(self.callback_timeout)
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: object) -> None:
-        log.info("Received %s: final flush, then exit", signal.strsignal(signum))
-        stop.set()
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stdout
-    )
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-
 def prepare_tables(store: Store, settings: Settings, stop: threading.Event) -> bool:
     """Apply missing migrations, then claim the tables for our group (or take them over),
     waiting for PostgreSQL with backoff. False if stopped first. Raises MigrationError and
@@ -213,12 +197,6 @@ def take_over(store: Store, group_id: str) -> None:
 
 
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, KafkaUnresponsive)
-
-
-def describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    name = exc.__class__.__name__
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -276,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level)
     stop = threading.Event()
-    install_signal_handlers(stop)
+    stop_on_signals(stop, log, "final flush, then exit")
     store = Store(settings.dsn(), settings.migrations_dir)
     try:
         if not prepare_tables(store, settings, stop):

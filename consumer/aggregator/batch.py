@@ -15,14 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aggregator.shared.contract import (
-    MAX_MESSAGE_BYTES,
-    REPLAY_SOURCE,
-    ContractError,
-    DecodedEvent,
-    decode_event,
-)
+from aggregator.decoding import decode_event
 from aggregator.windows import WINDOW_MS, WindowDeltas, WindowStats
+from btcpipe.contract import MAX_MESSAGE_BYTES, REPLAY_SOURCE, ContractError, DecodedEvent
 
 
 class ConsumerRecord(Protocol):  # what the Kafka client hands us, as far as we use it

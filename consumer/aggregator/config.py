@@ -3,7 +3,7 @@
 Every option names its own parser, which converts the text and checks its range; a bad value
 stops the consumer at start, before it connects anywhere, with one sentence naming the
 variable and what it allows. The settings both scripts share (Kafka brokers, topic, log level)
-and the machinery that reads options are in shared/settings.py, one text in both scripts.
+and the machinery that reads options are in btcpipe.settings, which both scripts install.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.shared import settings as shared
-from aggregator.shared.settings import ConfigError as ConfigError  # load_settings raises it
-from aggregator.shared.settings import Invalid, Option
+from btcpipe import settings as shared
+from btcpipe.settings import ConfigError as ConfigError  # load_settings raises it
+from btcpipe.settings import Invalid, Option
 
 DEFAULT_MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 OFFSET_RESETS = ("earliest", "latest")

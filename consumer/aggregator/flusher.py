@@ -15,8 +15,8 @@ from aggregator.batch import Accumulator
 from aggregator.config import Settings
 from aggregator.kafka_edge import Positions
 from aggregator.report import report_flush
-from aggregator.shared.backoff import Backoff
 from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from btcpipe.backoff import Backoff
 
 log = logging.getLogger("consumer")
 

@@ -22,7 +22,7 @@ log = logging.getLogger("consumer")
 # fetch_max_wait_ms (500 ms) while the backlog waits behind it: in bench/, half the time was
 # spent waiting with 2,000 records a poll. So a poll must hold a partition's whole response:
 # MAX_PARTITION_FETCH_BYTES, plus the one producer batch (at most 256 KiB from producer.py) a
-# broker may return beyond it, of the smallest valid events (tests/test_kafka_edge.py).
+# broker may return beyond it, of the smallest valid events (tests/integration/test_kafka_edge.py).
 MAX_PARTITION_FETCH_BYTES = 1024 * 1024
 FETCH_SETTINGS = {
     "max_poll_records": 25_000,

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from aggregator.batch import PendingFlush
-from aggregator.shared.contract import DecodedEvent
 from aggregator.windows import WindowStats
+from btcpipe.contract import DecodedEvent
 
 log = logging.getLogger("consumer")
 

@@ -25,6 +25,7 @@ from psycopg2.extensions import parse_dsn
 from aggregator.batch import PendingFlush
 from aggregator.migrations import MigrationError, migrations_in, missing
 from aggregator.windows import MERGE_INTO_ROW_SQL, merge_params
+from btcpipe.process import one_line
 
 log = logging.getLogger("consumer")
 
@@ -178,7 +179,7 @@ class Connection:
                     options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                 )
             except psycopg2.OperationalError as exc:
-                reason = _one_line(exc)
+                reason = one_line(exc)
                 if _is_permanent(reason, at_start=not self.started):
                     raise StoreMisconfigured(reason) from None
                 raise StoreUnavailable(reason) from None
@@ -188,7 +189,7 @@ class Connection:
         """The error of a failed connection, closed: the next call reconnects."""
         self.close()
         missed = getattr(_deadline, "missed", None)
-        return StoreUnavailable(f"{missed} (server hung?)" if missed else _one_line(exc))
+        return StoreUnavailable(f"{missed} (server hung?)" if missed else one_line(exc))
 
     def close(self) -> None:
         """Close the connection (also one that failed): the next call reconnects."""
@@ -475,14 +476,10 @@ def _binary(data: bytes | None) -> psycopg2.Binary | None:
     return None if data is None else psycopg2.Binary(data)
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or exc.__class__.__name__
-
-
 def _describe(exc: psycopg2.Error) -> str:
     """The server's own words and SQLSTATE, e.g. for a constraint a flush violated."""
     code = f" [SQLSTATE {exc.pgcode}]" if exc.pgcode else ""
-    return f"{exc.__class__.__name__}: {_one_line(exc)}{code}"
+    return f"{exc.__class__.__name__}: {one_line(exc)}{code}"
 
 
 # libpq's messages for settings that no retry can fix (it gives no SQLSTATE for a failed

@@ -5,43 +5,22 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from kafka.errors import KafkaConfigurationError
 
+from btcpipe.backoff import Backoff
+from btcpipe.process import configure_logging, stop_on_signals
 from pricefeed.config import ConfigError, load_settings
 from pricefeed.registry import open_source
-from pricefeed.shared.backoff import Backoff
 from pricefeed.sink import KafkaSink
 from pricefeed.source import SourceError
 
 log = logging.getLogger("producer")
 
 EXIT_UNDELIVERED = 1  # stopped with events Kafka never acknowledged: a supervisor should know
-
-
-def install_signal_handlers(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: object) -> None:
-        log.info(
-            "Received %s: stopping after pending messages are flushed", signal.strsignal(signum)
-        )
-        stop.set()
-
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        stream=sys.stdout,
-    )
-    # The client logs every failed reconnect; the producer says what matters in its own words.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"producer.py: error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    install_signal_handlers(stop)
+    stop_on_signals(stop, log, "stopping after pending messages are flushed")
     sink = KafkaSink(
         settings.bootstrap_servers,
         settings.topic,

@@ -3,7 +3,7 @@
 Every option names its own parser, which converts the text and checks its range; a bad value
 stops the producer at start, before anything is created, with one sentence naming the
 variable and what it allows. The settings both scripts share (Kafka brokers, topic, log level)
-and the machinery that reads options are in shared/settings.py, one text in both scripts.
+and the machinery that reads options are in btcpipe.settings, which both scripts install.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from btcpipe import settings as shared
+from btcpipe.contract import ContractError, check_symbol
+from btcpipe.settings import ConfigError, Invalid, Option
 from pricefeed.registry import SOURCE_NAMES, sources_help
-from pricefeed.shared import settings as shared
-from pricefeed.shared.contract import ContractError, check_symbol
-from pricefeed.shared.settings import ConfigError, Invalid, Option
 
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, ClassVar
 
+from btcpipe.clock import wall_clock_ms
+from btcpipe.contract import ContractError, PriceEvent, live_stream, make_event
 from pricefeed.binance import ALL_SYMBOLS, BinanceClient
-from pricefeed.shared.contract import ContractError, PriceEvent, live_stream, make_event
 
 if TYPE_CHECKING:
     from pricefeed.config import Settings
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("producer")
 
 EIGHT_PLACES = Decimal("0.00000001")  # Binance quotes prices with 8 decimals
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_run_id() -> str:
@@ -70,7 +66,7 @@ class BinanceSource:
     def poll(self) -> list[PriceEvent]:
         pairs = self.client.ticker_prices(self.symbols)
         # ticker/price has no timestamp: the event time is when the answer arrived.
-        event_time = now_ms()
+        event_time = wall_clock_ms()
         return events_from_pairs(pairs, self.symbols, event_time, self.sequencer)
 
 
@@ -109,7 +105,7 @@ class SimulatedSource:
     }
 
     def __init__(
-        self, symbols: Sequence[str], seed: int | None, clock: Callable[[], int] = now_ms
+        self, symbols: Sequence[str], seed: int | None, clock: Callable[[], int] = wall_clock_ms
     ) -> None:
         self.symbols = tuple(symbols)
         self._rng = random.Random(seed)

@@ -8,8 +8,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from btcpipe.backoff import Backoff
 from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.shared.backoff import Backoff
 from pricefeed.source import PollFailed, PollSource
 from pricefeed.timing import FixedRateSchedule
 

@@ -15,6 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from btcpipe.contract import PriceEvent
 from pricefeed.replay_files import (
     FileContent,
     ReplayFileError,
@@ -23,7 +24,6 @@ from pricefeed.replay_files import (
     scan_content,
 )
 from pricefeed.replay_ledger import ReplayLedger
-from pricefeed.shared.contract import PriceEvent
 from pricefeed.source import SourceError
 
 if TYPE_CHECKING:

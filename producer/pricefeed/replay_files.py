@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from pricefeed.shared.contract import (
+from btcpipe.clock import wall_clock_ms
+from btcpipe.contract import (
     EARLIEST_EVENT_MS,
     MAX_FUTURE_MS,
-    PRICE_PATTERN,
     ContractError,
     PriceEvent,
     check_event_time,
@@ -54,8 +54,8 @@ from pricefeed.shared.contract import (
     check_price,
     check_symbol,
     replay_stream,
-    wall_clock_ms,
 )
+from btcpipe.contract.rules import PRICE_PATTERN
 from pricefeed.source import SourceError
 
 SOURCE = "replay"

@@ -33,8 +33,9 @@ from kafka.errors import (
 )
 from kafka.partitioner import DefaultPartitioner
 
-from pricefeed.shared.backoff import Backoff
-from pricefeed.shared.contract import PriceEvent
+from btcpipe.backoff import Backoff
+from btcpipe.contract import PriceEvent
+from btcpipe.process import describe
 
 log = logging.getLogger("producer")
 
@@ -140,7 +141,7 @@ class KafkaSink:
             self._waiting = waiting[exc.index :]
             log.warning(
                 "Kafka is not taking messages (%s); %d events wait to be sent",
-                _describe(exc.__cause__),
+                describe(exc.__cause__),
                 len(self._waiting),
             )
 
@@ -164,7 +165,7 @@ class KafkaSink:
             log.warning(
                 "Kafka did not acknowledge in time (%s); sending %d unacknowledged events "
                 "again, in order, with a new producer session",
-                _describe(self._failure),
+                describe(self._failure),
                 len(unacked),
             )
         if not self._clients.next(len(self._waiting)):
@@ -377,7 +378,7 @@ class KafkaClients:
                 "Kafka not reachable at %s (%s); %d events wait; next attempt in %.1f s or at "
                 "the next publish after that",
                 self.bootstrap_servers,
-                _describe(exc),
+                describe(exc),
                 waiting,
                 delay,
             )
@@ -391,7 +392,7 @@ class KafkaClients:
             try:
                 self.producer.flush(timeout=timeout)
             except KafkaError as exc:
-                log.warning("Kafka flush incomplete: %s", _describe(exc))
+                log.warning("Kafka flush incomplete: %s", describe(exc))
 
     def close_current(self) -> None:
         producer, self.producer = self.producer, None
@@ -452,7 +453,7 @@ def force_close(producer: KafkaProducer) -> None:
     does what `close` would have done next: stop the sender thread at once (dropping what it
     holds: the sink re-sends every unacknowledged event itself) and mark the producer closed,
     so that its `__del__` does not start the same close again. Private attributes of that
-    version: tests/test_producer.py fails if they disappear."""
+    version: tests/integration/test_producer.py fails if they disappear."""
     sender = getattr(producer, "_sender", None)
     if sender is not None:
         sender.force_close()
@@ -493,9 +494,3 @@ class StallWatch:
             stalled_for,
             waiting,
         )
-
-
-def _describe(exc: BaseException | None) -> str:
-    text = " ".join(str(exc).split())
-    name = exc.__class__.__name__
-    return text if text.startswith(name) else f"{name}: {text}" if text else name

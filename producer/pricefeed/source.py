@@ -20,8 +20,8 @@ import threading
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from btcpipe.contract import PriceEvent
     from pricefeed.live_sources import Sequencer
-    from pricefeed.shared.contract import PriceEvent
     from pricefeed.sink import KafkaSink
 
 

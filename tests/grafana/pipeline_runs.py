@@ -8,7 +8,6 @@ remembers what it published; expected windows come from tests.pipeline.expected_
 from __future__ import annotations
 
 import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import psycopg2
 
 from aggregator.report import PER_MESSAGE_LIMIT  # consumer/ is on sys.path (conftest.py)
+from btcpipe.clock import wall_clock_ms
 from tests.harness import PostgresServer, TansuBroker
 from tests.harness.net import wait_until
 from tests.harness.scripts import Script, run_script
@@ -353,13 +353,9 @@ class Pipeline:
         ) == (len(self.events), len(self.events) - replayed, replayed, self.invalid, self.late)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def fresh(rng: random.Random, age: timedelta = timedelta(0)) -> list[Event]:
     """One live event per symbol, `age` old right now."""
-    stamp = now_ms() - age // MILLISECOND
+    stamp = wall_clock_ms() - age // MILLISECOND
     return live_events(rng, {symbol: [stamp] for symbol in SYMBOLS})
 
 
@@ -426,6 +422,6 @@ def healthy_run(broker: TansuBroker, postgres: PostgresServer, workdir: Path) ->
         pipeline.publish([late])
 
     pipeline.run_until_idle("consumer-a", publish)
-    started = now_ms()
+    started = wall_clock_ms()
     flush = pipeline.run_held("consumer-b", lambda: pipeline.publish(fresh(rng)))
-    return HealthyRun(pipeline, pipeline.data(), flush, (now_ms() - started) / 1000)
+    return HealthyRun(pipeline, pipeline.data(), flush, (wall_clock_ms() - started) / 1000)

@@ -23,7 +23,7 @@ grafana/grafana (re-check them when the image tag changes):
 12.0.2 sends SQL comments to PostgreSQL as they are and expands macros inside them too: the
 quote-aware comment stripping in macros.go came with grafana/grafana#121772, backported to
 11.6.15, 12.1.11, 12.2.9, 12.3.7 and 12.4.3, not to 12.0.x. The provisioned queries therefore
-hold no comments at all (tests/test_grafana_provisioning.py), which reads the same on either
+hold no comments at all (tests/unit/test_grafana_provisioning.py), which reads the same on either
 side of that change.
 
 Times are RFC 3339 in UTC with trailing zeros of the fraction trimmed (Go's RFC3339Nano,

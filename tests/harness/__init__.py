@@ -6,7 +6,7 @@
 
 `python -m tests.harness` starts all three and prints the environment to point the scripts at.
 bench/ uses them too, so this package imports nothing of the tests and no test tool (held by
-tests/test_bench.py).
+tests/unit/test_bench.py).
 """
 
 from tests.harness.fake_binance import FakeBinance, Fault

@@ -1,0 +1,111 @@
+"""The live poll sources: prices to events with identities, and the seeded simulated walk."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from btcpipe.contract import PriceEvent, check_price
+from pricefeed.binance import ALL_SYMBOLS
+from pricefeed.live_sources import (
+    Sequencer,
+    SimulatedSource,
+    events_from_pairs,
+    new_run_id,
+)
+from tests.producer_parts import T0
+
+EIGHT_DECIMALS = re.compile(r"[0-9]+\.[0-9]{8}")
+
+
+def test_events_from_pairs_with_all_symbols_takes_every_valid_pair(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pairs = [(f"C{i}USDT", f"{i + 1}.5") for i in range(3000)] + [("BADUSDT", "-1")]
+    sequencer = Sequencer("binance", run_id="r")
+    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, sequencer)
+    assert [(e.symbol, e.price) for e in events] == pairs[:-1]
+    assert {(e.stream, e.seq) for e in events[:2]} == {
+        ("binance/C0USDT/r", 1),
+        ("binance/C1USDT/r", 1),
+    }
+    assert "Skipped invalid price for BADUSDT" in caplog.text
+    assert "not asked for" not in caplog.text and "no price for" not in caplog.text
+
+
+def test_events_from_pairs_skips_only_the_bad_symbol(caplog: pytest.LogCaptureFixture) -> None:
+    pairs = [("BTCUSDT", "43250.75000000"), ("ETHUSDT", "NaN"), ("XRPUSDT", "0.5")]
+    sequencer = Sequencer("binance", run_id="run-1")
+    with caplog.at_level(logging.WARNING, logger="producer"):
+        events = events_from_pairs(pairs, ["BTCUSDT", "ETHUSDT", "SOLUSDT"], T0, sequencer)
+    stream = "binance/BTCUSDT/run-1"
+    assert events == [PriceEvent("BTCUSDT", "43250.75000000", T0, "binance", stream, 1)]
+    assert "Skipped invalid price for ETHUSDT" in caplog.text
+    assert "'XRPUSDT', which was not asked for" in caplog.text
+    assert "no price for SOLUSDT" in caplog.text
+
+
+def test_live_identity_numbers_each_symbol_from_1_and_skips_no_number() -> None:
+    """Every event made is sent in that order, so seq follows the order of the stream; an
+    invalid price uses no number (no gap a reader could mistake for a loss)."""
+    sequencer = Sequencer("binance", run_id="r")
+    made = [
+        events_from_pairs(
+            [("BTCUSDT", "1.5"), ("ETHUSDT", "2")], ["BTCUSDT", "ETHUSDT"], T0, sequencer
+        ),
+        events_from_pairs(
+            [("BTCUSDT", "-1"), ("ETHUSDT", "3")], ["BTCUSDT", "ETHUSDT"], T0, sequencer
+        ),
+        events_from_pairs(
+            [("BTCUSDT", "1.6"), ("ETHUSDT", "4")], ["BTCUSDT", "ETHUSDT"], T0, sequencer
+        ),
+    ]
+    identities = [(e.stream, e.seq) for events in made for e in events]
+    assert identities == [
+        ("binance/BTCUSDT/r", 1),
+        ("binance/ETHUSDT/r", 1),
+        ("binance/ETHUSDT/r", 2),
+        ("binance/BTCUSDT/r", 2),
+        ("binance/ETHUSDT/r", 3),
+    ]
+
+
+def test_a_producer_restart_starts_new_streams() -> None:
+    runs = {new_run_id() for _ in range(100)}
+    assert len(runs) == 100  # the same second, still 100 different runs
+    one, other = SimulatedSource(["BTCUSDT"], 1), SimulatedSource(["BTCUSDT"], 1)
+    first, second = one.poll()[0], other.poll()[0]
+    assert first.price == second.price and first.seq == second.seq == 1
+    assert first.stream != second.stream
+    assert first.stream.startswith("simulated/BTCUSDT/")
+
+
+def simulated_prices(seed: int, ticks: int, symbols: Sequence[str]) -> list[list[str]]:
+    source = SimulatedSource(symbols, seed, clock=lambda: 1_767_225_600_000)
+    return [[event.price for event in source.poll()] for _ in range(ticks)]
+
+
+def test_simulated_source_is_deterministic_for_a_seed() -> None:
+    symbols = ["BTCUSDT", "ETHUSDT", "DOGEUSDT"]
+    assert simulated_prices(42, 200, symbols) == simulated_prices(42, 200, symbols)
+    assert simulated_prices(42, 200, symbols) != simulated_prices(43, 200, symbols)
+
+
+def test_simulated_source_prices_are_positive_eight_decimal_contract_events() -> None:
+    times = iter(range(T0, T0 + 10_000))
+    source = SimulatedSource(["BTCUSDT", "ETHUSDT", "DOGEUSDT"], 9, clock=lambda: next(times))
+    btc = []
+    for tick in range(500):
+        events = source.poll()
+        assert [e.symbol for e in events] == ["BTCUSDT", "ETHUSDT", "DOGEUSDT"]
+        assert {e.event_time for e in events} == {T0 + tick}  # one time per tick
+        for event in events:
+            assert event.source == "simulated"
+            assert EIGHT_DECIMALS.fullmatch(event.price), event.price
+            assert check_price(event.price) == event.price
+        btc.append(float(events[0].price))
+    assert min(btc) > 30_000 and max(btc) < 60_000  # a walk near the start price
+    assert len(set(btc)) > 400  # that really moves
