@@ -675,9 +675,9 @@ class _Handler(BaseHTTPRequestHandler):
         """The by-hand control endpoint (tests/harness/fault_control.py); never recorded."""
         from tests.harness import fault_control  # it builds on this module
 
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a body is not used
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
-            answer = fault_control.control(self.server.fake, method, path, query)
+            answer = fault_control.control(self.server.fake, method, path, query, body)
             response = _Response(200, fault_control.to_json(answer))
         except fault_control.BadRequest as error:
             response = _Response(400, fault_control.to_json({"error": str(error)}))
