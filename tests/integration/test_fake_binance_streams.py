@@ -387,7 +387,7 @@ def test_a_stall_sends_nothing_then_everything_in_order(raw_clients: list[RawCli
             client.frame(timeout=0.5)  # no event, no pong, no ping for now
         (connection,) = fake.stream_connections()
         assert connection.messages_received == 1  # it still reads
-        frames = []
+        frames: list[Frame] = []
         while len([f for f in frames if f.opcode == TEXT]) < 4:
             frames.append(client.frame())
         assert Frame(PONG, b"during") in frames

@@ -121,10 +121,10 @@ def test_klines_equal_a_decimal_computation_from_the_tape(fake: FakeBinance) -> 
     assert [row[0] for row in candles] == [T0_MS + w * FIVE_MINUTES_MS for w in range(4)]
     real = [t for t in fake.trades("BTCUSDT") if not t.is_placeholder]
     for row in candles:
-        window = [t for t in real if row[0] <= t.time_ms <= row[6]]
+        inside = [t for t in real if row[0] <= t.time_ms <= row[6]]
         previous = [t for t in real if t.time_ms < row[0]]
         close = f"{Decimal(previous[-1].price):.8f}" if previous else ""
-        assert row == expected_row(row[0], window, previous_close=close)
+        assert row == expected_row(row[0], inside, previous_close=close)
 
 
 def expected_row(open_ms: int, trades: list[AggTrade], previous_close: str) -> list[Any]:
@@ -206,6 +206,10 @@ def test_the_walk_runs_at_its_rate_and_keeps_the_id_rules() -> None:
     assert len({t.time_ms for t in trades}) < len(trades)  # several in one millisecond
 
 
+def fetch(fake: FakeBinance, path: str, params: dict[str, str]) -> requests.Response:
+    return requests.get(fake.base_url + path, params={"symbol": "BTCUSDT", **params}, timeout=5)
+
+
 @pytest.mark.parametrize(
     ("path", "params"),
     [(AGG_TRADES, {}), (KLINES, {"interval": "1m"})],
@@ -216,10 +220,10 @@ def test_faults_can_target_the_trade_paths(
 ) -> None:
     fake.fail_next(Fault.rate_limited(retry_after=7), Fault.banned(retry_after=60), path=path)
     assert get(fake, TICKER, symbol="BTCUSDT").status_code == 200  # not its path
-    limited = get(fake, path, symbol="BTCUSDT", **params)
+    limited = fetch(fake, path, params)
     assert (limited.status_code, limited.headers["Retry-After"]) == (429, "7")
     assert limited.headers["X-MBX-USED-WEIGHT-1M"]
-    banned = get(fake, path, symbol="BTCUSDT", **params)
+    banned = fetch(fake, path, params)
     assert (banned.status_code, banned.headers["Retry-After"]) == (418, "60")
-    assert get(fake, path, symbol="BTCUSDT", **params).status_code == 200
+    assert fetch(fake, path, params).status_code == 200
     assert [r.status for r in fake.requests_to(path)] == [429, 418, 200]

@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -168,7 +169,9 @@ def test_a_bad_control_request_is_a_400_saying_why_and_changes_nothing(
 def test_trades_by_hand_by_count_and_by_body(binance: FakeBinance) -> None:
     added = control(binance, "POST", "/trades", symbol="SOLUSDT", count="5").json()
     assert added == {"symbol": "SOLUSDT", "added": 5, "first_id": 1, "last_id": 5}
-    body = [{"p": "101.5", "q": "2", "m": True, "n": 3}, {"p": "101.25", "q": "0.5"}]
+    body: list[dict[str, Any]] = [
+        {"p": "101.5", "q": "2", "m": True, "n": 3}, {"p": "101.25", "q": "0.5"},
+    ]  # fmt: skip
     given = requests.post(
         f"{binance.base_url}/_harness/trades", params={"symbol": "SOLUSDT"}, json=body, timeout=5
     )
