@@ -1,13 +1,25 @@
-"""A local HTTP server that answers like Binance's spot REST API, as Binance's spot API
-documentation (binance-spot-api-docs: rest-api.md, errors.md) describes it.
+"""A local Binance: its spot REST API over HTTP and its market streams over WebSocket, as
+Binance's spot API documentation (binance-spot-api-docs: rest-api.md, errors.md,
+web-socket-streams.md) describes them.
 
     with FakeBinance({"BTCUSDT": "43250.75000000"}) as binance:
         binance.fail_next(Fault.rate_limited(retry_after=2), Fault.slow(5))
         ...point the producer at binance.base_url...
         first, second, third = binance.wait_for_requests(3, timeout=10)
 
-Faults only ever apply to `/api/v3/ticker/price`, one per request, in the order queued.
-A person can queue them over HTTP too, under `/_harness` (see fault_control.py).
+    with FakeBinance(prices={}, trades_per_second={"BTCUSDT": 20}) as binance:
+        ...binance.ws_url + "/stream?streams=btcusdt@aggTrade", binance.base_url...
+        binance.trades("BTCUSDT")  # the ground truth: what REST serves and WS pushed
+
+Prices: `ticker/price` answers a symbol's fixed price (`prices`, `set_price`), else the last
+price of its trade tape. Trades: one append-only tape per symbol (trade_tape.py), filled by a
+seeded random walk at `trades_per_second`, by `add_trades`/`add_trade`, or from a public-data
+aggTrades file (`load_agg_trades`); `aggTrades` and `klines` answer from it and every appended
+trade is pushed to the `<symbol>@aggTrade` streams (binance_ws.py).
+
+REST faults apply to one path each (ticker/price unless told), one per request, in the order
+queued. A person can queue them, and break the streams, over HTTP too, under `/_harness`
+(see fault_control.py).
 """
 
 from __future__ import annotations
@@ -19,20 +31,37 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.harness import market_data
+from tests.harness.binance_ws import StreamConnection, StreamRules, StreamServer
+from tests.harness.market_data import AGG_TRADES_PATH, KLINES_PATH
 from tests.harness.net import free_port, wait_until
+from tests.harness.rest_errors import (
+    JSON_CONTENT_TYPE,
+    BinanceError,
+    compact_json,
+    error_body,
+    illegal_characters,
+    invalid_symbol,
+    mandatory_missing,
+)
+from tests.harness.trade_generator import RandomWalk, TradeGenerator, append_steps
+from tests.harness.trade_tape import AggTrade, Tape, read_agg_trades
 
-JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 TICKER_PATH = "/api/v3/ticker/price"
+FAULT_PATHS = (TICKER_PATH, AGG_TRADES_PATH, KLINES_PATH)  # where REST faults can be queued
 CONTROL_PREFIX = "/_harness"  # by-hand fault control, see fault_control.py
 DEFAULT_PRICES = {"BTCUSDT": "43250.75000000"}
+DEFAULT_START_PRICE = "43250.75000000"  # where a tape's walk starts without a fixed price
 
 RESTRICTED_LOCATION_BODY = (
     '{"code": 0, "msg": "Service unavailable from a restricted location according to '
@@ -85,7 +114,7 @@ class Fault:
     @classmethod
     def error(cls, status: int, code: int, msg: str, retry_after: int | None = None) -> Fault:
         """A Binance-style error body, e.g. `Fault.error(400, -1121, "Invalid symbol.")`."""
-        return cls(status=status, body=_error_body(code, msg), retry_after=retry_after)
+        return cls(status=status, body=error_body(code, msg), retry_after=retry_after)
 
     @classmethod
     def rate_limited(cls, retry_after: int = 2) -> Fault:
@@ -162,20 +191,6 @@ class _Response:
     retry_after: int | None = None
 
 
-class _BinanceError(Exception):
-    def __init__(self, status: int, code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.response = _Response(status, _error_body(code, msg))
-
-
-def _error_body(code: int, msg: str) -> str:
-    return _json({"code": code, "msg": msg})
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))  # compact, as Binance sends it
-
-
 def listed_pairs(count: int = 3000) -> dict[str, str]:
     """About as many pairs as Binance lists (some 3,000), with 8-decimal prices: what
     ticker/price without parameters answers. Names are made up, but follow Binance's rule."""
@@ -190,48 +205,110 @@ def listed_pairs(count: int = 3000) -> dict[str, str]:
 def _weight(path: str, query: dict[str, str]) -> int:
     if path == TICKER_PATH:
         return 2 if "symbol" in query and "symbols" not in query else 4
+    if path == AGG_TRADES_PATH:
+        return 4
+    if path == KLINES_PATH:
+        return 2
     return 1 if path in ("/api/v3/ping", "/api/v3/time") else 0
 
 
 class FakeBinance:
-    """Binance's spot REST API on 127.0.0.1, with faults on demand and every request recorded."""
+    """Binance's spot REST API and market streams on 127.0.0.1, with trade tapes, faults on
+    demand and every REST request recorded.
 
-    def __init__(self, prices: dict[str, str] | None = None) -> None:
+    `port` and `ws_port`: 0 for a free port. `trades_per_second`: symbol -> rate of its
+    tape's random walk (seeded by `seed`), started with start(). The WebSocket rules
+    (binance_ws.StreamRules) default to Binance's: a ping every `ping_interval` s, closed
+    when a ping is unanswered for `pong_timeout` s or `max_connection_age` s after opening,
+    at most `max_incoming_per_second` incoming messages and `max_streams` streams a
+    connection, `max_connection_attempts` handshakes per IP within `attempt_window` s."""
+
+    def __init__(
+        self,
+        prices: Mapping[str, str] | None = None,
+        *,
+        port: int = 0,
+        ws_port: int = 0,
+        trades_per_second: Mapping[str, float] | None = None,
+        seed: int = 0,
+        ping_interval: float = 20.0,
+        pong_timeout: float = 60.0,
+        max_connection_age: float = 86_400.0,
+        max_incoming_per_second: int = 5,
+        max_streams: int = 1024,
+        max_connection_attempts: int = 300,
+        attempt_window: float = 300.0,
+    ) -> None:
         self.prices: dict[str, str] = dict(DEFAULT_PRICES if prices is None else prices)
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.requests: list[RecordedRequest] = []
-        self.clock: Callable[[], float] = time.time  # serverTime and the weight minute
+        self.clock: Callable[[], float] = time.time  # serverTime, the weight minute, trades
+        self.seed = seed
+        self.stream_rules = StreamRules(
+            ping_interval=ping_interval,
+            pong_timeout=pong_timeout,
+            max_connection_age=max_connection_age,
+            max_incoming_per_second=max_incoming_per_second,
+            max_streams=max_streams,
+            max_connection_attempts=max_connection_attempts,
+            attempt_window=attempt_window,
+        )
+        self._streams = StreamServer(ws_port or free_port(), self.stream_rules, self._now)
         self._lock = threading.Lock()
-        self._faults: list[Fault] = []
+        self._faults: dict[str, list[Fault]] = {path: [] for path in FAULT_PATHS}
         self._weight_minute = -1
         self._weight_used = 0
+        self._tapes: dict[str, Tape] = {}
+        self._walks: dict[str, RandomWalk] = {}
+        self._generator = TradeGenerator(self._now)
+        for symbol, rate in (trades_per_second or {}).items():
+            self.set_trade_rate(symbol, rate)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _now(self) -> float:
+        return self.clock()  # late-bound: a test may replace `clock` after construction
+
+    @property
+    def ws_port(self) -> int:
+        return self._streams.port
+
+    @property
+    def ws_url(self) -> str:
+        """`ws://127.0.0.1:PORT`; streams are under /ws/<stream> and /stream?streams=..."""
+        return self._streams.url
 
     # --- control -------------------------------------------------------------------------
 
     def set_price(self, symbol: str, price: str) -> None:
+        """A fixed ticker/price for `symbol` (over its tape's last price, if it has one)."""
         with self._lock:
             self.prices[symbol] = price
 
-    def fail_next(self, *faults: Fault) -> None:
+    def fail_next(self, *faults: Fault, path: str = TICKER_PATH) -> None:
+        """Queue faults for the next requests to `path` (one of FAULT_PATHS)."""
         with self._lock:
-            self._faults.extend(faults)
+            self._faults[_fault_path(path)].extend(faults)
 
-    def queued_faults(self) -> list[Fault]:
+    def queued_faults(self, path: str = TICKER_PATH) -> list[Fault]:
         with self._lock:
-            return list(self._faults)
+            return list(self._faults[_fault_path(path)])
 
     def clear_faults(self) -> int:
-        """Drop every queued fault; returns how many there were."""
+        """Drop every queued fault, of every path; returns how many there were."""
         with self._lock:
-            cleared, self._faults = len(self._faults), []
+            cleared = sum(len(queue) for queue in self._faults.values())
+            for queue in self._faults.values():
+                queue.clear()
             return cleared
 
-    def ticker_requests(self) -> list[RecordedRequest]:
+    def requests_to(self, path: str) -> list[RecordedRequest]:
         with self._lock:
-            return [r for r in self.requests if r.path == TICKER_PATH]
+            return [r for r in self.requests if r.path == path]
+
+    def ticker_requests(self) -> list[RecordedRequest]:
+        return self.requests_to(TICKER_PATH)
 
     def wait_for_requests(self, n: int, timeout: float) -> list[RecordedRequest]:
         """The first `n` ticker/price requests, once that many have arrived."""
@@ -247,10 +324,115 @@ class FakeBinance:
             interval=0.01,
         )
 
+    # --- trade tapes -----------------------------------------------------------------------
+
+    def add_tape(self, symbol: str, start_price: str | None = None) -> Tape:
+        """`symbol`'s tape, made empty if it has none; its walk starts at `start_price`, else
+        at its fixed price, else at DEFAULT_START_PRICE."""
+        _checked_symbol(symbol)
+        with self._lock:
+            if symbol not in self._tapes:
+                start = start_price or self.prices.get(symbol) or DEFAULT_START_PRICE
+                tape = Tape(symbol, start)
+                tape.on_append = lambda trade: self._streams.publish(symbol, trade)
+                self._tapes[symbol] = tape
+                self._walks[symbol] = RandomWalk(self.seed, symbol, start)
+            return self._tapes[symbol]
+
+    def tape(self, symbol: str) -> Tape:
+        with self._lock:
+            return self._tapes[symbol]
+
+    def tape_symbols(self) -> list[str]:
+        with self._lock:
+            return list(self._tapes)
+
+    def trades(self, symbol: str) -> list[AggTrade]:
+        """Everything on `symbol`'s tape, in order (placeholders included)."""
+        return self.tape(symbol).trades()
+
+    def set_trade_rate(self, symbol: str, per_second: float) -> None:
+        """Let the walk append `per_second` trades a second to `symbol`'s tape (0: stop)."""
+        tape = self.add_tape(symbol)
+        with self._lock:
+            walk = self._walks[symbol]
+        self._generator.set_rate(tape, walk, per_second)
+
+    def trade_rates(self) -> dict[str, float]:
+        return self._generator.rates()
+
+    def add_trades(self, symbol: str, count: int) -> list[AggTrade]:
+        """`count` trades of `symbol`'s walk, now, in one burst (they share a millisecond or
+        a few); pushed to the streams as any appended trade."""
+        tape = self.add_tape(symbol)
+        with self._lock:
+            walk = self._walks[symbol]
+        before = len(tape)
+        append_steps(tape, walk, count, int(self.clock() * 1_000_000))
+        return tape.trades()[before:]
+
+    def add_trade(
+        self,
+        symbol: str,
+        price: str,
+        quantity: str,
+        buyer_is_maker: bool = False,
+        raw_trades: int = 1,
+        time_ms: int | None = None,
+    ) -> AggTrade:
+        """One trade as given (time: now unless told, never before the tape's last)."""
+        time_us = int(self.clock() * 1_000_000) if time_ms is None else time_ms * 1000
+        return self.add_tape(symbol).append(price, quantity, time_us, buyer_is_maker, raw_trades)
+
+    def load_agg_trades(self, symbol: str, path: Path) -> int:
+        """Append a public-data aggTrades CSV to `symbol`'s tape (not pushed: it is history);
+        returns how many rows."""
+        trades = read_agg_trades(path)
+        start = next((t.price for t in trades if not t.is_placeholder), None)
+        return self.add_tape(symbol, start).load(trades)
+
+    def skip_ids(self, symbol: str, count: int) -> tuple[int, int]:
+        """A hole of `count` ids in `symbol`'s tape that neither REST nor WS will ever serve;
+        returns the first and last missing id."""
+        return self.add_tape(symbol).skip_ids(count)
+
+    def add_placeholder(self, symbol: str) -> AggTrade:
+        """One of Binance's invalid archive rows (price 0, quantity 0, f = l = -1) at the next
+        id: REST serves it, the streams never push it, klines do not count it."""
+        return self.add_tape(symbol).append_placeholder()
+
+    # --- stream faults ---------------------------------------------------------------------
+
+    def cut_streams(self) -> int:
+        """Abort every WebSocket's TCP connection; returns how many."""
+        return self._streams.cut()
+
+    def send_shutdown_notice(self, close_after: float | None = None) -> int:
+        """Binance's `serverShutdown` event on every WebSocket; with `close_after`, each is
+        closed that many seconds later. Returns how many got it."""
+        return self._streams.send_shutdown_notice(close_after)
+
+    def stall_streams(self, seconds: float) -> int:
+        """Every open WebSocket sends nothing (no event, ping or pong) for `seconds`, then
+        what was held; returns how many."""
+        return self._streams.stall(seconds)
+
+    def stream_connections(self) -> list[StreamConnection]:
+        return self._streams.connections()
+
+    @property
+    def ws_connection_attempts(self) -> Counter[str]:
+        """WebSocket handshakes by client IP, refused ones included."""
+        return self._streams.attempts
+
+    # --- lifecycle -------------------------------------------------------------------------
+
     def start(self) -> FakeBinance:
-        """Listen on `base_url`; after stop() it can start again on the same port."""
+        """Listen on `base_url` and `ws_url` and start the trade walks; after stop() it can
+        start again on the same ports."""
         if self._server is not None:
             raise RuntimeError("FakeBinance is already running")
+        self._streams.start()
         self._server = _Server(("127.0.0.1", self.port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -259,6 +441,7 @@ class FakeBinance:
             daemon=True,
         )
         self._thread.start()
+        self._generator.start()
         return self
 
     def stop(self) -> None:
@@ -266,6 +449,8 @@ class FakeBinance:
         server, self._server = self._server, None
         if server is None:
             return
+        self._generator.stop()
+        self._streams.stop()
         server.stopping.set()  # wakes handlers sleeping in a slow fault
         server.shutdown()
         server.server_close()
@@ -297,15 +482,16 @@ class FakeBinance:
             self._weight_used += weight
             return self._weight_used
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, path: str) -> Fault | None:
         with self._lock:
-            return self._faults.pop(0) if self._faults else None
+            queue = self._faults.get(path)
+            return queue.pop(0) if queue else None
 
     def _answer(
         self, path: str, query: dict[str, str], headers: dict[str, str], stopping: threading.Event
     ) -> _Response | None:
         """The response to send, or None to close the connection without one."""
-        fault = self._next_fault() if path == TICKER_PATH else None
+        fault = self._next_fault(path)
         if fault is not None:
             if fault.delay and stopping.wait(fault.delay):
                 return None  # stopped while "slow": go away like a dying server
@@ -315,60 +501,82 @@ class FakeBinance:
                 return _Response(fault.status, fault.body, fault.content_type, fault.retry_after)
         try:
             return _Response(200, self._normal_body(path, query, headers, fault))
-        except _BinanceError as error:
-            return error.response
+        except BinanceError as error:
+            return _Response(error.status, error.body)
 
     def _normal_body(
         self, path: str, query: dict[str, str], headers: dict[str, str], fault: Fault | None
     ) -> str:
+        micro = headers.get("x-mbx-time-unit", "").upper() == "MICROSECOND"
         if path == "/api/v3/ping":
             return "{}"
         if path == "/api/v3/time":
-            micro = headers.get("x-mbx-time-unit", "").upper() == "MICROSECOND"
-            return _json({"serverTime": int(self.clock() * (1_000_000 if micro else 1000))})
+            return compact_json({"serverTime": int(self.clock() * (1_000_000 if micro else 1000))})
         if path == TICKER_PATH:
             return self._ticker_body(query, fault.price_override if fault else None)
-        raise _BinanceError(404, -1000, f"Not found: {path}")
+        if path == AGG_TRADES_PATH:
+            return compact_json(market_data.agg_trades(self._tape_of(query), query, micro))
+        if path == KLINES_PATH:
+            now_ms = int(self.clock() * 1000)
+            return compact_json(market_data.kline_rows(self._tape_of(query), query, now_ms, micro))
+        raise BinanceError(404, -1000, f"Not found: {path}")
+
+    def _tape_of(self, query: dict[str, str]) -> Tape:
+        """The tape of the query's symbol; a symbol with only a fixed price has an empty one."""
+        symbol = _checked_symbol(query.get("symbol", ""))
+        with self._lock:
+            tape = self._tapes.get(symbol)
+            known = symbol in self.prices
+        if tape is None and not known:
+            raise invalid_symbol()
+        return tape if tape is not None else Tape(symbol, self.prices[symbol])
 
     def _ticker_body(self, query: dict[str, str], bad_price: BadPrice | None) -> str:
-        with self._lock:
-            prices = dict(self.prices)
+        prices = self._current_prices()
         symbols = _requested_symbols(query)
         if symbols is None:
             symbols = list(prices)
         if any(symbol not in prices for symbol in symbols):
-            raise _BinanceError(400, -1121, "Invalid symbol.")
+            raise invalid_symbol()
         entries = [{"symbol": symbol, "price": prices[symbol]} for symbol in symbols]
         if bad_price is not None:
             _spoil_prices(entries, bad_price)
-        return _json(entries[0] if "symbol" in query else entries)
+        return compact_json(entries[0] if "symbol" in query else entries)
+
+    def _current_prices(self) -> dict[str, str]:
+        """Every symbol's ticker price: fixed ones, then tapes' last prices."""
+        with self._lock:
+            prices = dict(self.prices)
+            tapes = [tape for symbol, tape in self._tapes.items() if symbol not in prices]
+        prices.update({tape.symbol: tape.last_price() for tape in tapes})
+        return prices
+
+
+def _fault_path(path: str) -> str:
+    if path not in FAULT_PATHS:
+        raise ValueError(f"faults apply to {', '.join(FAULT_PATHS)}, not {path!r}")
+    return path
 
 
 def _requested_symbols(query: dict[str, str]) -> list[str] | None:
     """The symbols asked for, in order; None for all. Validated as Binance validates them."""
     if "symbol" in query and "symbols" in query:
-        raise _BinanceError(400, -1101, "Too many parameters sent for this endpoint.")
+        raise BinanceError(400, -1101, "Too many parameters sent for this endpoint.")
     if "symbol" in query:
         return [_checked_symbol(query["symbol"])]
     if "symbols" in query:
         if not re.fullmatch(SYMBOLS_PATTERN, query["symbols"]):
-            raise _illegal_characters("symbols", SYMBOLS_PATTERN)
+            raise illegal_characters("symbols", SYMBOLS_PATTERN)
         return json.loads(query["symbols"])
     return None
 
 
 def _checked_symbol(symbol: str) -> str:
     if not symbol:
-        msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-        raise _BinanceError(400, -1102, msg)
+        raise mandatory_missing("symbol")
     if not re.fullmatch(SYMBOL_PATTERN, symbol):
-        raise _illegal_characters("symbol", SYMBOL_PATTERN)
+        raise illegal_characters("symbol", SYMBOL_PATTERN)
     return symbol
-
-
-def _illegal_characters(parameter: str, pattern: str) -> _BinanceError:
-    msg = f"Illegal characters found in parameter '{parameter}'; legal range is '{pattern}'."
-    return _BinanceError(400, -1100, msg)
 
 
 def _spoil_prices(entries: list[dict[str, Any]], bad_price: BadPrice) -> None:
@@ -432,6 +640,10 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clients with a Session expect
+    # The headers and the body go out as two writes: with Nagle's algorithm the body would
+    # wait for the client's (delayed) acknowledgement of the headers on every keep-alive
+    # request.
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_GET(self) -> None:
@@ -463,9 +675,9 @@ class _Handler(BaseHTTPRequestHandler):
         """The by-hand control endpoint (tests/harness/fault_control.py); never recorded."""
         from tests.harness import fault_control  # it builds on this module
 
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # a body is not used
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
-            answer = fault_control.control(self.server.fake, method, path, query)
+            answer = fault_control.control(self.server.fake, method, path, query, body)
             response = _Response(200, fault_control.to_json(answer))
         except fault_control.BadRequest as error:
             response = _Response(400, fault_control.to_json({"error": str(error)}))

@@ -25,7 +25,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_until(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
     """Poll `condition` until it returns something truthy; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:

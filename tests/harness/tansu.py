@@ -19,7 +19,10 @@ def tansu_binary() -> str:
 
 
 class TansuBroker:
-    """`with TansuBroker() as broker:` gives `broker.bootstrap` ('127.0.0.1:PORT')."""
+    """`with TansuBroker() as broker:` gives `broker.bootstrap` ('127.0.0.1:PORT').
+
+    `port`: None or 0 for a free one. `restart_empty()` replaces it by a new, empty broker on
+    the same port, as a broker that lost its log would come back."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -45,6 +48,7 @@ class TansuBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+            start_new_session=True,  # a Ctrl-C in the harness's terminal is for the harness
         )
         wait_until(self._ready, 30, f"Tansu to listen on {url} (log: {self._log_path})")
         return self
@@ -59,6 +63,17 @@ class TansuBroker:
         assert self._process is not None, "not started"
         return self._process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """None while the broker runs (or before start); its exit code once it has exited."""
+        return None if self._process is None else self._process.poll()
+
+    def restart_empty(self) -> TansuBroker:
+        """Stop the broker and start a new one on the same port: every topic, record and
+        committed offset is gone (its storage is memory)."""
+        self._terminate()
+        return self.start()
+
     def freeze(self) -> None:
         """Hang the broker (SIGSTOP): connections stay open, nothing answers."""
         freeze([self.pid])
@@ -70,6 +85,11 @@ class TansuBroker:
         return self._log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
+        self._terminate()
+        self._log.close()
+        self._log_path.unlink(missing_ok=True)
+
+    def _terminate(self) -> None:
         if self._process is not None and self._process.poll() is None:
             thaw([self._process.pid])  # a frozen process cannot act on SIGTERM
             self._process.terminate()
@@ -79,8 +99,6 @@ class TansuBroker:
                 self._process.kill()
                 self._process.wait()
         self._process = None
-        self._log.close()
-        self._log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TansuBroker:
         return self.start()
