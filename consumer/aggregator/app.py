@@ -24,19 +24,17 @@ from kafka.errors import (
     KafkaTimeoutError,
 )
 
-from aggregator.batch import Accumulator
-from aggregator.config import ConfigError, Settings, load_settings
+from aggregator.core.accumulator import Accumulator
+from aggregator.core.migrations import MigrationError
 from aggregator.flusher import Flusher
-from aggregator.kafka_edge import (
+from aggregator.kafka_reader.positions import (
     CatchUpWatch,
     KafkaUnresponsive,
     Positions,
     SpinGuard,
     new_consumer,
 )
-from aggregator.migrations import MigrationError
-from aggregator.report import ConsumedLog
-from aggregator.store import (
+from aggregator.postgres.store import (
     NotOwner,
     OffsetsMoved,
     Store,
@@ -44,6 +42,8 @@ from aggregator.store import (
     StoreMisconfigured,
     StoreUnavailable,
 )
+from aggregator.report import ConsumedLog
+from aggregator.settings import ConfigError, Settings, load_settings
 from btcpipe.backoff import Backoff
 from btcpipe.contract import DecodedEvent
 from btcpipe.process import configure_logging, describe, stop_on_signals

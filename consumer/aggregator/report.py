@@ -8,8 +8,8 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from aggregator.batch import PendingFlush
-from aggregator.windows import WindowStats
+from aggregator.core.accumulator import PendingFlush
+from aggregator.core.windows import WindowStats
 from btcpipe.contract import DecodedEvent
 
 log = logging.getLogger("consumer")

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from aggregator import config as consumer_config
+from aggregator import settings as consumer_config
 from pricefeed import config as producer_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from aggregator.decoding import decode_event
-from aggregator.kafka_edge import FETCH_SETTINGS, MAX_PARTITION_FETCH_BYTES, CatchUpWatch
+from aggregator.core.decoding import decode_event
+from aggregator.kafka_reader.positions import (
+    FETCH_SETTINGS,
+    MAX_PARTITION_FETCH_BYTES,
+    CatchUpWatch,
+)
 from btcpipe.contract import EARLIEST_EVENT_MS, PriceEvent, replay_stream
 from pricefeed.sink import CLIENT_SETTINGS
 from tests.harness import TansuBroker

@@ -22,7 +22,7 @@ import psycopg2.errors
 import pytest
 import yaml
 
-from aggregator.config import DEFAULT_MIGRATIONS
+from aggregator.settings import DEFAULT_MIGRATIONS
 from tests.deploy import (
     COMPOSE_FILE,
     PASSWORDS,

@@ -15,17 +15,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from aggregator.batch import DeadLetter, IntervalMetrics, PendingFlush
-from aggregator.config import DEFAULT_MIGRATIONS, psycopg_dsn
-from aggregator.store import (
-    FlushContext,
-    NotOwner,
-    OffsetsMoved,
-    Store,
-    StoreFailed,
-    StoreUnavailable,
-)
-from aggregator.windows import (
+from aggregator.core.accumulator import DeadLetter, IntervalMetrics, PendingFlush
+from aggregator.core.windows import (
     MERGE_INTO_ROW_SQL,
     STATISTICS,
     WINDOW_MS,
@@ -35,6 +26,15 @@ from aggregator.windows import (
     merge_params,
     window_start,
 )
+from aggregator.postgres.store import (
+    FlushContext,
+    NotOwner,
+    OffsetsMoved,
+    Store,
+    StoreFailed,
+    StoreUnavailable,
+)
+from aggregator.settings import DEFAULT_MIGRATIONS, psycopg_dsn
 from tests.harness import PostgresServer
 from tests.harness.net import free_port, wait_until
 from tests.pipeline import (

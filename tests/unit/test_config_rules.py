@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator import config as consumer_config
+from aggregator import settings as consumer_config
 from btcpipe import settings as shared
 from btcpipe.settings import Option
 from pricefeed import config as producer_config

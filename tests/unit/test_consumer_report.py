@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from aggregator import report
-from aggregator.decoding import decode_event
+from aggregator.core.decoding import decode_event
 from aggregator.report import ConsumedLog, money
 from tests.pipeline import (
     NOW_MS,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.decoding import decode_event
+from aggregator.core.decoding import decode_event
 from btcpipe.contract import (
     EARLIEST_EVENT_MS,
     MAX_FUTURE_MS,

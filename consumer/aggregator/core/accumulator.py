@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aggregator.decoding import decode_event
-from aggregator.windows import WINDOW_MS, WindowDeltas, WindowStats
+from aggregator.core.decoding import decode_event
+from aggregator.core.windows import WINDOW_MS, WindowDeltas, WindowStats
 from btcpipe.contract import MAX_MESSAGE_BYTES, REPLAY_SOURCE, ContractError, DecodedEvent
 
 

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from aggregator.config import Settings
+from aggregator.settings import Settings
 
 log = logging.getLogger("consumer")
 

@@ -22,9 +22,9 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2.extensions import parse_dsn
 
-from aggregator.batch import PendingFlush
-from aggregator.migrations import MigrationError, migrations_in, missing
-from aggregator.windows import MERGE_INTO_ROW_SQL, merge_params
+from aggregator.core.accumulator import PendingFlush
+from aggregator.core.migrations import MigrationError, migrations_in, missing
+from aggregator.core.windows import MERGE_INTO_ROW_SQL, merge_params
 from btcpipe.process import one_line
 
 log = logging.getLogger("consumer")
