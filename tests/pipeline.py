@@ -261,9 +261,11 @@ def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
 def exact_average_at_scale(total: Decimal, count: int, stored: Decimal) -> Decimal:
     """sum / count, exactly, rounded (half away from zero, as PostgreSQL does) to the number
     of decimals PostgreSQL chose for the stored average."""
+    exponent = stored.as_tuple().exponent
+    assert isinstance(exponent, int), f"{stored} is not a finite number"
     with localcontext(Context(prec=100)):
         exact = total / Decimal(count)
-        return exact.quantize(Decimal(1).scaleb(stored.as_tuple().exponent), rounding=ROUND_HALF_UP)
+        return exact.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP)
 
 
 def total_events(dsn: str) -> int:

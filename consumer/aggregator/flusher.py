@@ -13,7 +13,9 @@ import time
 
 from aggregator.core.accumulator import Accumulator
 from aggregator.kafka_reader.positions import Positions
-from aggregator.postgres.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from aggregator.postgres.errors import OffsetsMoved, StoreUnavailable
+from aggregator.postgres.flush import FlushContext
+from aggregator.postgres.store import Store
 from aggregator.report import report_flush
 from aggregator.settings import Settings
 from btcpipe.backoff import Backoff

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from aggregator.settings import _OPTIONS as CONFIG_OPTIONS
 from aggregator.settings import (
     DEFAULT_MIGRATIONS,
     ConfigError,
@@ -15,6 +14,7 @@ from aggregator.settings import (
     load_settings,
     psycopg_dsn,
 )
+from aggregator.settings import OPTIONS as CONFIG_OPTIONS
 
 
 def test_defaults_without_environment_or_flags() -> None:
