@@ -35,6 +35,7 @@ from tests.harness.net import free_port, wait_until
 from tests.pipeline import (
     BASE_TIME_MS,
     Event,
+    assert_every_statistic_has_a_truth,
     exact_average_at_scale,
     execute,
     expected_windows,
@@ -111,6 +112,7 @@ def assert_rows_equal(
     assert stored.keys() == want.keys(), label
     for key, columns in want.items():
         got = stored[key]
+        assert_every_statistic_has_a_truth(got, columns)
         assert got["length_ms"] == WINDOW_MS, (label, key)
         for column, value in columns.items():
             assert got[column] == value, f"{label} {key} {column}: {got[column]} != {value}"
