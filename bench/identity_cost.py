@@ -25,8 +25,8 @@ sys.path[:0] = [str(ROOT / "consumer")]
 
 import orjson  # noqa: E402
 
-from aggregator.batch import Accumulator  # noqa: E402
-from aggregator.decoding import decode_event  # noqa: E402
+from aggregator.core.accumulator import Accumulator  # noqa: E402
+from aggregator.core.decoding import decode_event  # noqa: E402
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT")
 

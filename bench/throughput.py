@@ -44,7 +44,7 @@ from kafka.admin import NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "producer"), str(ROOT / "consumer")]
 
-from aggregator.kafka_edge import FETCH_SETTINGS  # noqa: E402
+from aggregator.kafka_reader.client import FETCH_SETTINGS  # noqa: E402
 from bench.data import check_tables, file_windows, write_agg_trades  # noqa: E402
 from btcpipe.contract import replay_stream  # noqa: E402
 from pricefeed.sink import CLIENT_SETTINGS  # noqa: E402

@@ -2,7 +2,7 @@
 # Applies the numbered migrations (infra/migrations/NNN_name.sql, mounted at /migrations) that
 # the database has not had, in version order, each in one transaction with its row in
 # schema_migrations: the same files and the same record consumer.py applies at every start
-# (consumer/aggregator/store.py, Store.migrate).
+# (consumer/aggregator/postgres/store.py, Store.migrate).
 #
 # Run by the postgres image's entrypoint on a new data volume, before 10-role-passwords.sh.
 # On an existing volume (an upgrade, when the consumer runs as pipeline_writer, which may not

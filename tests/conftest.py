@@ -16,8 +16,8 @@ for folder in ("producer", "consumer"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
-from aggregator.config import DEFAULT_MIGRATIONS  # noqa: E402
-from aggregator.store import Store  # noqa: E402
+from aggregator.postgres.store import Store  # noqa: E402
+from aggregator.settings import DEFAULT_MIGRATIONS  # noqa: E402
 from tests.harness import FakeBinance, PostgresServer, TansuBroker  # noqa: E402
 from tests.producer_runs import BTC, ETH  # noqa: E402
 

@@ -23,7 +23,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from aggregator.windows import WindowKey, WindowStats, window_start
+from aggregator.core.windows import STATISTICS, Statistic, WindowKey, WindowStats, window_start
 from tests.harness import PostgresServer, TansuBroker
 from tests.harness.net import wait_until
 from tests.harness.scripts import Script
@@ -212,32 +212,43 @@ def window_deltas(events: Iterable[Event]) -> dict[WindowKey, WindowStats]:
     return deltas
 
 
+def _as_truth_has_it(statistic: Statistic) -> str:
+    """A statistic's column as the truth holds it: times as epoch ms."""
+    if statistic.sql_type == "timestamptz":
+        return f"(extract(epoch FROM {statistic.column}) * 1000)::bigint"
+    return statistic.column
+
+
 def stored_windows(dsn: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every row of five_min_bitcoin_event: each declared statistic's column (STATISTICS),
+    the window's length and its average, by (symbol, start in epoch ms)."""
+    columns = [s.column for s in STATISTICS]
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, "
-            "(extract(epoch FROM five_min_end - five_min_start) * 1000)::bigint, event_count, "
-            "price_sum, avg_value, min_value, max_value, open_value, close_value, "
-            "(extract(epoch FROM first_event_at) * 1000)::bigint, "
-            "(extract(epoch FROM last_event_at) * 1000)::bigint FROM five_min_bitcoin_event"
+            "(extract(epoch FROM five_min_end - five_min_start) * 1000)::bigint, avg_value, "
+            + ", ".join(_as_truth_has_it(s) for s in STATISTICS)
+            + " FROM five_min_bitcoin_event"
         )
         rows = cur.fetchall()
     conn.close()
     return {
         (r[0], r[1]): {
             "length_ms": r[2],
-            "event_count": r[3],
-            "price_sum": r[4],
-            "avg_value": r[5],
-            "min_value": r[6],
-            "max_value": r[7],
-            "open_value": r[8],
-            "close_value": r[9],
-            "first_event_at": r[10],
-            "last_event_at": r[11],
+            "avg_value": r[3],
+            **dict(zip(columns, r[4:], strict=True)),
         }
         for r in rows
     }
+
+
+def assert_every_statistic_has_a_truth(stored: dict[str, Any], truth: dict[str, Any]) -> None:
+    """A statistic declared without its offline truth in expected_windows fails here."""
+    declared = stored.keys() - {"length_ms", "avg_value"}
+    assert declared == truth.keys(), (
+        f"no truth for {sorted(declared - truth.keys())}, "
+        f"truth of undeclared {sorted(truth.keys() - declared)}"
+    )
 
 
 def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
@@ -250,6 +261,7 @@ def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
     )
     for key, want in truth.items():
         got = stored[key]
+        assert_every_statistic_has_a_truth(got, want)
         assert got["length_ms"] == WINDOW_MS, key
         for column, value in want.items():
             assert got[column] == value, f"{key} {column}: stored {got[column]}, truth {value}"
@@ -261,9 +273,11 @@ def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
 def exact_average_at_scale(total: Decimal, count: int, stored: Decimal) -> Decimal:
     """sum / count, exactly, rounded (half away from zero, as PostgreSQL does) to the number
     of decimals PostgreSQL chose for the stored average."""
+    exponent = stored.as_tuple().exponent
+    assert isinstance(exponent, int), f"{stored} is not a finite number"
     with localcontext(Context(prec=100)):
         exact = total / Decimal(count)
-        return exact.quantize(Decimal(1).scaleb(stored.as_tuple().exponent), rounding=ROUND_HALF_UP)
+        return exact.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP)
 
 
 def total_events(dsn: str) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-from aggregator.batch import Accumulator
-from aggregator.config import Settings
-from aggregator.kafka_edge import Positions
+from aggregator.core.accumulator import Accumulator
+from aggregator.kafka_reader.positions import Positions
+from aggregator.postgres.errors import OffsetsMoved, StoreUnavailable
+from aggregator.postgres.flush import FlushContext
+from aggregator.postgres.store import Store
 from aggregator.report import report_flush
-from aggregator.store import FlushContext, OffsetsMoved, Store, StoreUnavailable
+from aggregator.settings import Settings
 from btcpipe.backoff import Backoff
 
 log = logging.getLogger("consumer")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from aggregator.batch import PendingFlush
-from aggregator.windows import WindowStats
+from aggregator.core.accumulator import PendingFlush
+from aggregator.core.windows import WindowStats
 from btcpipe.contract import DecodedEvent
 
 log = logging.getLogger("consumer")
@@ -29,9 +30,11 @@ def money(price: Decimal) -> str:
 class ConsumedLog:
     """One line per message at live rates; during a backlog, a count every few seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: monotonic seconds, for the summaries' cadence and rate."""
+        self.clock = clock
         self._count = 0
-        self._since = time.monotonic()
+        self._since = clock()
 
     def wants_each(self, messages_in_poll: int) -> bool:
         return messages_in_poll <= PER_MESSAGE_LIMIT and self._count == 0
@@ -43,12 +46,12 @@ class ConsumedLog:
 
     def count(self, messages: int) -> None:
         if not self._count:
-            self._since = time.monotonic()
+            self._since = self.clock()
         self._count += messages
         self.summarise_if_due()
 
     def summarise_if_due(self) -> None:
-        elapsed = time.monotonic() - self._since
+        elapsed = self.clock() - self._since
         if self._count and elapsed >= SUMMARY_EVERY_SECONDS:
             log.info(
                 "Consumed: %d messages in %.0f s (%.0f/s)",

@@ -297,16 +297,17 @@ class Pipeline:
             publish()
             wait_for_total(self.dsn, len(self.events), 60, [consumer])
 
-            def accounted() -> list[MetricRow] | None:
+            def accounted() -> list[MetricRow]:
+                """The metrics rows once they account for every message; none before."""
                 if consumer.process.poll() is not None:
                     raise AssertionError(f"consumer exited:\n{consumer.output()[-3000:]}")
                 try:
                     rows = stored_metrics(self.dsn)
                 except psycopg2.Error:  # the consumer has not created the schema yet
-                    return None
+                    return []
                 processed = sum(row.events_processed for row in rows)
                 invalid = sum(row.invalid_events for row in rows)
-                return rows if (processed, invalid) == (len(self.events), self.invalid) else None
+                return rows if (processed, invalid) == (len(self.events), self.invalid) else []
 
             busy = len(wait_until(accounted, 30, "every message in pipeline_metrics"))
             wait_until(

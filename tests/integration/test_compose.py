@@ -25,7 +25,7 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from aggregator import config as consumer_config
+from aggregator import settings as consumer_settings
 from pricefeed import config as producer_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ PROVIDER_FILE = GRAFANA_DIR / "dashboards" / "dashboard.yml"
 # that compose still sets under the old name fails here.
 SCRIPT_ENV = {
     "producer": {option.env for option in producer_config._OPTIONS},
-    "consumer": {option.env for option in consumer_config._OPTIONS},
+    "consumer": {option.env for option in consumer_settings.OPTIONS},
 }
 # Where Grafana reads each provisioning kind, and the repository folder that holds it.
 GRAFANA_PROVISIONING = {
@@ -359,7 +359,10 @@ def test_scripts_accept_the_settings_compose_gives_them(
     """Each script's own configuration loader takes what compose passes (empty values such as
     SIMULATION_SEED= mean "not set"), with the defaults and with .env.example."""
     values = read_env_example() if dotenv == "example" else dotenv
-    loaders = {"producer": producer_config.load_settings, "consumer": consumer_config.load_settings}
+    loaders = {
+        "producer": producer_config.load_settings,
+        "consumer": consumer_settings.load_settings,
+    }
     for name, load in loaders.items():
         env = {k: resolve(v, values) for k, v in environment(services[name]).items()}
         env.update({k: v for k, v in LOCAL_STAND_INS.items() if k in env})

@@ -1,5 +1,5 @@
-"""The consumer's Kafka edge: CatchUpWatch tells of catching up once, and the fetch settings
-read a one-partition backlog without waiting on the idle partitions (a real broker)."""
+"""The consumer's Kafka edge: the fetch settings read a one-partition backlog without waiting
+on the idle partitions (a real broker)."""
 
 from __future__ import annotations
 
@@ -9,35 +9,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from aggregator.decoding import decode_event
-from aggregator.kafka_edge import FETCH_SETTINGS, MAX_PARTITION_FETCH_BYTES, CatchUpWatch
+from aggregator.core.decoding import decode_event
+from aggregator.kafka_reader.client import FETCH_SETTINGS, MAX_PARTITION_FETCH_BYTES
 from btcpipe.contract import EARLIEST_EVENT_MS, PriceEvent, replay_stream
 from pricefeed.sink import CLIENT_SETTINGS
 from tests.harness import TansuBroker
-
-
-def test_catching_up_with_a_backlog_is_told_once_and_live_traffic_never_is():
-    watch = CatchUpWatch()
-    backlog = CatchUpWatch.BACKLOG_MESSAGES
-    # Live: a few messages behind now and then, never a backlog.
-    live = [(3, 1), (0, 3), (2999, 1), (0, 2999), (backlog - 1, 0), (0, backlog - 1)]
-    assert not any(watch.caught_up(lag, just_read) for lag, just_read in live)
-    # A backlog read down to the end, poll by poll: told once, when the lag reaches 0.
-    polls = [
-        (backlog * 10, 0),
-        (backlog, 2000),
-        (500, 2000),
-        (1, 499),
-        (0, 1),
-        (0, 0),
-        (5, 0),
-        (0, 5),
-    ]
-    verdicts = [watch.caught_up(lag, just_read) for lag, just_read in polls]
-    assert verdicts == [False, False, False, False, True, False, False, False]
-    # A backlog taken in one poll (a poll holds a partition's whole fetch response).
-    assert watch.caught_up(0, just_read=backlog)
-    assert not watch.caught_up(0, just_read=0)
 
 
 def test_a_poll_can_take_a_whole_partition_response_of_the_smallest_valid_events():

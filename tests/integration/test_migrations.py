@@ -11,9 +11,9 @@ from typing import Any
 import psycopg2
 import pytest
 
-from aggregator.config import DEFAULT_MIGRATIONS
-from aggregator.migrations import MigrationError, migrations_in
-from aggregator.store import Store
+from aggregator.core.migrations import MigrationError, migrations_in
+from aggregator.postgres.store import Store
+from aggregator.settings import DEFAULT_MIGRATIONS
 from tests.deploy import entrypoint_env, run_init_file
 from tests.harness import PostgresServer
 from tests.pipeline import (

@@ -22,7 +22,7 @@ import psycopg2.errors
 import pytest
 import yaml
 
-from aggregator.config import DEFAULT_MIGRATIONS
+from aggregator.settings import DEFAULT_MIGRATIONS
 from tests.deploy import (
     COMPOSE_FILE,
     PASSWORDS,
@@ -56,7 +56,7 @@ ROLE_PASSWORDS = {
 }
 WRITER_PASSWORD = ROLE_PASSWORDS[WRITER]
 
-# What the consumer's SQL needs (consumer/aggregator/store.py, windows.py), and nothing more.
+# What the consumer's SQL needs (consumer/aggregator/postgres/, core/windows.py), and nothing more.
 WRITER_PRIVILEGES = {
     ("five_min_bitcoin_event", "SELECT"),  # ON CONFLICT DO UPDATE reads the row
     ("five_min_bitcoin_event", "INSERT"),

@@ -15,17 +15,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from aggregator.batch import DeadLetter, IntervalMetrics, PendingFlush
-from aggregator.config import DEFAULT_MIGRATIONS, psycopg_dsn
-from aggregator.store import (
-    FlushContext,
-    NotOwner,
-    OffsetsMoved,
-    Store,
-    StoreFailed,
-    StoreUnavailable,
-)
-from aggregator.windows import (
+from aggregator.core.accumulator import DeadLetter, IntervalMetrics, PendingFlush
+from aggregator.core.windows import (
     MERGE_INTO_ROW_SQL,
     STATISTICS,
     WINDOW_MS,
@@ -35,11 +26,16 @@ from aggregator.windows import (
     merge_params,
     window_start,
 )
+from aggregator.postgres.errors import NotOwner, OffsetsMoved, StoreFailed, StoreUnavailable
+from aggregator.postgres.flush import FlushContext
+from aggregator.postgres.store import PRUNE_EVERY_SECONDS, Store
+from aggregator.settings import DEFAULT_MIGRATIONS, psycopg_dsn
 from tests.harness import PostgresServer
 from tests.harness.net import free_port, wait_until
 from tests.pipeline import (
     BASE_TIME_MS,
     Event,
+    assert_every_statistic_has_a_truth,
     exact_average_at_scale,
     execute,
     expected_windows,
@@ -116,6 +112,7 @@ def assert_rows_equal(
     assert stored.keys() == want.keys(), label
     for key, columns in want.items():
         got = stored[key]
+        assert_every_statistic_has_a_truth(got, columns)
         assert got["length_ms"] == WINDOW_MS, (label, key)
         for column, value in columns.items():
             assert got[column] == value, f"{label} {key} {column}: {got[column]} != {value}"
@@ -425,18 +422,24 @@ def test_a_fenced_flush_writes_no_marks(store):
     assert store.stream_marks() == {"s/1": 5}
 
 
-def test_idle_live_marks_are_pruned_and_replay_marks_kept(store, dsn):
+def test_idle_live_marks_are_pruned_and_replay_marks_kept(dsn):
+    now = [1000.0]  # the store's clock, moved by the test
+    store = Store(dsn, DEFAULT_MIGRATIONS, clock=lambda: now[0])
+    store.migrate()
+    store.claim(GROUP)
     marks = {"replay/A/old": 1, "binance/A/old": 1, "simulated/A/old": 1, "binance/A/new": 1}
-    store.write(with_marks(pending_flush({}, {0: 1}), marks), context({0: None}))
+    store.write(with_marks(pending_flush({}, {0: 1}), marks), context({0: None}))  # prunes
     execute(
         dsn,
         "UPDATE stream_marks SET updated_at = now() - interval '31 days' WHERE stream LIKE '%%old'",
     )
-    store.write(pending_flush({}, {0: 2}), context({0: 1}))  # within the hour: not yet
+    now[0] += PRUNE_EVERY_SECONDS - 1  # within the hour: not yet
+    store.write(pending_flush({}, {0: 2}), context({0: 1}))
     assert len(store.stream_marks()) == 4
-    store._pruned_at = None  # an hour later
+    now[0] += 1  # an hour after the first flush pruned
     store.write(pending_flush({}, {0: 3}), context({0: 2}))
     assert store.stream_marks() == {"replay/A/old": 1, "binance/A/new": 1}
+    store.close()
 
 
 def test_the_tables_have_one_owner_and_a_take_over_moves_the_offsets(dsn):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from aggregator.batch import Accumulator, DeadLetter, IntervalMetrics
-from aggregator.windows import WINDOW_MS, column_values
+from aggregator.core.accumulator import Accumulator, DeadLetter, IntervalMetrics
+from aggregator.core.windows import WINDOW_MS, column_values
 from btcpipe.contract import MAX_MESSAGE_BYTES, DecodedEvent
 from tests.pipeline import (
     BASE_TIME_MS,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator import config as consumer_config
+from aggregator import settings as consumer_settings
 from btcpipe import settings as shared
 from btcpipe.settings import Option
 from pricefeed import config as producer_config
@@ -44,21 +44,27 @@ CASES = [
 def outcome(load, env: dict[str, str]) -> tuple[str, object]:
     try:
         settings = load(["--no-check-hosts"], env)
-    except (producer_config.ConfigError, consumer_config.ConfigError) as error:
+    except (producer_config.ConfigError, consumer_settings.ConfigError) as error:
         return REFUSED, str(error)
     return OK, settings
 
 
-def the_option(config, var: str) -> Option:
-    return next(option for option in config._OPTIONS if option.env == var)
+# Each script's option declarations.
+PRODUCER_OPTIONS, CONSUMER_OPTIONS = producer_config._OPTIONS, consumer_settings.OPTIONS
 
 
-@pytest.mark.parametrize("config", [producer_config, consumer_config])
-def test_each_script_takes_the_shared_variables_from_shared_settings(config) -> None:
-    topic = the_option(config, "KAFKA_TOPIC")
+def the_option(options: list[Option], var: str) -> Option:
+    return next(option for option in options if option.env == var)
+
+
+@pytest.mark.parametrize(
+    "options", [PRODUCER_OPTIONS, CONSUMER_OPTIONS], ids=["producer", "consumer"]
+)
+def test_each_script_takes_the_shared_variables_from_shared_settings(options) -> None:
+    topic = the_option(options, "KAFKA_TOPIC")
     assert topic == shared.kafka_topic(topic.help)  # the help says what the script does with it
-    assert the_option(config, "KAFKA_BOOTSTRAP_SERVERS") == shared.KAFKA_BROKERS
-    assert the_option(config, "LOG_LEVEL") == shared.LOG_LEVEL
+    assert the_option(options, "KAFKA_BOOTSTRAP_SERVERS") == shared.KAFKA_BROKERS
+    assert the_option(options, "LOG_LEVEL") == shared.LOG_LEVEL
 
 
 def test_the_cases_cover_every_shared_variable_both_ways() -> None:
@@ -73,11 +79,11 @@ def test_the_cases_cover_every_shared_variable_both_ways() -> None:
 def test_both_scripts_accept_or_refuse_a_shared_setting_alike(var: str, value: str, verdict: str):
     env = {var: value}
     produced = outcome(producer_config.load_settings, env)
-    consumed = outcome(consumer_config.load_settings, env)
+    consumed = outcome(consumer_settings.load_settings, env)
     assert (produced[0], consumed[0]) == (verdict, verdict), (produced, consumed)
     if verdict == REFUSED:
         assert produced[1] == consumed[1]
         assert str(produced[1]).startswith(f"{var} (")
     else:
-        field = the_option(producer_config, var).field
+        field = the_option(PRODUCER_OPTIONS, var).field
         assert getattr(produced[1], field) == getattr(consumed[1], field)

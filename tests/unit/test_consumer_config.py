@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from aggregator.config import _OPTIONS as CONFIG_OPTIONS
-from aggregator.config import DEFAULT_MIGRATIONS, ConfigError, Settings, load_settings, psycopg_dsn
+from aggregator.settings import (
+    DEFAULT_MIGRATIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+    psycopg_dsn,
+)
+from aggregator.settings import OPTIONS as CONFIG_OPTIONS
 
 
 def test_defaults_without_environment_or_flags() -> None:

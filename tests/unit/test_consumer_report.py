@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from aggregator import report
-from aggregator.decoding import decode_event
+from aggregator.core.decoding import decode_event
 from aggregator.report import ConsumedLog, money
 from tests.pipeline import (
     NOW_MS,
@@ -38,11 +38,10 @@ def consumed_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return lines
 
 
-def test_consumed_log_goes_from_each_message_to_summaries_and_back(monkeypatch, caplog):
+def test_consumed_log_goes_from_each_message_to_summaries_and_back(caplog):
     clock = [1000.0]
-    monkeypatch.setattr(report, "time", type("Clock", (), {"monotonic": lambda: clock[0]}))
     caplog.set_level(logging.INFO, logger="consumer")
-    log = ConsumedLog()
+    log = ConsumedLog(clock=lambda: clock[0])
     btc = decode_event(message(), NOW_MS)
     eth = decode_event(message(symbol="ETHUSDT", price="2000.5"), NOW_MS)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.decoding import decode_event
+from aggregator.core.decoding import decode_event
 from btcpipe.contract import (
     EARLIEST_EVENT_MS,
     MAX_FUTURE_MS,
@@ -203,6 +203,7 @@ def test_a_published_message_decodes_to_the_same_values_and_identity() -> None:
     sequencer.event("BTCUSDT", "1", BASE_TIME_MS)
     event = sequencer.event("BTCUSDT", "43250.75000000", BASE_TIME_MS)
     decoded = decode_event(event.to_json_bytes(), NOW_MS)
+    assert str(decoded.price) == "43250.75000000"
     assert decoded == (
         "BTCUSDT",
         Decimal("43250.75000000"),
@@ -211,13 +212,12 @@ def test_a_published_message_decodes_to_the_same_values_and_identity() -> None:
         "simulated/BTCUSDT/20260101T000000Z-00000000",
         2,
     )
-    assert str(decoded.price) == "43250.75000000"
 
 
 def test_the_largest_event_the_producer_can_build_fits_the_consumers_size_limit() -> None:
     """make_event bounds every field, so its messages stay far below MAX_MESSAGE_BYTES and no
     check of the size is needed per message."""
-    longest = {
+    longest: dict[str, Any] = {
         "symbol": "X" * 20,
         "price": "9" * 20 + "." + "9" * 20,
         "event_time": NOW_MS + MAX_FUTURE_MS,

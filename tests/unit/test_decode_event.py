@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from aggregator import decoding
-from aggregator.decoding import decode_event
+from aggregator.core import decoding
+from aggregator.core.decoding import decode_event
 from btcpipe.contract import MAX_MESSAGE_BYTES, ContractError, decode_message
 from tests.pipeline import (
     NOW_MS,

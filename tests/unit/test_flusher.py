@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from aggregator.batch import Accumulator
-from aggregator.config import Settings
+from aggregator.core.accumulator import Accumulator
 from aggregator.flusher import Flusher
-from aggregator.kafka_edge import Positions
-from aggregator.store import Store
+from aggregator.kafka_reader.positions import Positions
+from aggregator.postgres.store import Store
+from aggregator.settings import Settings
 
 
 def new_flusher() -> Flusher:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.windows import STATISTICS, WINDOW_MS, WindowStats, column_values, window_start
+from aggregator.core.windows import STATISTICS, WINDOW_MS, WindowStats, column_values, window_start
 from btcpipe.contract import EARLIEST_EVENT_MS
 from tests.pipeline import (
     BASE_TIME_MS,

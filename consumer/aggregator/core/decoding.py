@@ -56,8 +56,9 @@ def decode_event(value: bytes | None, now_ms: int) -> DecodedEvent:
     """Parse one message value or raise ContractError with the reason.
 
     The hot path takes a message whose names (symbol, source, stream) and price the full rules
-    have accepted before, and whose numbers are in range: the same verdict and event, at a
-    fraction of the cost. Anything else is decided by `decode_message`."""
+    have accepted before, and whose numbers are in range: the same verdict and event, without
+    checking again what the rules accepted before. Anything else is decided by
+    `decode_message`."""
     if value is None or len(value) > MAX_MESSAGE_BYTES:
         return decode_message(value, now_ms)
     try:

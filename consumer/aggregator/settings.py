@@ -1,9 +1,12 @@
-"""Consumer configuration: environment variables, with command-line flags over them.
+"""The consumer's settings: environment variables, with command-line flags over them.
 
 Every option names its own parser, which converts the text and checks its range; a bad value
 stops the consumer at start, before it connects anywhere, with one sentence naming the
 variable and what it allows. The settings both scripts share (Kafka brokers, topic, log level)
 and the machinery that reads options are in btcpipe.settings, which both scripts install.
+
+A leaf: it imports btcpipe and the standard library only, so every part of the consumer may
+import it. OPTIONS and SHOWN_DEFAULTS are public for the docs' configuration reference.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from btcpipe import settings as shared
 from btcpipe.settings import ConfigError as ConfigError  # load_settings raises it
@@ -23,7 +27,7 @@ DEFAULT_MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations
 OFFSET_RESETS = ("earliest", "latest")
 MAX_FLUSH_SECONDS = 3600.0  # an hour: a longer interval holds too much in memory to be meant
 # A default broker refuses session timeouts outside group.min.session.timeout.ms (6 s) and
-# group.max.session.timeout.ms (30 min); kafka_edge derives the heartbeat as a third of it.
+# group.max.session.timeout.ms (30 min); kafka_reader/client.py derives the heartbeat from it.
 SESSION_TIMEOUT_MS = (6_000, 1_800_000)
 MAX_POLL_INTERVAL_MS = (1_000, 2**31 - 1)  # Kafka's int32
 
@@ -84,7 +88,7 @@ def folder(text: str) -> Path:
 
 
 # Every default is the Settings default above.
-_OPTIONS = [
+OPTIONS = [
     shared.KAFKA_BROKERS,
     shared.kafka_topic("topic to read"),
     Option("--group", "KAFKA_CONSUMER_GROUP", "group_id", "consumer group", name),
@@ -143,7 +147,7 @@ _OPTIONS = [
     shared.LOG_LEVEL,
 ]
 # The help shows these instead of the values: computed per machine, a secret, a full path.
-_SHOWN_DEFAULTS = {
+SHOWN_DEFAULTS = {
     "instance_id": "<host>-<pid>",
     "postgres_password": "postgres",
     "migrations_dir": "../infra/migrations",
@@ -157,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = shared.command_line(
         "consumer.py",
         "Aggregate btc_price events into exact 5-minute windows in PostgreSQL.",
-        _OPTIONS,
+        OPTIONS,
         Settings(),
-        _SHOWN_DEFAULTS,
+        SHOWN_DEFAULTS,
         hosts="Kafka and PostgreSQL",
     )
     parser.add_argument(
@@ -171,10 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from(values: Mapping[str, object], take_over: bool = False) -> Settings:
+    """Settings of the values the options' parsers returned, by field. A parser is typed to
+    return `object`; here each value is checked to be of its field's type (that of the field's
+    default), so that a parser returning text instead of a number fails at once, by name."""
+    defaults = Settings()
+    typed: dict[str, Any] = {}
+    for field, value in values.items():
+        expected = type(getattr(defaults, field))
+        if not isinstance(value, expected):
+            raise TypeError(f"the parser of {field} returned {value!r}, not a {expected.__name__}")
+        typed[field] = value
+    return Settings(**typed, take_over=take_over)
+
+
 def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
     """Parse flags over environment; raise ConfigError for any bad value."""
     args = build_parser().parse_args(argv)
-    settings = Settings(**shared.read_options(args, env, _OPTIONS), take_over=args.take_over)
+    settings = settings_from(shared.read_options(args, env, OPTIONS), take_over=args.take_over)
     if args.check_hosts:
         names = shared.kafka_host_names(settings.bootstrap_servers)
         shared.check_hosts_resolve([*names, (settings.postgres_host, "POSTGRES_HOST")])

@@ -1,116 +1,16 @@
-"""The Kafka edge: a group consumer whose offsets live in PostgreSQL, the bookkeeping of its
-partitions' positions, and a guard that gives the client up when it spins."""
+"""The bookkeeping of the assigned partitions: their stored offsets, which still wait for
+them, seeking, pausing, and the lag behind the partition ends."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from aggregator.config import Settings
-
 log = logging.getLogger("consumer")
-
-# A poll takes every record a fetch brought for a partition. kafka-python 3.0.12 sends its next
-# fetch as soon as no fetched response is queued, and leaves out the partition whose records a
-# poll is still handing over. When the other partitions have nothing new (one symbol is one
-# partition: every backfill), that fetch asks only for them, and the broker holds it for
-# fetch_max_wait_ms (500 ms) while the backlog waits behind it: in bench/, half the time was
-# spent waiting with 2,000 records a poll. So a poll must hold a partition's whole response:
-# MAX_PARTITION_FETCH_BYTES, plus the one producer batch (at most 256 KiB from producer.py) a
-# broker may return beyond it, of the smallest valid events (tests/integration/test_kafka_edge.py).
-MAX_PARTITION_FETCH_BYTES = 1024 * 1024
-FETCH_SETTINGS = {
-    "max_poll_records": 25_000,
-    "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
-    "fetch_max_bytes": 16 * 1024 * 1024,
-}
-
-
-def new_consumer(settings: Settings) -> KafkaConsumer:
-    """A group member that never commits on its own: offsets are stored with the windows."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.group_id,
-        client_id=f"btc-consumer-{settings.instance_id}",
-        enable_auto_commit=False,
-        auto_offset_reset=settings.auto_offset_reset,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(100, min(3000, settings.session_timeout_ms // 3)),
-        max_poll_interval_ms=settings.max_poll_interval_ms,
-        bootstrap_timeout_ms=5_000,
-        **FETCH_SETTINGS,
-    )
-
-
-class KafkaUnresponsive(KafkaError):
-    """The broker does not answer and the client busy-loops waiting for it: replace it."""
-
-
-class SpinGuard:
-    """`consumer.poll`, watching for kafka-python 3.0.12's busy loop against a hung broker.
-
-    When the broker stops answering (frozen, not refused), the client spins: first in `poll`,
-    which returns nothing while keeping a core busy for its whole timeout, later on its own
-    network thread, whatever we do. An empty poll that used the CPU for most of its wait is
-    that spin; twice in a row, and the client is given up (KafkaUnresponsive), to be replaced
-    once the broker answers again (making a client is the probe: it waits quietly).
-    """
-
-    # CPU seconds per second of an empty poll that count as spinning: a quiet poll uses about
-    # 0.01, a spinning one up to 1 (less when other processes share the core).
-    SPIN_SHARE = 0.2
-    SPINS_TO_GIVE_UP = 2
-    SHORT_POLL_MS = 50
-
-    def __init__(self, bootstrap_servers: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.spins = 0
-
-    def poll(self, consumer: KafkaConsumer, timeout_ms: int) -> dict:
-        if self.spins:
-            timeout_ms = min(timeout_ms, self.SHORT_POLL_MS)  # confirm it quickly
-        wall, cpu = time.monotonic(), time.process_time()
-        records = consumer.poll(timeout_ms=timeout_ms)
-        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        if records or cpu < self.SPIN_SHARE * wall:
-            self.spins = 0
-        elif wall >= 0.04:
-            self.spins += 1
-            if self.spins >= self.SPINS_TO_GIVE_UP:
-                self.spins = 0
-                raise KafkaUnresponsive(
-                    f"Kafka at {self.bootstrap_servers} does not answer and the client "
-                    "busy-loops waiting"
-                )
-        return records
-
-
-class CatchUpWatch:
-    """Tells when the consumer has just read to the end of a backlog (a backfill, or what
-    piled up during an outage), so that it can flush at once instead of at the next tick:
-    the backlog is then visible as soon as it is read. Live traffic is a few messages per
-    poll and never makes a backlog, so there the flush keeps its cadence."""
-
-    BACKLOG_MESSAGES = 20_000  # behind by this many: catching up, not live
-
-    def __init__(self) -> None:
-        self.behind = False
-
-    def caught_up(self, lag: int, just_read: int) -> bool:
-        """True once, when `lag` (messages behind the partition ends) reaches 0 after a
-        backlog. `just_read`: the messages of this poll, which the lag before it included (a
-        poll may take a whole backlog at once)."""
-        if lag + just_read >= self.BACKLOG_MESSAGES:
-            self.behind = True
-        if lag == 0 and self.behind:
-            self.behind = False
-            return True
-        return False
 
 
 class Positions:
@@ -198,7 +98,8 @@ class Positions:
         (`read_up_to`: next offsets of what is pending, over what is stored); None until
         every assigned partition has been fetched."""
         lags = self._lags(read_up_to)
-        return None if None in lags else sum(lags)  # type: ignore[arg-type]
+        known = [lag for lag in lags if lag is not None]
+        return sum(known) if len(known) == len(lags) else None
 
     def known_lag(self, read_up_to: dict[int, int]) -> int:
         """The same over the partitions fetched so far (a busy partition is known long

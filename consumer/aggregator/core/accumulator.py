@@ -13,17 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
-from aggregator.decoding import decode_event
-from aggregator.windows import WINDOW_MS, WindowDeltas, WindowStats
+from aggregator.core.decoding import decode_event
+from aggregator.core.windows import WINDOW_MS, WindowDeltas, WindowStats
 from btcpipe.contract import MAX_MESSAGE_BYTES, REPLAY_SOURCE, ContractError, DecodedEvent
 
 
-class ConsumerRecord(Protocol):  # what the Kafka client hands us, as far as we use it
-    offset: int
-    key: bytes | None
-    value: bytes | None
+class ConsumerRecord(Protocol):
+    """What the Kafka client hands us, as far as we read it (read-only)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +156,11 @@ class Accumulator:
         # The window of the event before: a partition mostly holds runs of one stream's events
         # in one window, which then need neither the late check nor the window lookup.
         last_key: object = None
-        last_start = -1
-        last_late, stats = False, None
+        last_start = -1  # no window starts there: the first event looks its window up
+        last_late, stats = (
+            False,
+            new_stats(Decimal(0), 0),
+        )  # a stand-in, never added to (see last_start)
         for record in records:
             key, value = record.key, record.value
             size += (len(key) if key else 0) + (len(value) if value else 0)
@@ -161,7 +170,7 @@ class Accumulator:
                 self._dead_letter(partition, record.offset, key, value, str(exc), received_ms)
                 continue
             symbol, price, event_time, source, stream, seq = event
-            if stream is None:  # previous release: late per symbol and source
+            if stream is None or seq is None:  # previous release: late per symbol and source
                 late_key: str | tuple[str, str] = (symbol, source)
             else:
                 mark = marks.get(stream)
@@ -193,11 +202,12 @@ class Accumulator:
                 if not late and (current is None or start > current):
                     newest[late_key] = start
                 # WindowDeltas.add, inlined: one call less per message.
-                stats = deltas.get((symbol, start))
-                if stats is None:
+                found = deltas.get((symbol, start))
+                if found is None:
                     stats = deltas[symbol, start] = new_stats(price, event_time)
                 else:
-                    stats.add(price, event_time)
+                    found.add(price, event_time)
+                    stats = found
                 last_key, last_start, last_late = late_key, start, late
             if late:
                 late_count += 1
