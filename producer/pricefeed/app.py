@@ -13,10 +13,10 @@ from kafka.errors import KafkaConfigurationError
 
 from btcpipe.backoff import Backoff
 from btcpipe.process import configure_logging, stop_on_signals
-from pricefeed.config import ConfigError, load_settings
-from pricefeed.registry import open_source
-from pricefeed.sink import KafkaSink
-from pricefeed.source import SourceError
+from pricefeed.settings import ConfigError, load_settings
+from pricefeed.sources.registry import open_source
+from pricefeed.kafka_sink.sink import KafkaSink
+from pricefeed.sources.base import SourceError
 
 log = logging.getLogger("producer")
 

@@ -26,7 +26,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from aggregator import config as consumer_config
-from pricefeed import config as producer_config
+from pricefeed import settings as producer_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = Path(__file__).parents[1] / "reference" / "compose-spec.json"  # see its README

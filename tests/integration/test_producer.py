@@ -19,7 +19,7 @@ from kafka.errors import KafkaTimeoutError
 
 from btcpipe.backoff import Backoff
 from btcpipe.contract import make_event
-from pricefeed.sink import KafkaSink, force_close
+from pricefeed.kafka_sink.sink import KafkaSink, force_close
 from tests.harness import FakeBinance, Fault, TansuBroker, free_port, wait_until
 from tests.harness.fake_binance import MISSING, RecordedRequest, listed_pairs
 from tests.harness.scripts import Script, run_script

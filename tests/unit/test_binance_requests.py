@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pricefeed.binance import (
+from pricefeed.binance.rest import (
     ALL_SYMBOLS,
     InvalidResponse,
     parse_ticker_prices,

@@ -9,7 +9,7 @@ import pytest
 from aggregator import config as consumer_config
 from btcpipe import settings as shared
 from btcpipe.settings import Option
-from pricefeed import config as producer_config
+from pricefeed import settings as producer_config
 
 SHARED = ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "LOG_LEVEL"]
 OK, REFUSED = "accepted", "refused"

@@ -27,7 +27,7 @@ from btcpipe.contract import (
     replay_stream,
 )
 from btcpipe.contract import ContractError as ConsumerRefuses
-from pricefeed.live_sources import Sequencer
+from pricefeed.sources.ticker import Sequencer
 from tests.pipeline import BASE_TIME_MS
 
 NOW_MS = BASE_TIME_MS + 86_400_000  # both sides' clock

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from btcpipe.contract import PriceEvent, check_price
-from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.live_sources import (
+from pricefeed.binance.rest import ALL_SYMBOLS
+from pricefeed.sources.ticker import (
     Sequencer,
     SimulatedSource,
     events_from_pairs,

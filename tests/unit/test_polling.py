@@ -12,15 +12,15 @@ import pytest
 
 from btcpipe.backoff import Backoff
 from btcpipe.contract import PriceEvent, make_event
-from pricefeed.binance import (
+from pricefeed.binance.rest import (
     InvalidResponse,
     RateLimited,
     Rejected,
     Restricted,
     Unavailable,
 )
-from pricefeed.config import Settings
-from pricefeed.polling import report_failure, retry_delay, run_polling
+from pricefeed.settings import Settings
+from pricefeed.sources.polling import report_failure, retry_delay, run_polling
 from tests.producer_parts import RUN, T0, Highest
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.config import ConfigError, Settings, load_settings
+from pricefeed.binance.rest import ALL_SYMBOLS
+from pricefeed.settings import ConfigError, Settings, load_settings
 
 OFFLINE = "--no-check-hosts"
 

@@ -10,7 +10,7 @@ from kafka.partitioner import DefaultPartitioner
 
 from btcpipe.backoff import Backoff
 from btcpipe.contract import make_event
-from pricefeed.sink import KafkaSink, KeyPartitionCache
+from pricefeed.kafka_sink.sink import KafkaSink, KeyPartitionCache
 from tests.producer_parts import RUN
 
 

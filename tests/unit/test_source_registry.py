@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from btcpipe import contract
-from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.config import Settings, build_parser
-from pricefeed.live_sources import (
+from pricefeed.binance.rest import ALL_SYMBOLS
+from pricefeed.settings import Settings, build_parser
+from pricefeed.sources.ticker import (
     BinanceSource,
     SimulatedSource,
 )
-from pricefeed.polling import FixedRatePoller
-from pricefeed.registry import SOURCE_NAMES, open_source, sources_help
-from pricefeed.replay import ReplaySource
-from pricefeed.source import SourceError
+from pricefeed.sources.polling import FixedRatePoller
+from pricefeed.sources.registry import SOURCE_NAMES, open_source, sources_help
+from pricefeed.sources.replay.source import ReplaySource
+from pricefeed.sources.base import SourceError
 
 
 def test_every_runnable_source_is_one_the_contract_admits() -> None:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 from btcpipe.clock import wall_clock_ms
 from btcpipe.contract import ContractError, PriceEvent, live_stream, make_event
-from pricefeed.binance import ALL_SYMBOLS, BinanceClient
+from pricefeed.binance.rest import ALL_SYMBOLS, BinanceClient
 
 if TYPE_CHECKING:
-    from pricefeed.config import Settings
+    from pricefeed.settings import Settings
 
 log = logging.getLogger("producer")
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import requests
 
-from pricefeed.source import PollFailed
+from pricefeed.sources.base import PollFailed
 
 RESTRICTED_FIX = (
     "set BINANCE_BASE_URL=https://data-api.binance.vision (Binance's market-data-only host), "

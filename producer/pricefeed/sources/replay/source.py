@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from btcpipe.contract import PriceEvent
-from pricefeed.replay_files import (
+from pricefeed.sources.replay.files import (
     FileContent,
     ReplayFileError,
     ReplayStats,
     read_events,
     scan_content,
 )
-from pricefeed.replay_ledger import ReplayLedger
-from pricefeed.source import SourceError
+from pricefeed.sources.replay.ledger import ReplayLedger
+from pricefeed.sources.base import SourceError
 
 if TYPE_CHECKING:
-    from pricefeed.config import Settings
-    from pricefeed.sink import KafkaSink
+    from pricefeed.settings import Settings
+    from pricefeed.kafka_sink.sink import KafkaSink
 
 log = logging.getLogger("producer")
 

@@ -9,13 +9,13 @@ import time
 from typing import TYPE_CHECKING
 
 from btcpipe.backoff import Backoff
-from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.source import PollFailed, PollSource
-from pricefeed.timing import FixedRateSchedule
+from pricefeed.binance.rest import ALL_SYMBOLS
+from pricefeed.sources.base import PollFailed, PollSource
+from pricefeed.sources.timing import FixedRateSchedule
 
 if TYPE_CHECKING:
-    from pricefeed.config import Settings
-    from pricefeed.sink import KafkaSink
+    from pricefeed.settings import Settings
+    from pricefeed.kafka_sink.sink import KafkaSink
 
 log = logging.getLogger("producer")
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pricefeed.live_sources import BinanceSource, SimulatedSource
-from pricefeed.polling import FixedRatePoller
-from pricefeed.replay import ReplaySource
-from pricefeed.source import PollSource, Source
+from pricefeed.sources.ticker import BinanceSource, SimulatedSource
+from pricefeed.sources.polling import FixedRatePoller
+from pricefeed.sources.replay.source import ReplaySource
+from pricefeed.sources.base import PollSource, Source
 
 if TYPE_CHECKING:
-    from pricefeed.config import Settings
+    from pricefeed.settings import Settings
 
 SourceFactory = Callable[["Settings"], Source]
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from btcpipe.contract import PriceEvent
-    from pricefeed.live_sources import Sequencer
-    from pricefeed.sink import KafkaSink
+    from pricefeed.sources.ticker import Sequencer
+    from pricefeed.kafka_sink.sink import KafkaSink
 
 
 class SourceError(Exception):

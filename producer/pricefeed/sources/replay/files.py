@@ -56,7 +56,7 @@ from btcpipe.contract import (
     replay_stream,
 )
 from btcpipe.contract.rules import PRICE_PATTERN
-from pricefeed.source import SourceError
+from pricefeed.sources.base import SourceError
 
 SOURCE = "replay"
 

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from btcpipe import settings as shared
 from btcpipe.contract import ContractError, check_symbol
 from btcpipe.settings import ConfigError, Invalid, Option
-from pricefeed.registry import SOURCE_NAMES, sources_help
+from pricefeed.sources.registry import SOURCE_NAMES, sources_help
 
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
