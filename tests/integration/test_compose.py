@@ -27,6 +27,7 @@ from jsonschema import Draft7Validator
 
 from aggregator import config as consumer_config
 from pricefeed import settings as producer_config
+from pricefeed.sources.registry import SOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = Path(__file__).parents[1] / "reference" / "compose-spec.json"  # see its README
@@ -38,7 +39,7 @@ PROVIDER_FILE = GRAFANA_DIR / "dashboards" / "dashboard.yml"
 # The variables each script reads, from its own configuration table: a renamed setting
 # that compose still sets under the old name fails here.
 SCRIPT_ENV = {
-    "producer": {option.env for option in producer_config._OPTIONS},
+    "producer": {option.env for option in producer_config.OPTIONS},
     "consumer": {option.env for option in consumer_config._OPTIONS},
 }
 # Where Grafana reads each provisioning kind, and the repository folder that holds it.
@@ -359,7 +360,10 @@ def test_scripts_accept_the_settings_compose_gives_them(
     """Each script's own configuration loader takes what compose passes (empty values such as
     SIMULATION_SEED= mean "not set"), with the defaults and with .env.example."""
     values = read_env_example() if dotenv == "example" else dotenv
-    loaders = {"producer": producer_config.load_settings, "consumer": consumer_config.load_settings}
+    loaders = {
+        "producer": lambda argv, env: producer_config.load_settings(argv, SOURCES, env),
+        "consumer": consumer_config.load_settings,
+    }
     for name, load in loaders.items():
         env = {k: resolve(v, values) for k, v in environment(services[name]).items()}
         env.update({k: v for k, v in LOCAL_STAND_INS.items() if k in env})

@@ -10,6 +10,7 @@ from aggregator import config as consumer_config
 from btcpipe import settings as shared
 from btcpipe.settings import Option
 from pricefeed import settings as producer_config
+from pricefeed.sources.registry import SOURCES
 
 SHARED = ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "LOG_LEVEL"]
 OK, REFUSED = "accepted", "refused"
@@ -41,6 +42,10 @@ CASES = [
 ]
 
 
+def load_producer_settings(argv: list[str], env: dict[str, str]) -> producer_config.Settings:
+    return producer_config.load_settings(argv, SOURCES, env)
+
+
 def outcome(load, env: dict[str, str]) -> tuple[str, object]:
     try:
         settings = load(["--no-check-hosts"], env)
@@ -49,8 +54,12 @@ def outcome(load, env: dict[str, str]) -> tuple[str, object]:
     return OK, settings
 
 
+def options_of(config) -> list[Option]:
+    return config.OPTIONS if config is producer_config else config._OPTIONS
+
+
 def the_option(config, var: str) -> Option:
-    return next(option for option in config._OPTIONS if option.env == var)
+    return next(option for option in options_of(config) if option.env == var)
 
 
 @pytest.mark.parametrize("config", [producer_config, consumer_config])
@@ -72,7 +81,7 @@ def test_the_cases_cover_every_shared_variable_both_ways() -> None:
 )
 def test_both_scripts_accept_or_refuse_a_shared_setting_alike(var: str, value: str, verdict: str):
     env = {var: value}
-    produced = outcome(producer_config.load_settings, env)
+    produced = outcome(load_producer_settings, env)
     consumed = outcome(consumer_config.load_settings, env)
     assert (produced[0], consumed[0]) == (verdict, verdict), (produced, consumed)
     if verdict == REFUSED:

@@ -1,64 +1,98 @@
 """Runs a poll source on the fixed-rate clock: poll, publish, and on a failed poll retry as
-the failure says, then rejoin the grid."""
+the failure says, then rejoin the grid. It knows no source: each one says what it polls and
+how many events a tick brings."""
 
 from __future__ import annotations
 
 import logging
-import threading
+import math
+import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from btcpipe.backoff import Backoff
-from pricefeed.binance.rest import ALL_SYMBOLS
-from pricefeed.sources.base import PollFailed, PollSource
-from pricefeed.sources.timing import FixedRateSchedule
-
-if TYPE_CHECKING:
-    from pricefeed.settings import Settings
-    from pricefeed.kafka_sink.sink import KafkaSink
+from btcpipe.contract import PriceEvent
+from pricefeed.sources.base import PollFailed, Sink, StopSignal, retry_delay, wait_tending
+from pricefeed.sources.identity import Sequencer
 
 log = logging.getLogger("producer")
 
-ECHO_MAX_SYMBOLS = 20  # beyond this, one `Produced:` line per tick instead of one per price
-TEND_EVERY_SECONDS = 1.0
+ECHO_MAX_EVENTS = 20  # beyond this many a tick, one `Produced:` line per tick, not per event
 
 
-def echoes_each_price(symbols: tuple[str, ...]) -> bool:
-    return symbols != ALL_SYMBOLS and len(symbols) <= ECHO_MAX_SYMBOLS
+class PollSource(Protocol):
+    """A source asked for the events of one tick at a time (the Binance ticker, the simulated
+    walk)."""
+
+    @property
+    def sequencer(self) -> Sequencer:
+        """The identity of its events; names the source and the run in the start line."""
+        ...
+
+    @property
+    def polls_for(self) -> str:
+        """What each poll asks for, in the start line ("BTCUSDT, ETHUSDT")."""
+        ...
+
+    @property
+    def events_per_tick(self) -> int | None:
+        """How many events a tick brings at most; None: not known before it comes."""
+        ...
+
+    def poll(self) -> list[PriceEvent]:
+        """This tick's events; raise PollFailed (or a subclass) when there are none."""
+        ...
+
+
+@dataclass(frozen=True)
+class PollTiming:
+    """The four numbers of the fixed-rate clock."""
+
+    interval: float  # seconds between polls
+    jitter: float = 0.0  # random extra delay per tick, seconds
+    backoff_base: float = 1.0  # the first retry delay after a failed poll
+    backoff_max: float = 60.0  # the longest
+
+
+def echoes_each_event(events_per_tick: int | None) -> bool:
+    return events_per_tick is not None and events_per_tick <= ECHO_MAX_EVENTS
 
 
 class FixedRatePoller:
-    """A poll source as a Source: its polls on the fixed-rate clock of the settings."""
+    """A poll source as a Source: its polls on the fixed-rate clock."""
 
-    def __init__(self, source: PollSource, settings: Settings) -> None:
+    def __init__(self, source: PollSource, timing: PollTiming) -> None:
         self.source = source
-        self.settings = settings
-        self.echoes_each_event = echoes_each_price(source.symbols)
+        self.timing = timing
+        self.echoes_each_event = echoes_each_event(source.events_per_tick)
+        self.stall_warning_after = max(5.0, 2 * timing.interval)  # a couple of silent ticks
 
-    def run(self, sink: KafkaSink, stop: threading.Event) -> None:
-        symbols, sequencer = self.source.symbols, self.source.sequencer
+    def run(self, sink: Sink, stop: StopSignal) -> None:
+        sequencer = self.source.sequencer
         log.info(
             "Polling %s every %g s for %s (run %s: each symbol's events numbered from 1)",
             sequencer.source,
-            self.settings.poll_interval,
-            "every pair Binance lists" if symbols == ALL_SYMBOLS else ", ".join(symbols),
+            self.timing.interval,
+            self.source.polls_for,
             sequencer.run_id,
         )
-        run_polling(self.source, sink, self.settings, stop)
+        run_polling(self.source, sink, self.timing, stop)
 
 
 def run_polling(
     source: PollSource,
-    sink: KafkaSink,
-    settings: Settings,
-    stop: threading.Event,
-    clock=time.monotonic,
+    sink: Sink,
+    timing: PollTiming,
+    stop: StopSignal,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Poll on the fixed grid; on failure retry with backoff, then rejoin the grid."""
-    schedule = FixedRateSchedule(clock(), settings.poll_interval, settings.poll_jitter)
-    backoff = Backoff(settings.backoff_base, settings.backoff_max)
+    schedule = FixedRateSchedule(clock(), timing.interval, timing.jitter)
+    backoff = Backoff(timing.backoff_base, timing.backoff_max)
     _, due = schedule.next_tick(schedule.start)  # tick 0 fires at once, not an interval late
-    summarise = not echoes_each_price(source.symbols)
+    summarise = not echoes_each_event(source.events_per_tick)
     while not wait_tending(sink, due, stop, clock):
         try:
             started = clock()
@@ -74,24 +108,34 @@ def run_polling(
             report_failure(exc, next_poll_in=due - clock())
 
 
-def wait_tending(sink: KafkaSink, due: float, stop: threading.Event, clock) -> bool:
-    """Wait until `due`, tending the sink every second meanwhile (so that a stalled Kafka
-    client is replaced within a second, not a poll interval); True if stopped."""
-    while True:
-        left = due - clock()
-        if stop.wait(max(0.0, min(TEND_EVERY_SECONDS, left))):
-            return True
-        if left <= TEND_EVERY_SECONDS:
-            return False
-        sink.tend()
-
-
-def retry_delay(exc: PollFailed, backoff: Backoff) -> float:
-    """The least wait before polling again (0: the next tick). The poll itself comes at the
-    first tick of the grid after it."""
-    return backoff.next_delay() if exc.retry_after is None else exc.retry_after
-
-
 def report_failure(exc: PollFailed, next_poll_in: float) -> None:
     """Say what went wrong, and when the next poll really comes."""
     log.log(exc.level, "%s", exc.explain(f"next poll in {next_poll_in:.1f} s"))
+
+
+class FixedRateSchedule:
+    """Tick k is due at start + k * interval (+ its own random jitter), whatever the ticks cost.
+
+    A tick that could not run on time is skipped rather than fired late in a burst, so the
+    grid never drifts: after a slow request or a long Retry-After the next tick is the first
+    grid point still ahead. Pure arithmetic over a clock the caller reads.
+    """
+
+    def __init__(
+        self, start: float, interval: float, jitter: float = 0.0, rng: random.Random | None = None
+    ) -> None:
+        self.start = start
+        self.interval = interval
+        self.jitter = jitter
+        self._rng = rng or random.Random()
+        self._last_tick = -1
+
+    def due_at(self, tick: int) -> float:
+        return self.start + tick * self.interval
+
+    def next_tick(self, now: float) -> tuple[int, float]:
+        """The next tick (number, due time with jitter) not before `now` and after the last one."""
+        tick = max(self._last_tick + 1, math.ceil((now - self.start) / self.interval))
+        self._last_tick = tick
+        offset = self._rng.uniform(0, self.jitter) if self.jitter else 0.0
+        return tick, self.due_at(tick) + offset
