@@ -1,4 +1,4 @@
-"""replay_files: Binance public-data files (CSV or zip) read as replay price events."""
+"""sources/replay/files.py: Binance public-data files (CSV or zip) read as replay price events."""
 
 from __future__ import annotations
 
