@@ -47,7 +47,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "producer"), str(ROOT / "consumer")]
 from aggregator.kafka_reader.client import FETCH_SETTINGS  # noqa: E402
 from bench.data import check_tables, file_windows, write_agg_trades  # noqa: E402
 from btcpipe.contract import replay_stream  # noqa: E402
-from pricefeed.sink import CLIENT_SETTINGS  # noqa: E402
+from pricefeed.kafka_sink.clients import CLIENT_SETTINGS  # noqa: E402
 
 # The real servers of the test harness (a Kafka-protocol broker, PostgreSQL, a fake Binance):
 # the bench measures the scripts against the same servers the tests use.

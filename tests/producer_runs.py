@@ -33,7 +33,19 @@ def producer_args(
     interval: float = 0.2,
 ) -> list[str]:
     """Command-line flags for a run against `binance` and `bootstrap` (symbols None: from env)."""
-    args = ["--binance-url", binance.base_url, "--bootstrap-servers", bootstrap, "--topic", topic]
+    polling = poll_args(bootstrap, topic, *extra, symbols=symbols, interval=interval)
+    return ["--binance-url", binance.base_url, *polling]
+
+
+def poll_args(
+    bootstrap: str,
+    topic: str,
+    *extra: str,
+    symbols: Sequence[str] | None = ("BTCUSDT", "ETHUSDT"),
+    interval: float = 0.2,
+) -> list[str]:
+    """The flags of any poll source (binance, simulated) publishing to `bootstrap`'s `topic`."""
+    args = ["--bootstrap-servers", bootstrap, "--topic", topic]
     if symbols is not None:
         args += ["--symbols", ",".join(symbols)]
     return [*args, "--interval", str(interval), *FAST_BACKOFF, *extra]

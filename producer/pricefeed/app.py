@@ -13,10 +13,10 @@ from kafka.errors import KafkaConfigurationError
 
 from btcpipe.backoff import Backoff
 from btcpipe.process import configure_logging, stop_on_signals
-from pricefeed.config import ConfigError, load_settings
-from pricefeed.registry import open_source
-from pricefeed.sink import KafkaSink
-from pricefeed.source import SourceError
+from pricefeed.kafka_sink import KafkaSink
+from pricefeed.settings import ConfigError, load_settings, unused_variables
+from pricefeed.sources.base import SourceError
+from pricefeed.sources.registry import SOURCES, open_source
 
 log = logging.getLogger("producer")
 
@@ -25,11 +25,13 @@ EXIT_UNDELIVERED = 1  # stopped with events Kafka never acknowledged: a supervis
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv)
+        settings = load_settings(sys.argv[1:] if argv is None else argv, SOURCES)
     except ConfigError as exc:
         print(f"producer.py: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    for variable in unused_variables(settings, SOURCES):
+        log.info("%s is set but --source %s does not use it", variable, settings.source)
     try:
         source = open_source(settings)
     except SourceError as exc:
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.topic_partitions,
         stop,
         Backoff(settings.backoff_base, settings.backoff_max, random.Random()),
-        stall_warning=max(5.0, 2 * settings.poll_interval),  # a couple of silent ticks
+        stall_warning=source.stall_warning_after,
         echo=source.echoes_each_event,
         delivery_timeout_ms=settings.delivery_timeout_ms,
     )

@@ -26,7 +26,8 @@ import yaml
 from jsonschema import Draft7Validator
 
 from aggregator import settings as consumer_settings
-from pricefeed import config as producer_config
+from pricefeed import settings as producer_settings
+from pricefeed.sources.registry import SOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = Path(__file__).parents[1] / "reference" / "compose-spec.json"  # see its README
@@ -38,7 +39,7 @@ PROVIDER_FILE = GRAFANA_DIR / "dashboards" / "dashboard.yml"
 # The variables each script reads, from its own configuration table: a renamed setting
 # that compose still sets under the old name fails here.
 SCRIPT_ENV = {
-    "producer": {option.env for option in producer_config._OPTIONS},
+    "producer": {option.env for option in producer_settings.OPTIONS},
     "consumer": {option.env for option in consumer_settings.OPTIONS},
 }
 # Where Grafana reads each provisioning kind, and the repository folder that holds it.
@@ -360,7 +361,7 @@ def test_scripts_accept_the_settings_compose_gives_them(
     SIMULATION_SEED= mean "not set"), with the defaults and with .env.example."""
     values = read_env_example() if dotenv == "example" else dotenv
     loaders = {
-        "producer": producer_config.load_settings,
+        "producer": lambda argv, env: producer_settings.load_settings(argv, SOURCES, env),
         "consumer": consumer_settings.load_settings,
     }
     for name, load in loaders.items():

@@ -12,7 +12,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from aggregator.core.decoding import decode_event
 from aggregator.kafka_reader.client import FETCH_SETTINGS, MAX_PARTITION_FETCH_BYTES
 from btcpipe.contract import EARLIEST_EVENT_MS, PriceEvent, replay_stream
-from pricefeed.sink import CLIENT_SETTINGS
+from pricefeed.kafka_sink.clients import CLIENT_SETTINGS
 from tests.harness import TansuBroker
 
 

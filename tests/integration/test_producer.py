@@ -19,7 +19,8 @@ from kafka.errors import KafkaTimeoutError
 
 from btcpipe.backoff import Backoff
 from btcpipe.contract import make_event
-from pricefeed.sink import KafkaSink, force_close
+from pricefeed.kafka_sink import KafkaSink
+from pricefeed.kafka_sink.clients import close_internals, force_close, has_producer_id
 from tests.harness import FakeBinance, Fault, TansuBroker, free_port, wait_until
 from tests.harness.fake_binance import MISSING, RecordedRequest, listed_pairs
 from tests.harness.scripts import Script, run_script
@@ -30,6 +31,7 @@ from tests.producer_runs import (
     by_poll,
     message,
     messages,
+    poll_args,
     printed,
     producer_args,
     read_topic,
@@ -148,27 +150,33 @@ def test_configured_by_environment_alone(
 def test_simulated_source_is_a_seeded_walk_at_the_same_cadence(
     broker: TansuBroker, binance: FakeBinance, topic: str
 ) -> None:
-    """Three runs at once: two with seed 7, one with seed 8."""
+    """Three runs at once: two with seed 7, one with seed 8. BINANCE_BASE_URL names the fake
+    Binance, which the simulated source does not use: said once at start, and never asked."""
     seeds = {"a": "7", "b": "7", "c": "8"}
     topics = {name: f"{topic}_{name}" for name in seeds}
+    env = {"BINANCE_BASE_URL": binance.base_url}
     with ExitStack() as running:
         scripts = {
             name: running.enter_context(
                 Script(
                     "producer",
                     [
-                        *producer_args(binance, broker.bootstrap, topics[name], interval=0.25),
+                        *poll_args(broker.bootstrap, topics[name], interval=0.25),
                         *("--source", "simulated", "--seed", seed),
                     ],
+                    env=env,
                 )
             )
             for name, seed in seeds.items()
         }
         for script in scripts.values():
             script.wait_for_output("Produced:", timeout=20, count=12)
-        stop_cleanly(scripts["a"], signal.SIGINT)  # Ctrl-C stops as cleanly as SIGTERM
+        output = stop_cleanly(scripts["a"], signal.SIGINT)  # Ctrl-C stops as cleanly as SIGTERM
         stop_cleanly(scripts["b"])
         stop_cleanly(scripts["c"])
+    unused = "BINANCE_BASE_URL is set but --source simulated does not use it"
+    assert output.count(unused) == 1
+    assert output.index(unused) < output.index("Polling simulated every 0.25 s")
 
     walks = {name: by_poll(messages(read_topic(broker.bootstrap, t))) for name, t in topics.items()}
     for polls in walks.values():
@@ -193,12 +201,11 @@ def test_producer_is_idempotent_with_acks_all(broker: TansuBroker, topic: str) -
         now = int(time.time() * 1000)
         sink.publish([make_event("BTCUSDT", BTC, now, "binance", "binance/BTCUSDT/test", 1)])
         sink.flush(10)
-        producer = sink._clients.producer
+        producer = sink.client
         assert producer is not None
         assert producer.config["acks"] == -1  # "all"
         assert producer.config["enable_idempotence"] is True
-        assert producer._transaction_manager is not None
-        assert producer._transaction_manager.producer_id_and_epoch.is_valid  # broker gave an id
+        assert has_producer_id(producer)  # the broker gave it an id
         assert sink.delivered == 1
     finally:
         sink.close()
@@ -207,14 +214,15 @@ def test_producer_is_idempotent_with_acks_all(broker: TansuBroker, topic: str) -
 
 def test_a_client_with_a_record_stuck_on_a_hung_broker_is_closed_at_once(topic: str) -> None:
     """kafka-python 3.0.12's public close() gives up half-way while a record is stuck: its
-    flush raises before the sender thread is stopped. sink.force_close finishes the close with
-    the private attributes it names; this fails if an upgrade removes them, or makes the public
-    close enough (then force_close can go)."""
+    flush raises before the sender thread is stopped. clients.force_close finishes the close
+    with the private parts close_internals names; this fails if an upgrade removes them, or
+    makes the public close enough (then force_close can go)."""
     with TansuBroker() as hung:
         sink = KafkaSink(hung.bootstrap, topic, 1, threading.Event(), Backoff(0.2, 2), echo=False)
         assert sink.connect()
-        producer = sink._clients.producer
+        producer = sink.client
         assert producer is not None
+        internals = close_internals(producer)
         now = int(time.time() * 1000)
         events = [
             make_event("BTCUSDT", BTC, now, "binance", "binance/BTCUSDT/test", n) for n in (1, 2)
@@ -227,11 +235,11 @@ def test_a_client_with_a_record_stuck_on_a_hung_broker_is_closed_at_once(topic: 
             sink.publish(events[1:])
             with pytest.raises(KafkaTimeoutError):
                 producer.close(timeout=0)  # the public close, as bounded as it gets
-            assert producer._sender.is_alive() and not producer._closed
+            assert internals.sender.is_alive() and not internals.closed
             started = time.monotonic()
             force_close(producer)
-            producer._sender.join(5)
-            assert not producer._sender.is_alive() and producer._closed
+            internals.sender.join(5)
+            assert not internals.sender.is_alive() and internals.closed
             assert time.monotonic() - started < 5
             producer.close(timeout=1)  # what __del__ does: now a no-op, not a second flush
         finally:
@@ -551,6 +559,8 @@ def test_help_lists_every_environment_variable() -> None:
         ([], {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "KAFKA_BOOTSTRAP_SERVERS"),
         (["--topic", "bad topic!"], {}, "KAFKA_TOPIC"),
         (["--source", "simulated", "--replay-symbol", "BTCUSDT"], {}, "REPLAY_SYMBOL"),
+        (["--speed", "2"], {}, "--speed (REPLAY_SPEED) is only used with --source replay"),
+        (["--resume"], {}, "--resume is only used with --source replay, not binance"),
     ],
     ids=[
         "symbol",
@@ -563,6 +573,8 @@ def test_help_lists_every_environment_variable() -> None:
         "kafka-port",
         "topic",
         "replay-symbol-live",
+        "speed-live",
+        "resume-live",
     ],
 )
 def test_bad_config_stops_with_one_sentence_and_exit_2(

@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from btcpipe.contract import make_event
-from pricefeed.replay import Progress, paced
-from pricefeed.replay_files import read_events
+from pricefeed.sources.replay.files import read_events
+from pricefeed.sources.replay.source import Progress, paced
 from tests.harness.net import wait_until
 from tests.harness.sample_files import write_agg_trades, write_klines
 from tests.harness.scripts import run_script

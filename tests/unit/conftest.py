@@ -3,15 +3,17 @@ so that tests/unit.sh stays a matter of seconds (tests that need them live in in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 
-def _refused(name: str) -> pytest.FixtureFunctionMarker:
+def _refused(name: str) -> Callable[[], None]:
     def fixture() -> None:
         raise pytest.UsageError(f"a unit test asked for {name!r}: move it to tests/integration/")
 
     fixture.__name__ = name
-    return fixture  # type: ignore[return-value]
+    return fixture
 
 
 broker = pytest.fixture(_refused("broker"))

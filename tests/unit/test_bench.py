@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.data import agg_trades, file_windows, write_agg_trades
 from bench.throughput import replay_messages
-from pricefeed.replay_files import detect_layout, read_events
+from pricefeed.sources.replay.files import detect_layout, read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from pricefeed.binance import (
-    ALL_SYMBOLS,
+from pricefeed.binance.rest import (
     InvalidResponse,
     parse_ticker_prices,
     ticker_price_params,
@@ -35,8 +34,8 @@ def test_fifty_symbols_stay_one_parameter_binance_accepts() -> None:
     assert re.fullmatch(SYMBOLS_PATTERN, params["symbols"])
 
 
-def test_all_symbols_is_the_request_without_parameters() -> None:
-    assert ticker_price_params(ALL_SYMBOLS) == {}
+def test_every_pair_is_the_request_without_parameters() -> None:
+    assert ticker_price_params(None) == {}
 
 
 def test_parse_one_object_and_a_list() -> None:

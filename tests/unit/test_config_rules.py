@@ -9,7 +9,8 @@ import pytest
 from aggregator import settings as consumer_settings
 from btcpipe import settings as shared
 from btcpipe.settings import Option
-from pricefeed import config as producer_config
+from pricefeed import settings as producer_settings
+from pricefeed.sources.registry import SOURCES
 
 SHARED = ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "LOG_LEVEL"]
 OK, REFUSED = "accepted", "refused"
@@ -41,16 +42,20 @@ CASES = [
 ]
 
 
+def load_producer_settings(argv: list[str], env: dict[str, str]) -> producer_settings.Settings:
+    return producer_settings.load_settings(argv, SOURCES, env)
+
+
 def outcome(load, env: dict[str, str]) -> tuple[str, object]:
     try:
         settings = load(["--no-check-hosts"], env)
-    except (producer_config.ConfigError, consumer_settings.ConfigError) as error:
+    except (producer_settings.ConfigError, consumer_settings.ConfigError) as error:
         return REFUSED, str(error)
     return OK, settings
 
 
 # Each script's option declarations.
-PRODUCER_OPTIONS, CONSUMER_OPTIONS = producer_config._OPTIONS, consumer_settings.OPTIONS
+PRODUCER_OPTIONS, CONSUMER_OPTIONS = producer_settings.OPTIONS, consumer_settings.OPTIONS
 
 
 def the_option(options: list[Option], var: str) -> Option:
@@ -78,7 +83,7 @@ def test_the_cases_cover_every_shared_variable_both_ways() -> None:
 )
 def test_both_scripts_accept_or_refuse_a_shared_setting_alike(var: str, value: str, verdict: str):
     env = {var: value}
-    produced = outcome(producer_config.load_settings, env)
+    produced = outcome(load_producer_settings, env)
     consumed = outcome(consumer_settings.load_settings, env)
     assert (produced[0], consumed[0]) == (verdict, verdict), (produced, consumed)
     if verdict == REFUSED:

@@ -27,7 +27,7 @@ from btcpipe.contract import (
     replay_stream,
 )
 from btcpipe.contract import ContractError as ConsumerRefuses
-from pricefeed.live_sources import Sequencer
+from pricefeed.sources.identity import Sequencer
 from tests.pipeline import BASE_TIME_MS
 
 NOW_MS = BASE_TIME_MS + 86_400_000  # both sides' clock
@@ -217,15 +217,15 @@ def test_a_published_message_decodes_to_the_same_values_and_identity() -> None:
 def test_the_largest_event_the_producer_can_build_fits_the_consumers_size_limit() -> None:
     """make_event bounds every field, so its messages stay far below MAX_MESSAGE_BYTES and no
     check of the size is needed per message."""
-    longest: dict[str, Any] = {
-        "symbol": "X" * 20,
-        "price": "9" * 20 + "." + "9" * 20,
-        "event_time": NOW_MS + MAX_FUTURE_MS,
-        "source": "simulated",
-        "stream": "A" * 128,
-        "seq": MAX_SEQ,
-    }
-    largest = make_event(**longest, now_ms=NOW_MS)
+    largest = make_event(
+        symbol="X" * 20,
+        price="9" * 20 + "." + "9" * 20,
+        event_time=NOW_MS + MAX_FUTURE_MS,
+        source="simulated",
+        stream="A" * 128,
+        seq=MAX_SEQ,
+        now_ms=NOW_MS,
+    )
     value = largest.to_json_bytes()
     assert len(value) < 300 < MAX_MESSAGE_BYTES
     assert consumer_verdict(value) is None

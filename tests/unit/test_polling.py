@@ -1,27 +1,35 @@
-"""The polling loop on a simulated clock: the grid, retry delays, failure lines, next poll."""
+"""The polling loop on a simulated clock: the grid, retry delays, failure lines, next poll
+(with the Binance ticker's failures, as the ticker source raises them on)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pytest
 
 from btcpipe.backoff import Backoff
 from btcpipe.contract import PriceEvent, make_event
-from pricefeed.binance import (
+from pricefeed.binance.rest import (
+    BinanceError,
     InvalidResponse,
     RateLimited,
     Rejected,
     Restricted,
     Unavailable,
 )
-from pricefeed.config import Settings
-from pricefeed.polling import report_failure, retry_delay, run_polling
+from pricefeed.sources.base import PollFailed, retry_delay
+from pricefeed.sources.identity import Sequencer
+from pricefeed.sources.polling import PollTiming, report_failure, run_polling
 from tests.producer_parts import RUN, T0, Highest
+
+
+def failed(error: BinanceError) -> PollFailed:
+    """The poll failure the ticker source raises for a Binance error."""
+    return PollFailed.because(error)
 
 
 @dataclass
@@ -29,7 +37,7 @@ class Step:
     """One poll: how long it takes (simulated seconds) and what it raises, if anything."""
 
     cost: float = 0.0
-    error: Exception | None = None
+    error: BinanceError | None = None
 
 
 class LoopRig:
@@ -37,7 +45,9 @@ class LoopRig:
     clock, and the loop is stopped once every scripted step has been polled. Like a real clock,
     every reading is a little later than the one before (1 µs)."""
 
-    symbols = ("BTCUSDT",)
+    polls_for = "BTCUSDT"
+    events_per_tick = 1
+    sequencer = Sequencer("binance", run_id="r")
 
     def __init__(self, steps: Sequence[Step], start: float = 1_000.0) -> None:
         self.now = start
@@ -50,7 +60,8 @@ class LoopRig:
         self.now += 1e-6
         return self.now
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
         assert timeout >= 0
         self.now += timeout
         return not self._steps
@@ -60,26 +71,36 @@ class LoopRig:
         step = self._steps.pop(0)
         self.now += step.cost
         if step.error is not None:
-            raise step.error
+            raise failed(step.error)
         return [make_event("BTCUSDT", "43250.75000000", T0, "binance", RUN, len(self.poll_times))]
 
-    def publish(self, events: list[PriceEvent]) -> None:
+    def is_set(self) -> bool:
+        return not self._steps
+
+    def publish(self, events: Iterable[PriceEvent]) -> None:
         self.published.append(list(events))
 
     def tend(self) -> None:
         """The sink's upkeep between polls: nothing to do here."""
+
+    def wait_for_room(self) -> None:
+        """Never full."""
+
+    def flush(self, timeout: float) -> None:
+        """Nothing is held back."""
+
+    def backlog(self) -> int:
+        return 0
 
     def offsets(self) -> list[float]:
         """Poll times since the start, to the millisecond."""
         return [round(t - self.start, 3) for t in self.poll_times]
 
 
-def run_loop(steps: Sequence[Step], **settings: float) -> LoopRig:
+def run_loop(steps: Sequence[Step], interval: float = 1.0, jitter: float = 0.0) -> LoopRig:
+    """The loop run over `steps` with a rig as source, sink, stop signal and clock."""
     rig = LoopRig(steps)
-    config = Settings(
-        **{"poll_interval": 1.0, "backoff_base": 1.0, "backoff_max": 60.0, **settings}
-    )
-    run_polling(rig, rig, config, rig, clock=rig.clock)  # type: ignore[arg-type]
+    run_polling(rig, rig, PollTiming(interval, jitter, 1.0, 60.0), rig, clock=rig.clock)
     return rig
 
 
@@ -97,7 +118,7 @@ def test_loop_stays_on_the_grid_after_slow_polls_and_skips_missed_ticks() -> Non
 
 
 def test_loop_with_jitter_polls_within_jitter_after_each_grid_point() -> None:
-    rig = run_loop([Step(cost=0.01)] * 200, poll_jitter=0.3)
+    rig = run_loop([Step(cost=0.01)] * 200, jitter=0.3)
     for tick, offset in enumerate(rig.offsets()):
         assert tick <= offset <= tick + 0.3
 
@@ -119,7 +140,7 @@ def test_loop_skips_an_invalid_body_until_the_next_tick() -> None:
 def test_loop_backs_off_exponentially_then_resets() -> None:
     down = Unavailable("HTTP 503: overloaded")
     steps = [Step(error=down)] * 5 + [Step()] * 3 + [Step(error=down), Step()]
-    rig = run_loop(steps, poll_interval=0.25)
+    rig = run_loop(steps, interval=0.25)
     times = rig.offsets()
     gaps = [b - a for a, b in itertools.pairwise(times)]
     for attempt in range(5):  # delay in [2**n / 2, 2**n], rounded up to the 0.25 s grid
@@ -131,13 +152,13 @@ def test_loop_backs_off_exponentially_then_resets() -> None:
 
 def test_retry_delay_is_retry_after_or_the_backoff() -> None:
     backoff = Backoff(1.0, 60.0, Highest())
-    assert retry_delay(RateLimited(429, 4.0, "HTTP 429: slow down"), backoff) == 4.0
-    assert retry_delay(RateLimited(418, 120.0, "HTTP 418: banned"), backoff) == 120.0
-    assert retry_delay(RateLimited(429, None, "HTTP 429"), backoff) == 1.0
-    assert retry_delay(InvalidResponse("body is not JSON"), backoff) == 0.0
-    assert retry_delay(Restricted("HTTP 451: restricted location"), backoff) == 2.0
-    assert retry_delay(Rejected("HTTP 400: Invalid symbol."), backoff) == 4.0
-    assert retry_delay(Unavailable("no answer within 5 s"), backoff) == 8.0
+    assert retry_delay(failed(RateLimited(429, 4.0, "HTTP 429: slow down")), backoff) == 4.0
+    assert retry_delay(failed(RateLimited(418, 120.0, "HTTP 418: banned")), backoff) == 120.0
+    assert retry_delay(failed(RateLimited(429, None, "HTTP 429")), backoff) == 1.0
+    assert retry_delay(failed(InvalidResponse("body is not JSON")), backoff) == 0.0
+    assert retry_delay(failed(Restricted("HTTP 451: restricted location")), backoff) == 2.0
+    assert retry_delay(failed(Rejected("HTTP 400: Invalid symbol.")), backoff) == 4.0
+    assert retry_delay(failed(Unavailable("no answer within 5 s")), backoff) == 8.0
 
 
 @pytest.mark.parametrize(
@@ -153,11 +174,12 @@ def test_retry_delay_is_retry_after_or_the_backoff() -> None:
     ],
 )
 def test_report_failure_says_what_happened_and_when_the_next_poll_comes(
-    caplog: pytest.LogCaptureFixture, error: Exception, words: str
+    caplog: pytest.LogCaptureFixture, error: BinanceError, words: str
 ) -> None:
     with caplog.at_level(logging.INFO, logger="producer"):
-        report_failure(error, next_poll_in=7.46)  # type: ignore[arg-type]
+        report_failure(failed(error), next_poll_in=7.46)
     [record] = caplog.records
+    assert record.levelno == error.level
     assert words in record.message
     assert record.message.lower().endswith("next poll in 7.5 s")
     assert "retrying in" not in record.message.lower()
@@ -176,10 +198,10 @@ ANNOUNCED = [
 
 @pytest.mark.parametrize(("error", "interval", "gap"), ANNOUNCED)
 def test_the_announced_next_poll_is_when_the_loop_polls_again(
-    caplog: pytest.LogCaptureFixture, error: Exception, interval: float, gap: float
+    caplog: pytest.LogCaptureFixture, error: BinanceError, interval: float, gap: float
 ) -> None:
     with caplog.at_level(logging.INFO, logger="producer"):
-        rig = run_loop([Step(), Step(error=error), Step()], poll_interval=interval)
+        rig = run_loop([Step(), Step(error=error), Step()], interval=interval)
     failed_at, next_poll = rig.poll_times[1:]
     assert next_poll - failed_at == pytest.approx(gap, abs=0.001)
     [announced] = re.findall(r"next poll in ([0-9.]+) s", caplog.text, re.IGNORECASE)

@@ -1,21 +1,36 @@
-"""The producer's settings: defaults, flags over env, bad values in one sentence, host checks."""
+"""The producer's settings: defaults, flags over env, bad values in one sentence, host checks,
+and what a source does not use: a flag refused, an environment variable reported."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.config import ConfigError, Settings, load_settings
+from pricefeed import settings as producer_settings
+from pricefeed.settings import ALL_SYMBOLS, ConfigError, Settings, unused_variables
+from pricefeed.sources.registry import EVERY_SOURCE, SOURCES
 
 OFFLINE = "--no-check-hosts"
+
+
+def load_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
+    """The settings as producer.py loads them, with the registered sources."""
+    return producer_settings.load_settings(argv, SOURCES, env={} if env is None else env)
+
+
+def source_args(name: str) -> list[str]:
+    """Flags choosing `name`, with the file a replay needs."""
+    return ["--source", name, *(["a.csv"] if name == "replay" else [])]
 
 
 def test_symbols_all_in_any_case_means_every_pair_binance_lists() -> None:
     assert load_settings([OFFLINE], env={"SYMBOLS": "all"}).symbols == ALL_SYMBOLS
     assert load_settings([OFFLINE, "--symbols", "ALL"]).symbols == ALL_SYMBOLS
+    replay = load_settings([OFFLINE, "--source", "replay", "a.csv"], {"SYMBOLS": "ALL"})
+    assert replay.source == "replay"  # which does not use SYMBOLS
 
 
 @pytest.mark.parametrize(
@@ -111,10 +126,16 @@ def test_flag_overrides_its_environment_variable(
 ) -> None:
     default = getattr(Settings(), field)
     assert from_env != default and from_flag != from_env  # each case really changes something
-    assert getattr(load_settings([OFFLINE], env={var: env_value}), field) == from_env
-    flagged = load_settings([OFFLINE, flag, flag_value], env={var: env_value})
+    base = [OFFLINE] if field == "source" else [OFFLINE, *source_args(a_user_of(field))]
+    assert getattr(load_settings(base, env={var: env_value}), field) == from_env
+    flagged = load_settings([*base, flag, flag_value], env={var: env_value})
     assert getattr(flagged, field) == from_flag
-    assert getattr(load_settings([OFFLINE, flag, flag_value], env={}), field) == from_flag
+    assert getattr(load_settings([*base, flag, flag_value], env={}), field) == from_flag
+
+
+def a_user_of(field: str) -> str:
+    """The first source that uses the option: where its flag is taken."""
+    return next(name for name, registered in SOURCES.items() if field in registered.options)
 
 
 def test_replay_settings_override_their_environment_variables() -> None:
@@ -207,7 +228,6 @@ BAD_VALUES = [
     ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
     ({"REPLAY_SPEED": "fast"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
     ({"REPLAY_SYMBOL": "BTC/USDT"}, "REPLAY_SYMBOL", "a Binance symbol like BTCUSDT"),
-    ({"REPLAY_SYMBOL": "BTCUSDT"}, "REPLAY_SYMBOL", "only used with --source replay"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -312,3 +332,110 @@ def test_resolvable_hosts_pass_and_simulated_source_ignores_the_binance_host() -
     assert load_settings([], env=env).bootstrap_servers == "localhost:9092"
     simulated = {**env, "BINANCE_BASE_URL": "https://nothing.invalid"}
     assert load_settings(["--source", "simulated"], env=simulated).source == "simulated"
+
+
+# --- what the chosen source does not use -------------------------------------------------------
+
+# (flag and value, the sentence that refuses it with the default source, binance)
+UNUSED_BY_BINANCE = [
+    (["--speed", "2"], "--speed (REPLAY_SPEED) is only used with --source replay, not binance."),
+    (["--resume"], "--resume is only used with --source replay, not binance."),
+    (
+        ["--seed", "5"],
+        "--seed (SIMULATION_SEED) is only used with --source simulated, not binance.",
+    ),
+    (
+        ["--replay-symbol", "BTCUSDT"],
+        "--replay-symbol (REPLAY_SYMBOL) is only used with --source replay, not binance.",
+    ),
+    (
+        ["--replay-state-dir", "/tmp/x"],
+        "--replay-state-dir (REPLAY_STATE_DIR) is only used with --source replay, not binance.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "sentence"), UNUSED_BY_BINANCE, ids=lambda v: str(v)[:30])
+def test_a_flag_the_chosen_source_does_not_use_is_refused_in_one_sentence(
+    args: list[str], sentence: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings([OFFLINE, *args])
+    assert str(error.value) == sentence
+    assert_one_sentence(str(error.value))
+
+
+OPTIONS = producer_settings.OPTIONS
+# A valid text for the flag of every option but --source.
+FLAG_VALUES = {
+    "--bootstrap-servers": "a:1",
+    "--topic": "t",
+    "--partitions": "2",
+    "--symbols": "ETHUSDT",
+    "--interval": "5",
+    "--jitter": "1",
+    "--binance-url": "http://e.test",
+    "--timeout": "2",
+    "--backoff-base": "0.5",
+    "--backoff-max": "9",
+    "--delivery-timeout-ms": "5000",
+    "--seed": "3",
+    "--speed": "2",
+    "--replay-symbol": "ETHUSDT",
+    "--replay-state-dir": "/tmp/x",
+    "--log-level": "DEBUG",
+}
+
+
+def test_every_flag_of_another_source_is_refused_alike_and_its_own_are_taken() -> None:
+    """Each flag, given to each source: taken if the registry says the source uses it,
+    refused naming the sources that do otherwise."""
+    assert set(FLAG_VALUES) == {option.flag for option in OPTIONS} - {"--source"}
+    for name, registered in SOURCES.items():
+        for option in OPTIONS[1:]:
+            args = [OFFLINE, *source_args(name), option.flag, FLAG_VALUES[option.flag]]
+            if option.field in registered.options:
+                assert getattr(load_settings(args), option.field) is not None
+                continue
+            with pytest.raises(ConfigError) as error:
+                load_settings(args)
+            users = [n for n, r in SOURCES.items() if option.field in r.options]
+            assert str(error.value) == (
+                f"{option.flag} ({option.env}) is only used with --source "
+                f"{' or '.join(users)}, not {name}."
+            )
+
+
+def test_the_options_every_source_uses_are_never_refused() -> None:
+    common = [o for o in OPTIONS if o.field in EVERY_SOURCE and o.flag != "--source"]
+    assert {o.env for o in common} >= {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "KAFKA_TOPIC",
+        "KAFKA_TOPIC_PARTITIONS",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "LOG_LEVEL",
+    }
+    flags = [item for o in common for item in (o.flag, FLAG_VALUES[o.flag])]
+    for name in SOURCES:
+        assert load_settings([OFFLINE, *source_args(name), *flags]).source == name
+
+
+def test_an_environment_variable_the_source_does_not_use_is_reported_not_refused() -> None:
+    env = {
+        "REPLAY_SPEED": "2",
+        "REPLAY_SYMBOL": "BTCUSDT",
+        "SIMULATION_SEED": "",  # empty: not set
+        "POLL_INTERVAL_SECONDS": "5",
+        "KAFKA_TOPIC": "t",
+    }
+    settings = load_settings([OFFLINE], env)
+    assert (settings.replay_speed, settings.replay_symbol) == (2.0, "BTCUSDT")  # read, unused
+    assert unused_variables(settings, SOURCES, env) == ["REPLAY_SPEED", "REPLAY_SYMBOL"]
+    replay = load_settings([OFFLINE, "--source", "replay", "a.csv"], env)
+    assert unused_variables(replay, SOURCES, env) == ["POLL_INTERVAL_SECONDS"]
+    assert unused_variables(load_settings([OFFLINE], {}), SOURCES, {}) == []
+
+
+def test_an_environment_variable_of_another_source_is_still_checked() -> None:
+    with pytest.raises(ConfigError, match="REPLAY_SPEED"):
+        load_settings([OFFLINE], {"REPLAY_SPEED": "fast"})

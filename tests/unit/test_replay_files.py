@@ -1,4 +1,4 @@
-"""replay_files: Binance public-data files (CSV or zip) read as replay price events."""
+"""sources/replay/files.py: Binance public-data files (CSV or zip) read as replay price events."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from btcpipe.clock import wall_clock_ms
 from btcpipe.contract import MAX_FUTURE_MS, PriceEvent
-from pricefeed.replay_files import (
+from pricefeed.sources.replay.files import (
     MAX_KEPT_ERRORS,
     ReplayFileError,
     ReplayStats,

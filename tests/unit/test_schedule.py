@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pricefeed.timing import FixedRateSchedule
+from pricefeed.sources.polling import FixedRateSchedule
 from tests.producer_parts import Highest, Lowest
 
 

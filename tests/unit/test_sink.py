@@ -9,8 +9,11 @@ from kafka.future import Future
 from kafka.partitioner import DefaultPartitioner
 
 from btcpipe.backoff import Backoff
-from btcpipe.contract import make_event
-from pricefeed.sink import KafkaSink, KeyPartitionCache
+from btcpipe.contract import PriceEvent, make_event
+from pricefeed.kafka_sink import KafkaSink
+from pricefeed.kafka_sink.clients import KeyPartitionCache
+from pricefeed.kafka_sink.outstanding import Outstanding
+from pricefeed.sources.base import Sink
 from tests.producer_parts import RUN
 
 
@@ -40,30 +43,65 @@ def test_key_partition_cache_places_every_key_as_kafkas_default_partitioner() ->
             assert cache.partition("btc_price", key, key, b"v", b"v", cluster) == want, key
 
 
-def test_sink_bookkeeping_is_exact_when_partitions_acknowledge_out_of_send_order() -> None:
+class UnsentProducer:
+    """What Outstanding.send_each calls of a kafka-python producer: `send`, which returns the
+    record's future (kafka-python's own), kept here for the test to complete as the client's
+    network thread would."""
+
+    def __init__(self) -> None:
+        self.futures: list[Future] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, timestamp_ms: int) -> Future:
+        self.futures.append(Future())
+        return self.futures[-1]
+
+
+class Acknowledgements:
+    """What the bookkeeping tells the sink: each acknowledgement heard, each acknowledged run."""
+
+    def __init__(self) -> None:
+        self.heard = 0
+        self.runs: list[list[PriceEvent]] = []
+
+    def hear(self, now: float) -> bool:
+        self.heard += 1
+        return False
+
+    def acknowledged(self, events: list[PriceEvent], recovered: bool) -> None:
+        self.runs.append(events)
+
+
+def test_bookkeeping_is_exact_when_partitions_acknowledge_out_of_send_order() -> None:
     """Acknowledgements pop the acknowledged prefix of what was sent; one that arrives behind
     a slower partition's event counts at once, and a retired client's unacknowledged events
-    come back in send order (kafka-python's own futures, completed as its network thread
-    would)."""
-    sink = KafkaSink("127.0.0.1:9", "t", 3, threading.Event(), Backoff(0.2, 2), echo=False)
-    sent = sink._sent
+    come back in send order."""
+    told = Acknowledgements()
+    sent = Outstanding(threading.Lock(), told.hear, told.acknowledged)
+    producer = UnsentProducer()
     events = [
         make_event("BTCUSDT", "1.5", 1_767_225_600_000 + i, "binance", RUN, i + 1) for i in range(5)
     ]
-    futures = [Future() for _ in events]
-    for event, future in zip(events, futures, strict=True):  # as KafkaSink._send_waiting does
-        sent.queue.append((event, future))
-        future.add_callback(sent.on_delivered)
-        future.add_errback(sent.on_failed)
-    assert sink.backlog() == 5
+    sent.send_each(producer, "t", events)
+    futures = producer.futures
+    assert sent.count() == 5
     futures[1].success("metadata")  # another partition, ahead of event 0's
-    assert (sink.backlog(), sink.delivered) == (4, 0)
+    assert (sent.count(), told.runs, told.heard) == (4, [], 1)
     futures[0].success("metadata")
-    assert (sink.backlog(), sink.delivered) == (3, 2)
+    assert (sent.count(), told.runs) == (3, [events[:2]])
     futures[2].failure(KafkaTimeoutError("expired"))
     futures[4].success("metadata")
-    assert (sink.backlog(), sink.delivered) == (2, 2)
-    assert isinstance(sink._failure, KafkaTimeoutError)
+    assert (sent.count(), told.runs) == (2, [events[:2]])
+    assert isinstance(sent.failure, KafkaTimeoutError)
+    sent.fail(KafkaTimeoutError("a later failure"))
+    assert str(sent.failure) == "KafkaTimeoutError: expired"  # the first one is kept
     assert sent.retire() == [events[2], events[3]]
     futures[3].success("metadata")  # late: the retired client's events are sent again anyway
-    assert (sink._sent.count(), sink.delivered) == (0, 2)
+    assert (sent.count(), told.runs, told.heard) == (0, [events[:2]], 3)
+
+
+def test_the_kafka_sink_is_the_sink_of_the_sources_and_has_no_client_before_connect() -> None:
+    """The annotation is the check that matters: mypy holds KafkaSink to the Sink protocol."""
+    kafka_sink = KafkaSink("127.0.0.1:9", "t", 3, threading.Event(), Backoff(0.2, 2), echo=False)
+    sink: Sink = kafka_sink
+    assert kafka_sink.client is None
+    assert sink.backlog() == 0

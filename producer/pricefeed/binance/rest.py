@@ -1,5 +1,7 @@
-"""The Binance edge: one GET of /api/v3/ticker/price for all symbols, what can go wrong, and
-how each failure is said and retried."""
+"""The Binance REST edge: one GET of /api/v3/ticker/price for all symbols, what can go wrong,
+and how each failure is said and retried. It knows no source: a poll source raises its
+failures on as PollFailed, a stream source (catching up through REST) as StreamInterrupted
+(sources.base.Retryable.because)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,18 @@ from collections.abc import Sequence
 
 import requests
 
-from pricefeed.source import PollFailed
-
 RESTRICTED_FIX = (
     "set BINANCE_BASE_URL=https://data-api.binance.vision (Binance's market-data-only host), "
     "or https://api.binance.us in the United States"
 )
 
 
-class BinanceError(PollFailed):
-    """A poll that produced no prices; the subclass says what the producer should do."""
+class BinanceError(Exception):
+    """A request that brought no prices; the subclass says when to try again and how to say
+    it (the three of sources.base.RetryReason)."""
+
+    retry_after: float | None = None  # seconds; None: after the caller's next backoff delay
+    level: int = logging.WARNING
 
     def explain(self, then: str) -> str:
         return f"Binance unavailable: {self}; {then}"
@@ -75,23 +79,20 @@ def _capital(words: str) -> str:
     return words[0].upper() + words[1:]
 
 
-ALL_SYMBOLS = ("ALL",)  # SYMBOLS=ALL: every pair Binance lists (no such symbol exists)
-
-
-def ticker_price_params(symbols: Sequence[str]) -> dict[str, str]:
+def ticker_price_params(symbols: Sequence[str] | None) -> dict[str, str]:
     """One request for any number of symbols: `symbol=` for one, `symbols=[...]` for more,
-    and no parameter at all for every pair Binance lists (ALL_SYMBOLS)."""
-    if tuple(symbols) == ALL_SYMBOLS:
+    and no parameter at all for every pair Binance lists (None)."""
+    if symbols is None:
         return {}
     if len(symbols) == 1:
         return {"symbol": symbols[0]}
     return {"symbols": json.dumps(list(symbols), separators=(",", ":"))}
 
 
-def parse_ticker_prices(payload: object) -> list[tuple[object, object]]:
-    """(symbol, price) pairs as sent, unvalidated: the contract checks them one by one."""
+def parse_ticker_prices(payload: object) -> list[tuple[str, object]]:
+    """(symbol, price) pairs as sent, prices unvalidated: the contract checks them one by one."""
     items = payload if isinstance(payload, list) else [payload]
-    pairs = []
+    pairs: list[tuple[str, object]] = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
             raise InvalidResponse(f"unexpected item in ticker/price response: {item!r:.200}")
@@ -122,8 +123,9 @@ class BinanceClient:
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = "btc-price-pipeline/1.0"
 
-    def ticker_prices(self, symbols: Sequence[str]) -> list[tuple[object, object]]:
-        """Fetch the latest prices; raise a BinanceError subclass when there are none."""
+    def ticker_prices(self, symbols: Sequence[str] | None) -> list[tuple[str, object]]:
+        """Fetch the latest prices (symbols None: of every pair Binance lists); raise a
+        BinanceError subclass when there are none."""
         try:
             response = self.session.get(
                 self.url, params=ticker_price_params(symbols), timeout=self.timeout

@@ -1,9 +1,15 @@
-"""Producer configuration: environment variables, with command-line flags over them.
+"""The producer's settings: environment variables, with command-line flags over them.
 
 Every option names its own parser, which converts the text and checks its range; a bad value
 stops the producer at start, before anything is created, with one sentence naming the
 variable and what it allows. The settings both scripts share (Kafka brokers, topic, log level)
 and the machinery that reads options are in btcpipe.settings, which both scripts install.
+
+Which source uses which option is the source registry's to say (sources/registry.py), and the
+registry passes it in (`sources`): this module is a leaf, it imports only btcpipe and the
+standard library. A flag the chosen source does not use is refused at start; an environment
+variable it does not use is only reported (`unused_variables`), since docker compose passes
+the whole .env to the container.
 """
 
 from __future__ import annotations
@@ -14,16 +20,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, cast
 from urllib.parse import urlparse
 
 from btcpipe import settings as shared
 from btcpipe.contract import ContractError, check_symbol
 from btcpipe.settings import ConfigError, Invalid, Option
-from pricefeed.registry import SOURCE_NAMES, sources_help
 
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
 MAX_PARTITIONS = 2**31 - 1  # Kafka's int32
+ALL_SYMBOLS = ("ALL",)  # SYMBOLS=ALL: every pair Binance lists (no such symbol exists)
 
 
 @dataclass(frozen=True)
@@ -102,15 +109,19 @@ def whole_number(text: str) -> int:
         raise Invalid("a whole number") from None
 
 
+def source_name(text: str) -> str:
+    return text.strip().lower()
+
+
+# --source as declared takes any name: its choices, and their help, are the registry's, bound
+# in by `options_for` (which load_settings and build_parser use).
+SOURCE_OPTION = Option(
+    "--source", "PRODUCER_SOURCE", "source", "where the prices come from", source_name
+)
+
 # Every default is the Settings default above.
-_OPTIONS = [
-    Option(
-        "--source",
-        "PRODUCER_SOURCE",
-        "source",
-        sources_help(),
-        shared.one_of(SOURCE_NAMES, lambda text: text.strip().lower()),
-    ),
+OPTIONS = [
+    SOURCE_OPTION,
     shared.KAFKA_BROKERS,
     shared.kafka_topic("topic to publish to"),
     Option(
@@ -192,7 +203,8 @@ _OPTIONS = [
     ),
     shared.LOG_LEVEL,
 ]
-_SHOWN_DEFAULTS = {
+RESUME_FLAG = "--resume"  # a switch, with no environment variable: not an Option
+SHOWN_DEFAULTS = {
     "replay_speed": "max",
     "replay_symbol": "from the file name",
     "seed": "random",
@@ -200,23 +212,69 @@ _SHOWN_DEFAULTS = {
 }
 
 
+# --- the sources, as the registry passes them in --------------------------------------------
+
+
+class SourceUse(Protocol):
+    """What the command line knows of a registered source (sources.registry.Registered)."""
+
+    @property
+    def options(self) -> frozenset[str]:
+        """The Settings fields the source uses."""
+        ...
+
+    @property
+    def note(self) -> str:
+        """A few words for --help, or ""."""
+        ...
+
+
+Sources = Mapping[str, SourceUse]  # by --source name
+
+
+def options_for(sources: Sources) -> list[Option]:
+    """OPTIONS, with --source naming the registered sources: in its help, and as what it
+    allows."""
+    choose = SOURCE_OPTION._replace(
+        help=sources_help(sources), parse=shared.one_of(tuple(sources), source_name)
+    )
+    return [choose if option is SOURCE_OPTION else option for option in OPTIONS]
+
+
+def sources_help(sources: Sources) -> str:
+    """'binance, simulated (seeded random walk) or replay'."""
+    return alternatives(
+        [f"{name} ({use.note})" if use.note else name for name, use in sources.items()]
+    )
+
+
+def alternatives(names: Sequence[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def users_of(field: str, sources: Sources) -> str:
+    """The sources that use `field`, as alternatives: 'binance or simulated'."""
+    return alternatives([name for name, use in sources.items() if field in use.options])
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(sources: Sources) -> argparse.ArgumentParser:
     parser = shared.command_line(
         "producer.py",
         "Publish Binance spot prices to Kafka, one JSON message per symbol per poll.",
-        _OPTIONS,
+        options_for(sources),
         Settings(),
-        _SHOWN_DEFAULTS,
+        SHOWN_DEFAULTS,
         hosts="Binance and Kafka",
     )
     parser.add_argument(
         "files", nargs="*", type=Path, help="Binance public-data CSV or zip files (--source replay)"
     )
     parser.add_argument(
-        "--resume",
+        RESUME_FLAG,
         action="store_true",
         help="replay: skip the lines of a file that Kafka acknowledged in an earlier run to the "
         "same topic (without it they are sent again, and the consumer counts them once)",
@@ -224,20 +282,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Settings:
-    """Parse flags over environment; raise ConfigError for any bad value."""
-    args = build_parser().parse_args(argv)
-    values = shared.read_options(args, env, _OPTIONS)
-    settings = Settings(**values, replay_files=tuple(args.files), resume=args.resume)
-    _check_together(settings)
+def load_settings(
+    argv: Sequence[str], sources: Sources, env: Mapping[str, str] = os.environ
+) -> Settings:
+    """Parse flags over environment; raise ConfigError for any bad value, for a flag the
+    chosen source does not use, and for settings that do not go together."""
+    args = build_parser(sources).parse_args(argv)
+    values = shared.read_options(args, env, options_for(sources))
+    settings = settings_from(values, replay_files=tuple(args.files), resume=args.resume)
+    _refuse_unused_flags(args, settings.source, sources)
+    _check_together(settings, sources)
     if args.check_hosts:
-        shared.check_hosts_resolve(_host_names(settings))
+        shared.check_hosts_resolve(_host_names(settings, sources[settings.source].options))
     return settings
 
 
-def _check_together(s: Settings) -> None:
+def settings_from(values: Mapping[str, object], **more: object) -> Settings:
+    """Settings from values by field name, each made by the parser its Option names. Each
+    parser's result has its field's type (the tests read every option back), which a mapping
+    of names to values cannot say: this is the one cast."""
+    return Settings(**cast("dict[str, Any]", {**values, **more}))
+
+
+def unused_variables(
+    settings: Settings, sources: Sources, env: Mapping[str, str] = os.environ
+) -> list[str]:
+    """The environment variables set (not empty) for options the chosen source does not use:
+    reported at start, never refused (docker compose passes the whole .env to the container)."""
+    used = sources[settings.source].options
+    return [option.env for option in OPTIONS if env.get(option.env) and option.field not in used]
+
+
+def _refuse_unused_flags(args: argparse.Namespace, chosen: str, sources: Sources) -> None:
+    """A flag says "use this": one the chosen source would ignore is a mistake to say now."""
+    given = [(o.field, f"{o.flag} ({o.env})") for o in OPTIONS if getattr(args, o.field)]
+    if args.resume:
+        given.append(("resume", RESUME_FLAG))
+    used = sources[chosen].options
+    for field, named in given:
+        if field not in used:
+            raise ConfigError(
+                f"{named} is only used with --source {users_of(field, sources)}, not {chosen}."
+            )
+
+
+def _check_together(s: Settings, sources: Sources) -> None:
     """Rules between settings, once each is valid on its own."""
-    if "ALL" in s.symbols and (len(s.symbols) > 1 or s.source == "simulated"):
+    used = sources[s.source].options
+    # Only the Binance ticker can ask for every pair there is.
+    every_pair_elsewhere = "symbols" in used and s.source != "binance"
+    if "ALL" in s.symbols and (len(s.symbols) > 1 or every_pair_elsewhere):
         raise ConfigError("SYMBOLS=ALL (every pair Binance lists) stands alone, with Binance.")
     if s.backoff_max < s.backoff_base:
         raise ConfigError(
@@ -249,16 +343,15 @@ def _check_together(s: Settings) -> None:
             f"POLL_JITTER_SECONDS ({s.poll_jitter:g}) must be below "
             f"POLL_INTERVAL_SECONDS ({s.poll_interval:g})."
         )
-    if s.source == "replay" and not s.replay_files:
-        raise ConfigError("--source replay needs at least one file to replay.")
-    if s.source != "replay" and s.replay_files:
-        raise ConfigError("Files are only read with --source replay.")
-    if s.source != "replay" and s.replay_symbol is not None:
-        raise ConfigError("REPLAY_SYMBOL (--replay-symbol) is only used with --source replay.")
+    reads_files = "replay_files" in used
+    if reads_files and not s.replay_files:
+        raise ConfigError(f"--source {s.source} needs at least one file to replay.")
+    if not reads_files and s.replay_files:
+        raise ConfigError(f"Files are only read with --source {users_of('replay_files', sources)}.")
 
 
-def _host_names(s: Settings) -> list[tuple[str, str]]:
+def _host_names(s: Settings, used: frozenset[str]) -> list[tuple[str, str]]:
     names = shared.kafka_host_names(s.bootstrap_servers)
-    if s.source == "binance":
+    if "binance_base_url" in used:
         names.append((urlparse(s.binance_base_url).hostname or "", "BINANCE_BASE_URL"))
     return names

@@ -1,4 +1,5 @@
-"""The live poll sources: prices to events with identities, and the seeded simulated walk."""
+"""The live poll sources: the ticker's prices to events with identities, the seeded simulated
+walk, and what each tells the poller."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ from collections.abc import Sequence
 import pytest
 
 from btcpipe.contract import PriceEvent, check_price
-from pricefeed.binance import ALL_SYMBOLS
-from pricefeed.live_sources import (
-    Sequencer,
-    SimulatedSource,
-    events_from_pairs,
-    new_run_id,
-)
+from pricefeed.binance.rest import BinanceClient, RateLimited
+from pricefeed.sources.base import PollFailed
+from pricefeed.sources.identity import Sequencer, new_run_id
+from pricefeed.sources.simulated import SimulatedSource
+from pricefeed.sources.ticker import TickerSource, events_from_pairs
 from tests.producer_parts import T0
 
 EIGHT_DECIMALS = re.compile(r"[0-9]+\.[0-9]{8}")
@@ -26,7 +25,7 @@ def test_events_from_pairs_with_all_symbols_takes_every_valid_pair(
 ) -> None:
     pairs = [(f"C{i}USDT", f"{i + 1}.5") for i in range(3000)] + [("BADUSDT", "-1")]
     sequencer = Sequencer("binance", run_id="r")
-    events = events_from_pairs(pairs, ALL_SYMBOLS, 1_767_225_600_000, sequencer)
+    events = events_from_pairs(pairs, None, 1_767_225_600_000, sequencer)
     assert [(e.symbol, e.price) for e in events] == pairs[:-1]
     assert {(e.stream, e.seq) for e in events[:2]} == {
         ("binance/C0USDT/r", 1),
@@ -109,3 +108,34 @@ def test_simulated_source_prices_are_positive_eight_decimal_contract_events() ->
         btc.append(float(events[0].price))
     assert min(btc) > 30_000 and max(btc) < 60_000  # a walk near the start price
     assert len(set(btc)) > 400  # that really moves
+
+
+class LimitedClient(BinanceClient):
+    """A client whose every request Binance answers with 429 (no network)."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:1", 1.0)
+
+    def ticker_prices(self, symbols: Sequence[str] | None) -> list[tuple[str, object]]:
+        raise RateLimited(429, 3.0, "HTTP 429: slow down")
+
+
+def test_a_ticker_failure_is_a_poll_failure_said_and_timed_as_binance_says() -> None:
+    source = TickerSource(LimitedClient(), ["BTCUSDT"])
+    with pytest.raises(PollFailed) as failure:
+        source.poll()
+    assert isinstance(failure.value.__cause__, RateLimited)
+    assert failure.value.retry_after == 3.0
+    assert failure.value.level == logging.WARNING
+    assert failure.value.explain("next poll in 3.0 s") == (
+        "Binance rate limit: HTTP 429: slow down; Retry-After 3 s, next poll in 3.0 s"
+    )
+
+
+def test_each_poll_source_says_what_it_polls_and_how_many_events_a_tick_brings() -> None:
+    client = BinanceClient("http://127.0.0.1:1", 1.0)
+    some, every = TickerSource(client, ["BTCUSDT", "ETHUSDT"]), TickerSource(client, None)
+    assert (some.polls_for, some.events_per_tick) == ("BTCUSDT, ETHUSDT", 2)
+    assert (every.polls_for, every.events_per_tick) == ("every pair Binance lists", None)
+    simulated = SimulatedSource(["BTCUSDT", "ETHUSDT", "SOLUSDT"], 1)
+    assert (simulated.polls_for, simulated.events_per_tick) == ("BTCUSDT, ETHUSDT, SOLUSDT", 3)

@@ -37,7 +37,7 @@ import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +56,7 @@ from btcpipe.contract import (
     replay_stream,
 )
 from btcpipe.contract.rules import PRICE_PATTERN
-from pricefeed.source import SourceError
+from pricefeed.sources.base import SourceError
 
 SOURCE = "replay"
 
@@ -157,7 +157,7 @@ def read_events(
     symbol: str | None = None,
     stats: ReplayStats | None = None,
     digest: str | None = None,
-) -> Iterator[PriceEvent]:
+) -> Generator[PriceEvent, None, None]:
     """Events of a klines, aggTrades or trades file (CSV or zip), in file order.
 
     File-level problems (missing, unreadable, unknown layout, no symbol) raise ReplayFileError
@@ -207,7 +207,7 @@ def count_lines(path: Path | str) -> int:
 
 def _stream_events(
     path: Path, symbol: str, layout: Layout, stats: ReplayStats, stream: str
-) -> Iterator[PriceEvent]:
+) -> Generator[PriceEvent, None, None]:
     columns, price_column, time_column = layout.columns, layout.price_column, layout.time_column
     # Counted apart from stats, which the caller may share between several files.
     events_in_file = 0

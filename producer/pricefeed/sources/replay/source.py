@@ -1,34 +1,28 @@
 """`--source replay FILE...`: publish history from Binance public-data files, in file order,
-at N times real time (`--speed N`) or as fast as the broker takes it (`--speed max`): the
-streaming source (source.Source)."""
+at N times real time (`--speed N`) or as fast as the broker takes it (`--speed max`). A
+Source that runs its own loop: it hands events over as fast as the sink takes them."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from btcpipe.contract import PriceEvent
-from pricefeed.replay_files import (
+from pricefeed.sources.base import STALL_WARNING_SECONDS, Sink, SourceError, StopSignal
+from pricefeed.sources.replay.files import (
     FileContent,
     ReplayFileError,
     ReplayStats,
     read_events,
     scan_content,
 )
-from pricefeed.replay_ledger import ReplayLedger
-from pricefeed.source import SourceError
-
-if TYPE_CHECKING:
-    from pricefeed.config import Settings
-    from pricefeed.sink import KafkaSink
+from pricefeed.sources.replay.ledger import ReplayLedger
 
 log = logging.getLogger("producer")
 
@@ -87,7 +81,9 @@ class Progress:
         )
 
 
-def paced(events: Iterator[PriceEvent], speed: float | None, stop: threading.Event):
+def paced(
+    events: Iterator[PriceEvent], speed: float | None, stop: StopSignal
+) -> Iterator[PriceEvent]:
     """Yield events no earlier than their event time allows at `speed` x real time."""
     if speed is None:
         yield from events
@@ -108,6 +104,7 @@ def paced(events: Iterator[PriceEvent], speed: float | None, stop: threading.Eve
 class ReplayFiles:
     """The files, checked, ready to be read: each one's events, line statistics and content."""
 
+    paths: tuple[Path, ...]  # in replay order, as given
     streams: list[Iterator[PriceEvent]]
     stats: dict[Path, ReplayStats]
     contents: dict[Path, FileContent]
@@ -118,19 +115,23 @@ class ReplaySource:
     which would be the bottleneck."""
 
     echoes_each_event = False
+    stall_warning_after = STALL_WARNING_SECONDS
 
-    def __init__(self, replay: ReplayFiles, settings: Settings) -> None:
-        self.replay = replay
-        self.settings = settings
+    def __init__(
+        self,
+        files: ReplayFiles,
+        ledger: ReplayLedger,
+        speed: float | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.files = files
+        self.ledger = ledger
+        self.speed = speed  # times real time; None: as fast as the broker takes it
+        self.resume = resume  # skip the lines the ledger says Kafka acknowledged before
 
-    @classmethod
-    def open(cls, settings: Settings) -> ReplaySource:
-        """Raises ReplayFileError (a SourceError) for a file that cannot be replayed."""
-        return cls(open_replay(settings.replay_files, settings.replay_symbol), settings)
-
-    def run(self, sink: KafkaSink, stop: threading.Event) -> None:
+    def run(self, sink: Sink, stop: StopSignal) -> None:
         try:
-            run_replay(self.replay, self.settings, sink, stop)
+            run_replay(self.files, self.ledger, sink, stop, self.speed, self.resume)
         except ReplayFileError as exc:  # known only at a file's end: nothing valid in it
             raise SourceError(f"Replay stopped: {exc}") from exc
 
@@ -141,32 +142,36 @@ def open_replay(files: tuple[Path, ...], symbol: str | None = None) -> ReplayFil
     otherwise each file's name says it."""
     stats = {path: ReplayStats() for path in files}
     contents = {path: scan_content(path) for path in files}
-    streams = [
+    streams: list[Iterator[PriceEvent]] = [
         read_events(path, symbol, stats=stats[path], digest=contents[path].digest) for path in files
     ]
-    return ReplayFiles(streams, stats, contents)
+    return ReplayFiles(files, streams, stats, contents)
 
 
 def run_replay(
-    replay: ReplayFiles, settings: Settings, sink: KafkaSink, stop: threading.Event
+    replay: ReplayFiles,
+    ledger: ReplayLedger,
+    sink: Sink,
+    stop: StopSignal,
+    speed: float | None = None,
+    resume: bool = False,
 ) -> None:
-    """Publish every file in order; raises ReplayFileError if a file turns out to hold no
-    valid line (known only at its end)."""
+    """Publish every file in order, at `speed` times real time (None: as fast as the sink
+    takes them), from where the ledger's acknowledged lines end if `resume`; raises
+    ReplayFileError if a file turns out to hold no valid line (known only at its end)."""
     streams, stats = replay.streams, replay.stats
-    speed = "max" if settings.replay_speed is None else f"{settings.replay_speed:g}x"
-    total = sum(replay.contents[path].lines for path in settings.replay_files)
-    log.info("Replaying %d file(s), ~%d events, at speed %s", len(streams), total, speed)
+    shown_speed = "max" if speed is None else f"{speed:g}x"
+    total = sum(replay.contents[path].lines for path in replay.paths)
+    log.info("Replaying %d file(s), ~%d events, at speed %s", len(streams), total, shown_speed)
     now = time.monotonic()
     progress = Progress(total, started=now, last_shown=now, on_terminal=sys.stdout.isatty())
-    ledger = ReplayLedger(settings.replay_state_dir, settings.bootstrap_servers, settings.topic)
     sent = 0
     # At a real-time pace, each event is handed over at once; at full speed, in chunks.
-    pace = settings.replay_speed
-    size = CHUNK if pace is None else 1
-    for path, stream in zip(settings.replay_files, streams, strict=True):
-        events = resume_point(path, stream, ledger, settings.resume, progress)
-        if pace is not None:
-            events = paced(events, pace, stop)
+    size = CHUNK if speed is None else 1
+    for path, stream in zip(replay.paths, streams, strict=True):
+        events = resume_point(path, stream, ledger, resume, progress)
+        if speed is not None:
+            events = paced(events, speed, stop)
         noted = None  # (stream, line) to note once Kafka has acknowledged it
         while chunk := list(islice(events, size)):
             sink.publish(chunk)
@@ -235,9 +240,10 @@ def _skip_through(
 
 
 def note_delivered(
-    ledger: ReplayLedger, sink: KafkaSink, sent: tuple[str, int] | None, path: Path
+    ledger: ReplayLedger, sink: Sink, sent: tuple[str, int] | None, path: Path
 ) -> None:
-    """Note the last line sent once Kafka has acknowledged everything sent so far."""
+    """Note the last line sent once Kafka has acknowledged everything sent so far (the sink's
+    contract: flush, then a backlog of 0)."""
     if sent is None:
         return
     sink.flush(NOTE_FLUSH_TIMEOUT)

@@ -1,0 +1,1 @@
+"""The Binance edge: its REST API (rest.py). Sources use it; it knows no source."""
