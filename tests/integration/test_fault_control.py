@@ -143,13 +143,6 @@ def test_a_bad_control_request_is_a_400_saying_why_and_changes_nothing(
     assert is_price(BTC)(ticker(binance))
 
 
-def test_the_readme_documents_every_kind(binance: FakeBinance) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Without Docker") : readme.index("## Tests")]
-    for kind in control(binance, "GET", "").json()["kinds"]:
-        assert f"`{kind}`" in section, kind
-
-
 # --- python -m tests.harness -------------------------------------------------------------------
 
 
