@@ -56,7 +56,10 @@ class Declared(NamedTuple):
     shown: Mapping[str, str]  # field -> the default's text where the value would mislead
     defaults: object  # the script's Settings(): each option's default is its field there
     parser: argparse.ArgumentParser  # also has the flags without a variable
-    used_by: Mapping[str, Sequence[str]]  # field -> the --source names that use it ({}: all)
+    # The producer's --source names, and per field (of an option or a flag) the names that use
+    # it; both empty while the declarations do not say (the table then has no such column).
+    sources: Sequence[str] = ()
+    used_by: Mapping[str, Sequence[str]] = {}
 
 
 def options_of(script: str) -> Declared:
@@ -69,7 +72,6 @@ def options_of(script: str) -> Declared:
             producer._SHOWN_DEFAULTS,
             producer.Settings(),
             producer.build_parser(),
-            {},
         )
     if script == "consumer":
         from aggregator import config as consumer
@@ -79,7 +81,6 @@ def options_of(script: str) -> Declared:
             consumer._SHOWN_DEFAULTS,
             consumer.Settings(),
             consumer.build_parser(),
-            {},
         )
     raise ValueError(f"no script {script!r}; the scripts are {', '.join(SCRIPTS)}")
 
@@ -106,7 +107,10 @@ def default_text(declared: Declared, option: Option) -> str:
 def settings_of(script: str) -> list[Setting]:
     """Every setting of `script`: its options, then the flags and arguments without a
     variable (--check-hosts, --resume, --take-over, the replay's files)."""
-    declared = options_of(script)
+    return rows_of(options_of(script))
+
+
+def rows_of(declared: Declared) -> list[Setting]:
     rows = [
         Setting(
             option.env,
@@ -122,7 +126,7 @@ def settings_of(script: str) -> list[Setting]:
     for action in declared.parser._actions:
         if action.dest in fields or isinstance(action, argparse._HelpAction):
             continue
-        rows.append(flag_only(action))
+        rows.append(flag_only(action)._replace(used_by=declared.used_by.get(action.dest, ())))
     return rows
 
 
@@ -262,8 +266,14 @@ def code(text: str) -> str:
 
 
 def settings_table(script: str) -> str:
-    rows = settings_of(script)
-    with_sources = any(row.used_by for row in rows)
+    return table_of(options_of(script))
+
+
+def table_of(declared: Declared) -> str:
+    """The settings as a Markdown table; with a `used by --source` column once the
+    declarations say which source uses what (`all` for what every source uses)."""
+    rows = rows_of(declared)
+    with_sources = bool(declared.sources)
     head = [
         "variable",
         "flag",
@@ -275,7 +285,8 @@ def settings_table(script: str) -> str:
     for row in rows:
         cells = [code(row.variable), code(row.flag), code(row.default)]
         if with_sources:
-            cells.append(", ".join(row.used_by) or "all")
+            users = [name for name in declared.sources if name in row.used_by]
+            cells.append("all" if len(users) == len(declared.sources) else ", ".join(users) or "-")
         cells.append(cell(row.meaning))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -452,6 +463,15 @@ IN_FLIGHT = {
     "producer/pricefeed/sources/replay/ledger.py",
     "producer/pricefeed/binance/rest.py",
     "producer/pricefeed/kafka_sink/",
+    "producer/pricefeed/kafka_sink/sink.py",
+    "producer/pricefeed/kafka_sink/outstanding.py",
+    "producer/pricefeed/kafka_sink/clients.py",
+    "consumer/aggregator/kafka_reader/client.py",
+    "consumer/aggregator/kafka_reader/positions.py",
+    "consumer/aggregator/kafka_reader/spin_guard.py",
+    "consumer/aggregator/postgres/connection.py",
+    "consumer/aggregator/postgres/errors.py",
+    "consumer/aggregator/postgres/store.py",
     "consumer/aggregator/settings.py",
     "consumer/aggregator/loop.py",
     "consumer/aggregator/core/",
@@ -460,6 +480,7 @@ IN_FLIGHT = {
     "consumer/aggregator/core/catch_up.py",
     "consumer/aggregator/kafka_reader/",
     "consumer/aggregator/postgres/",
+    "consumer/aggregator/postgres/flush.py",
 }
 # Paths the docs name that are not files of this repository: inside the containers, beside
 # the checkout, made when run, or a pattern.
