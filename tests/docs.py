@@ -271,7 +271,8 @@ def settings_table(script: str) -> str:
 
 def table_of(declared: Declared) -> str:
     """The settings as a Markdown table; with a `used by --source` column once the
-    declarations say which source uses what (`all` for what every source uses)."""
+    declarations say which source uses what: `all` for what every source uses, `-` for what
+    they name for no source (the app's own flags, such as --check-hosts)."""
     rows = rows_of(declared)
     with_sources = bool(declared.sources)
     head = [
