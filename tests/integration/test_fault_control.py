@@ -222,13 +222,6 @@ def test_stream_faults_by_hand(binance: FakeBinance) -> None:
             ws.recv(timeout=10)
 
 
-def test_the_readme_documents_every_kind(binance: FakeBinance) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Without Docker") : readme.index("## Tests")]
-    for kind in control(binance, "GET", "").json()["kinds"]:
-        assert f"`{kind}`" in section, kind
-
-
 # --- python -m tests.harness -------------------------------------------------------------------
 
 

@@ -1,0 +1,80 @@
+"""The SQL the docs show runs as printed, against a real database holding what the consumer
+can store, including messages that are not UTF-8."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from tests import docs
+
+
+def docs_queries() -> dict[str, str]:
+    """{comment: statement} of every ```sql block of the docs."""
+    queries: dict[str, str] = {}
+    for document in docs.doc_files():
+        queries.update(docs.sql_queries(document.read_text()))
+    return queries
+
+
+@pytest.fixture
+def dsn(migrated_dsn) -> str:
+    return migrated_dsn
+
+
+# (raw value as the consumer stored it, what the docs' query shows for it)
+DEAD_LETTERS = [
+    (b'{"symbol":"BTCUSDT","price":"1"', '{"symbol":"BTCUSDT","price":"1"'),
+    (b"\xff\xfe not utf-8", "\\377\\376 not utf-8"),
+    ("prix: 10 €".encode(), "prix: 10 \\342\\202\\254"),
+    ("cut mid-€".encode()[:-1], "cut mid-\\342\\202"),  # raw_value is cut at 16 KiB
+    (b"back\\slash", "back\\\\slash"),
+    (None, None),  # a tombstone
+]
+
+
+def test_the_dead_letter_query_shows_every_message_even_bytes_that_are_not_utf8(dsn) -> None:
+    query = next(sql for comment, sql in docs_queries().items() if "rejected" in comment)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        for offset, (raw, _) in enumerate(DEAD_LETTERS):
+            cur.execute(
+                "INSERT INTO dead_letter_events "
+                '(topic, partition, "offset", raw_key, raw_value, raw_size, error, received_at) '
+                "VALUES ('btc_price', 0, %(offset)s, NULL, %(raw)s, %(size)s, 'invalid JSON', "
+                "now())",
+                {"offset": offset, "raw": raw, "size": len(raw or b"")},
+            )
+        conn.commit()
+        cur.execute(query)
+        rows = cur.fetchall()
+    conn.close()
+    shown = {offset: raw for _, offset, _, raw in rows}
+    assert shown == {offset: text for offset, (_, text) in enumerate(DEAD_LETTERS)}
+
+
+def test_every_query_of_the_docs_runs_on_the_schema(dsn) -> None:
+    queries = docs_queries()
+    assert len(queries) >= 6, queries
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        for statement in queries.values():
+            cur.execute(statement)
+            if cur.description is not None:
+                cur.fetchall()
+    conn.close()
+
+
+def test_forgetting_a_lost_logs_offsets_leaves_the_other_topics(dsn) -> None:
+    """The troubleshooting's statement for a broker that lost its data deletes that topic's
+    stored offsets and nothing else."""
+    (statement,) = [sql for comment, sql in docs_queries().items() if "log was lost" in comment]
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        for topic, partition in [("btc_price", 0), ("btc_price", 2), ("other", 0)]:
+            cur.execute(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
+                "VALUES ('btc-aggregator', %(topic)s, %(partition)s, 124)",
+                {"topic": topic, "partition": partition},
+            )
+        cur.execute(statement)
+        cur.execute("SELECT topic, partition FROM consumer_offsets")
+        assert cur.fetchall() == [("other", 0)]
+    conn.close()
