@@ -123,24 +123,12 @@ def test_every_fault_kind_of_the_fake_binance_is_documented() -> None:
         assert f"| `{kind}` |" in table, kind
 
 
-def test_a_used_by_column_appears_once_the_declarations_say_which_source_uses_what() -> None:
-    """What the producer's registry will say per --source (its option fields) becomes a
-    column; today the declarations say nothing, and the table has none."""
-    declared = docs.options_of("producer")
-    assert "used by --source" not in docs.table_of(declared)
-    told = declared._replace(
-        sources=("binance", "simulated", "replay"),
-        used_by={
-            "topic": ("binance", "simulated", "replay"),
-            "seed": ("simulated",),
-            "replay_speed": ("replay",),
-            "resume": ("replay",),
-        },
-    )
-    table = docs.table_of(told)
+def test_the_producer_table_says_which_source_uses_each_setting() -> None:
+    """The registry says per --source which option fields it uses; the table shows it."""
+    table = docs.table_of(docs.options_of("producer"))
     assert "| variable | flag | default | used by --source | meaning |" in table
     assert "| `KAFKA_TOPIC` | `--topic` | `btc_price` | all |" in table
     assert "| `SIMULATION_SEED` | `--seed` | `random` | simulated |" in table
     assert "| `REPLAY_SPEED` | `--speed` | `max` | replay |" in table
     assert "|  | `--resume` | `off` | replay |" in table
-    assert "| `SYMBOLS` | `--symbols` | `BTCUSDT` | - |" in table
+    assert "| `SYMBOLS` | `--symbols` | `BTCUSDT` | binance, simulated |" in table
