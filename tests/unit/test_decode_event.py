@@ -8,6 +8,8 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.core import decoding
 from aggregator.core.decoding import decode_event
@@ -108,6 +110,16 @@ AROUND_A_KNOWN_EVENT: dict[str, bytes | None] = {
     "a symbol not seen yet": known(symbol="NEWPAIR"),
     "an array": b"[" + KNOWN + b"]",
     "no value": None,
+    "a trade": known(quantity="0.5", first_trade_id=5, last_trade_id=7),
+    "a trade of one raw trade": known(quantity="0.5", first_trade_id=5, last_trade_id=5),
+    "a trade without identity": message(quantity="0.5", first_trade_id=5, last_trade_id=7),
+    "a trade of quantity 0": known(quantity="0.000", first_trade_id=5, last_trade_id=7),
+    "a trade with ids backwards": known(quantity="0.5", first_trade_id=8, last_trade_id=7),
+    "a trade without its last id": known(quantity="0.5", first_trade_id=5),
+    "trade ids without a quantity": known(first_trade_id=5, last_trade_id=7),
+    "a trade id beyond 64 bits": known(quantity="0.5", first_trade_id=5, last_trade_id=2**63),
+    "a trade id of -1": known(quantity="0.5", first_trade_id=-1, last_trade_id=-1),
+    "a kline": known(kline={"interval": "1m"}),
 }
 
 
@@ -133,3 +145,47 @@ def test_a_message_with_known_names_takes_the_hot_path(monkeypatch: pytest.Monke
     monkeypatch.setattr(decoding, "decode_message", not_expected)
     assert decode_event(KNOWN, NOW_MS) == expected
     assert decode_event(message(), NOW_MS) == expected._replace(stream=None, seq=None)
+
+
+# Property-based: a known sample or trade with any of its fields replaced by another valid or
+# invalid value, or removed, or an unknown field added, gets the same verdict and the same
+# event or reason from the hot path as from the full rules.
+REMOVED = object()
+TRADE_STREAM = "aggtrades/BTCUSDT"
+BASES = [
+    json.loads(KNOWN),
+    {**json.loads(KNOWN), "stream": TRADE_STREAM, "quantity": "0.08185",
+     "first_trade_id": 5, "last_trade_id": 7},
+]  # fmt: skip
+VALUES = {
+    "symbol": ["BTCUSDT", "ETHUSDT", "btcusdt", "", "X" * 21, 7, None],
+    "price": ["43250.75000000", "2300.1", "0", "0.0", "1e3", "-1", " 1", "1.", 43250.75, None],
+    "event_time": [NOW_MS, NOW_MS + 300_000, NOW_MS + 300_001, 1_230_767_999_999, True,
+                   1.5e12, "1767225600000", 2**64, None],
+    "source": ["binance", "simulated", "replay", "other", None, 1],
+    "stream": [STREAM, TRADE_STREAM, "a b", "", None, 5],
+    "seq": [1, 7, 0, -1, 2**63 - 1, 2**63, True, "7", None],
+    "quantity": ["0.08185", "1", "0", "00.000", "1e-3", 0.5, "", None],
+    "first_trade_id": [0, 5, 7, 8, 2**63 - 1, 2**63, -1, True, "5", None],
+    "last_trade_id": [0, 5, 7, 8, 2**63 - 1, 2**63, -1, True, "5", None],
+    "kline": [{"interval": "1m"}, None],
+    "extra": [1],
+}  # fmt: skip
+# At most three fields changed at once: near a valid message, where the paths could differ.
+CHANGES = st.lists(st.sampled_from(list(VALUES)), max_size=3, unique=True).flatmap(
+    lambda fields: st.fixed_dictionaries(
+        {field: st.sampled_from([*VALUES[field], REMOVED]) for field in fields}
+    )
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(BASES), CHANGES)
+def test_any_change_to_a_known_message_gets_the_same_verdict_both_ways(
+    base: dict[str, object], changes: dict[str, object]
+) -> None:
+    for known_message in BASES:  # known names and prices: the hot path is open to them
+        decode_event(json.dumps(known_message).encode(), NOW_MS)
+    body = {**base, **changes}
+    value = json.dumps({k: v for k, v in body.items() if v is not REMOVED}).encode()
+    assert outcome(decode_event, value) == outcome(decode_message, value)

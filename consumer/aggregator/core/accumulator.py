@@ -169,7 +169,7 @@ class Accumulator:
             except invalid as exc:
                 self._dead_letter(partition, record.offset, key, value, str(exc), received_ms)
                 continue
-            symbol, price, event_time, source, stream, seq = event
+            symbol, price, event_time, source, stream, seq = event[:6]
             if stream is None or seq is None:  # previous release: late per symbol and source
                 late_key: str | tuple[str, str] = (symbol, source)
             else:

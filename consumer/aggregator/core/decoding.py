@@ -10,11 +10,13 @@ constants, never copies.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated
 
 import msgspec
 
 from btcpipe.contract.decoding import (
+    NOT_A_TRADE,
     DecodedEvent,
     decode_message,
     new_decoded_event,
@@ -25,16 +27,19 @@ from btcpipe.contract.rules import (
     MAX_FUTURE_MS,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    MAX_TRADE_ID,
     SOURCES,
     accepted_streams,
     accepted_symbols,
+    is_positive_plain_decimal,
 )
 
 _SOURCE_SET = frozenset(SOURCES)
 
 
 class _ContractFields(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The contract's fields with their JSON types, and nothing else. The integers are bounded
+    """The contract's fields with their JSON types, and nothing else (a candle's `kline` is
+    not among them: candles are rare, and the full rules decode them). The integers are bounded
     to 64 bits: orjson refuses a document with an integer beyond a double's range even where a
     repeated key's later value replaces it, and msgspec would keep the later value."""
 
@@ -44,6 +49,9 @@ class _ContractFields(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     source: str
     stream: str | None = None
     seq: Annotated[int, msgspec.Meta(gt=0, le=MAX_SEQ)] | None = None
+    quantity: str | None = None
+    first_trade_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)] | None = None
+    last_trade_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_TRADE_ID)] | None = None
 
 
 # A message msgspec cannot take so (bad JSON, a field missing, unknown or of another JSON
@@ -73,7 +81,7 @@ def decode_event(value: bytes | None, now_ms: int) -> DecodedEvent:
         fields.stream,
         fields.seq,
     )
-    if (
+    if not (
         symbol in accepted_symbols
         and (decimal := recent_prices.get(price)) is not None
         and event_time <= now_ms + MAX_FUTURE_MS  # msgspec holds the lower bound
@@ -81,5 +89,18 @@ def decode_event(value: bytes | None, now_ms: int) -> DecodedEvent:
         # msgspec's bounds above already hold seq to the rules' range.
         and ((stream is None and seq is None) or (stream in accepted_streams and seq is not None))
     ):
-        return new_decoded_event((symbol, decimal, event_time, source, stream, seq))
+        return decode_message(value, now_ms)
+    quantity, first, last = fields.quantity, fields.first_trade_id, fields.last_trade_id
+    if quantity is None and first is None and last is None:
+        return new_decoded_event((symbol, decimal, event_time, source, stream, seq, *NOT_A_TRADE))
+    if (
+        quantity is not None
+        and first is not None
+        and last is not None
+        and first <= last
+        and stream is not None
+        and is_positive_plain_decimal(quantity)
+    ):
+        trade = (symbol, decimal, event_time, source, stream, seq, Decimal(quantity), first, last)
+        return new_decoded_event((*trade, None))
     return decode_message(value, now_ms)

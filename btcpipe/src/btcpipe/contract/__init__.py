@@ -22,16 +22,27 @@ the consumer decodes with them (`decoding.decode_message`), so what the producer
 the consumer takes, and what it refuses the consumer would dead-letter (docs/contract.md).
 """
 
-from btcpipe.contract.decoding import DecodedEvent, decode_message
-from btcpipe.contract.events import PriceEvent, live_stream, make_event, replay_stream
+from btcpipe.contract.decoding import DecodedEvent, DecodedKline, decode_message
+from btcpipe.contract.events import (
+    PriceEvent,
+    agg_trade_stream,
+    kline_stream,
+    live_stream,
+    make_event,
+    replay_stream,
+    trade_stream,
+)
 from btcpipe.contract.rules import (
     EARLIEST_EVENT_MS,
+    FEEDS,
+    KLINE_INTERVALS_MS,
     MAX_FUTURE_MS,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
     REPLAY_SOURCE,
     SOURCES,
     ContractError,
+    KlineText,
     check_event_time,
     check_identity,
     check_price,
@@ -43,6 +54,8 @@ from btcpipe.contract.rules import (
 
 __all__ = [
     "EARLIEST_EVENT_MS",
+    "FEEDS",
+    "KLINE_INTERVALS_MS",
     "MAX_FUTURE_MS",
     "MAX_MESSAGE_BYTES",
     "MAX_SEQ",
@@ -50,7 +63,10 @@ __all__ = [
     "SOURCES",
     "ContractError",
     "DecodedEvent",
+    "DecodedKline",
+    "KlineText",
     "PriceEvent",
+    "agg_trade_stream",
     "check_event_time",
     "check_identity",
     "check_price",
@@ -59,7 +75,9 @@ __all__ = [
     "check_stream",
     "check_symbol",
     "decode_message",
+    "kline_stream",
     "live_stream",
     "make_event",
     "replay_stream",
+    "trade_stream",
 ]

@@ -3,22 +3,32 @@ rules (`make_event`), and the names of the streams events belong to. Pure, no I/
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
 from btcpipe.clock import wall_clock_ms
 from btcpipe.contract.rules import (
+    KLINES,
+    SAMPLES,
+    TRADES,
+    ContractError,
+    KlineText,
     check_event_time,
     check_identity,
+    check_kline,
     check_price,
     check_source,
     check_symbol,
+    check_trade,
 )
 
 
 class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per message
-    """An event as the producer publishes it: the price is the source's exact text."""
+    """An event as the producer publishes it: every decimal is the source's exact text.
+
+    A price sample has the first six fields; a trade also its quantity and the raw trade ids
+    it covers; a candle its kline (its close is `price`, its close time `event_time`)."""
 
     symbol: str
     price: str
@@ -26,6 +36,17 @@ class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per m
     source: str
     stream: str
     seq: int
+    quantity: str | None = None
+    first_trade_id: int | None = None
+    last_trade_id: int | None = None
+    kline: KlineText | None = None
+
+    @property
+    def feed(self) -> str:
+        """samples, trades or klines: the kind of window row it counts in."""
+        return (
+            KLINES if self.kline is not None else TRADES if self.quantity is not None else SAMPLES
+        )
 
     def key(self) -> bytes:
         return self.symbol.encode("ascii")
@@ -33,16 +54,21 @@ class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per m
     def to_json_bytes(self) -> bytes:
         # orjson: compact UTF-8 bytes, as json.dumps(separators=(",", ":")) writes these ASCII
         # fields, at a fraction of the cost (it runs per message in a replay).
-        return orjson.dumps(
-            {
-                "symbol": self.symbol,
-                "price": self.price,
-                "event_time": self.event_time,
-                "source": self.source,
-                "stream": self.stream,
-                "seq": self.seq,
-            }
-        )
+        body: dict[str, Any] = {
+            "symbol": self.symbol,
+            "price": self.price,
+            "event_time": self.event_time,
+            "source": self.source,
+            "stream": self.stream,
+            "seq": self.seq,
+        }
+        if self.quantity is not None:
+            body["quantity"] = self.quantity
+            body["first_trade_id"] = self.first_trade_id
+            body["last_trade_id"] = self.last_trade_id
+        elif self.kline is not None:
+            body["kline"] = self.kline._asdict()
+        return orjson.dumps(body)
 
 
 def make_event(
@@ -53,20 +79,35 @@ def make_event(
     stream: str,
     seq: int,
     now_ms: int | None = None,
+    *,
+    quantity: object = None,
+    first_trade_id: object = None,
+    last_trade_id: object = None,
+    kline: dict[str, object] | None = None,
 ) -> PriceEvent:
     """Build an event, refusing (ContractError) anything the consumer would have to reject.
 
     `now_ms`: the producer's clock, which bounds `event_time` as the consumer's will; None
-    reads the wall clock (a simulated or replayed time is judged against real time too)."""
+    reads the wall clock (a simulated or replayed time is judged against real time too).
+    A trade passes `quantity` and both trade ids; a candle passes `kline` (KLINE_FIELDS)."""
     if now_ms is None:
         now_ms = wall_clock_ms()
-    return PriceEvent(
+    event = PriceEvent(
         check_symbol(symbol),
         check_price(price),
         check_event_time(event_time, now_ms),
         check_source(source),
         *check_identity(stream, seq),
     )
+    trade_given = quantity is not None or first_trade_id is not None or last_trade_id is not None
+    if trade_given and kline is not None:
+        raise ContractError("an event is a trade or a candle, not both")
+    if trade_given:
+        quantity, first, last = check_trade(quantity, first_trade_id, last_trade_id)
+        return event._replace(quantity=quantity, first_trade_id=first, last_trade_id=last)
+    if kline is not None:
+        return event._replace(kline=check_kline(kline, event.price, event.event_time))
+    return event
 
 
 def live_stream(source: str, symbol: str, run_id: str) -> str:
@@ -74,7 +115,23 @@ def live_stream(source: str, symbol: str, run_id: str) -> str:
     return f"{source}/{symbol}/{run_id}"
 
 
+def agg_trade_stream(symbol: str) -> str:
+    """The exchange's aggregate trades of a symbol, numbered by their aggregate id: the same
+    stream whether a trade came over WebSocket, from REST or from a public-data file."""
+    return f"aggtrades/{symbol}"
+
+
+def trade_stream(symbol: str) -> str:
+    """The exchange's raw trades of a symbol (a trades file), numbered by trade id."""
+    return f"trades/{symbol}"
+
+
+def kline_stream(symbol: str, interval: str) -> str:
+    """The exchange's candles of a symbol and interval, numbered by their open time."""
+    return f"klines/{symbol}/{interval}"
+
+
 def replay_stream(symbol: str, content_digest: str) -> str:
-    """The stream of one file: the same content (CSV, or the CSV inside a zip) gives the same
-    stream on every run, whatever the file is called or where it lies."""
+    """The stream of one file of another layout: the same content gives the same stream on
+    every run, whatever the file is called or where it lies."""
     return f"replay/{symbol}/{content_digest[:32]}"
