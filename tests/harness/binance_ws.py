@@ -91,6 +91,7 @@ class StreamServer:
     """`<symbol>@aggTrade` streams on ws://127.0.0.1:`port`."""
 
     def __init__(self, port: int, rules: StreamRules, clock: Callable[[], float]) -> None:
+        """`port` 0: one the system gives at the first start (kept for later starts)."""
         self.port = port
         self.rules = rules
         self.clock = clock  # event times (E)
@@ -138,7 +139,7 @@ class StreamServer:
             server = await serve(
                 self._handle,
                 "127.0.0.1",
-                self.port,
+                self.port,  # 0 the first time: the system picks one, no other process can race
                 process_request=self._process_request,
                 create_connection=_Connection,
                 compression=None,
@@ -150,6 +151,8 @@ class StreamServer:
             self._start_error = error
             ready.set()
             return
+        if self.port == 0:
+            self.port = server.sockets[0].getsockname()[1]
         ready.set()
         await self._stopping.wait()
         for session in list(self._sessions):

@@ -25,6 +25,7 @@ queued. A person can queue them, and break the streams, over HTTP too, under `/_
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import socket
@@ -241,7 +242,7 @@ class FakeBinance:
     ) -> None:
         self.prices: dict[str, str] = dict(DEFAULT_PRICES if prices is None else prices)
         self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._port_chosen = not port  # ours to choose again if another process takes it first
         self.requests: list[RecordedRequest] = []
         self.clock: Callable[[], float] = time.time  # serverTime, the weight minute, trades
         self.seed = seed
@@ -254,7 +255,7 @@ class FakeBinance:
             max_connection_attempts=max_connection_attempts,
             attempt_window=attempt_window,
         )
-        self._streams = StreamServer(ws_port or free_port(), self.stream_rules, self._now)
+        self._streams = StreamServer(ws_port, self.stream_rules, self._now)
         self._lock = threading.Lock()
         self._faults: dict[str, list[Fault]] = {path: [] for path in FAULT_PATHS}
         self._weight_minute = -1
@@ -269,6 +270,10 @@ class FakeBinance:
 
     def _now(self) -> float:
         return self.clock()  # late-bound: a test may replace `clock` after construction
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws_port(self) -> int:
@@ -433,7 +438,7 @@ class FakeBinance:
         if self._server is not None:
             raise RuntimeError("FakeBinance is already running")
         self._streams.start()
-        self._server = _Server(("127.0.0.1", self.port), self)
+        self._server = self._bind()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},  # how long stop() may wait for the accept loop
@@ -441,8 +446,22 @@ class FakeBinance:
             daemon=True,
         )
         self._thread.start()
+        self._port_chosen = False  # clients may know the address from now on
         self._generator.start()
         return self
+
+    def _bind(self) -> _Server:
+        """The HTTP server on `port`. A free port found earlier may have been taken since by
+        another process (tests run side by side): then another free one, before the first
+        start only (after it, clients know the address)."""
+        for _ in range(5):
+            try:
+                return _Server(("127.0.0.1", self.port), self)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE or not self._port_chosen:
+                    raise
+                self.port = free_port()
+        return _Server(("127.0.0.1", self.port), self)
 
     def stop(self) -> None:
         """Stop listening and cut every open connection, including ones mid slow answer."""
