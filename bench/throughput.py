@@ -182,7 +182,8 @@ class Bench:
 
     def consumers(self, with_quix: bool) -> None:
         n, topic = self.args.events, self.replay_topic
-        bare, ours, rss, markers, cpu_shares = [], [], 0.0, [], []
+        bare, ours, rss, cpu_shares = [], [], 0.0, []
+        markers: list[tuple[str, int]] = []
         for run in range(1, self.args.repeat + 1):
             print(f"(a) bare consumer, run {run}...", flush=True)
             seconds, cpu_share = bare_consumer_seconds(
@@ -423,9 +424,10 @@ def live_event_latency(
 ) -> tuple[tuple[str, int], float]:
     """Produce one live event into a caught-up pipeline; seconds until its window shows it."""
     now_ms = time.time_ns() // 1_000_000
+    price = "40000.00000001"
     body = {
         "symbol": SYMBOL,
-        "price": "40000.00000001",
+        "price": price,
         "event_time": now_ms,
         "source": "binance",
         "stream": f"binance/{SYMBOL}/bench-live-{now_ms}",  # a new stream: never a repeat
@@ -439,7 +441,7 @@ def live_event_latency(
     producer.flush()
     producer.close()
     wait(lambda: stored() > before, 120, "the live event", interval=0.01)
-    return (body["price"], now_ms), time.perf_counter() - sent
+    return (price, now_ms), time.perf_counter() - sent
 
 
 class StoredCount:
@@ -542,7 +544,7 @@ class Script:
 
     def seconds_between(self, first: str, last: str) -> float:
         """Between two of its own log lines, by their timestamps (ms)."""
-        times = {}
+        times: dict[str, datetime] = {}
         for line in self.output().splitlines():
             for text in (first, last):
                 if text in line and (match := LOG_TIME.match(line)):

@@ -454,7 +454,7 @@ def stale_regions(path: Path) -> list[str]:
 # Paths of the restructuring in flight (issue 17: producer/ and consumer/ by layer), which the
 # layout tree and the recipes of docs/development.md already name. Each leaves this list when
 # it lands: tests/unit/test_docs_links.py fails for an entry that exists.
-IN_FLIGHT: set[str] = {}
+IN_FLIGHT: set[str] = set()
 # Paths the docs name that are not files of this repository: inside the containers, beside
 # the checkout, made when run, or a pattern.
 NOT_IN_REPOSITORY = {

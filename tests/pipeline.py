@@ -251,12 +251,13 @@ def assert_every_statistic_has_a_truth(stored: dict[str, Any], truth: dict[str, 
     )
 
 
-def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
-    """Every row and every column equals the offline computation, to the last digit."""
+def assert_tables_equal_truth(dsn: str, events: Iterable[Event], note: str = "") -> None:
+    """Every row and every column equals the offline computation, to the last digit. `note`
+    heads the failure message (a seed, say)."""
     truth = expected_windows(events)
     stored = stored_windows(dsn)
     assert stored.keys() == truth.keys(), (
-        f"windows differ: missing {sorted(truth.keys() - stored.keys())[:5]}, "
+        f"{note} windows differ: missing {sorted(truth.keys() - stored.keys())[:5]}, "
         f"unexpected {sorted(stored.keys() - truth.keys())[:5]}"
     )
     for key, want in truth.items():
@@ -264,7 +265,9 @@ def assert_tables_equal_truth(dsn: str, events: Iterable[Event]) -> None:
         assert_every_statistic_has_a_truth(got, want)
         assert got["length_ms"] == WINDOW_MS, key
         for column, value in want.items():
-            assert got[column] == value, f"{key} {column}: stored {got[column]}, truth {value}"
+            assert got[column] == value, (
+                f"{note} {key} {column}: stored {got[column]}, truth {value}"
+            )
         assert got["avg_value"] == exact_average_at_scale(
             want["price_sum"], want["event_count"], got["avg_value"]
         ), key

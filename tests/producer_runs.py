@@ -10,6 +10,7 @@ import signal
 import subprocess
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -75,7 +76,7 @@ def message(record: ConsumerRecord) -> dict[str, object]:
     return body
 
 
-def messages(records: Sequence[ConsumerRecord]) -> list[dict[str, object]]:
+def messages(records: Sequence[ConsumerRecord]) -> list[dict[str, Any]]:
     return [message(record) for record in records]
 
 

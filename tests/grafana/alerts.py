@@ -154,6 +154,7 @@ def assert_no_data_clock(outcome: RuleOutcome, since: datetime, ev: Evaluation) 
     """The no-data rule's value: the seconds from `since` to the query's now()."""
     (value,) = outcome.values.values()
     low, high = ev.started - since, ev.ended - since
+    assert value is not None, outcome
     assert low.total_seconds() - 0.001 <= value <= high.total_seconds() + 0.001
 
 

@@ -92,6 +92,11 @@ class MetricRow:
     late_events: int
     invalid_events: int
 
+    def lags(self) -> tuple[float, float]:
+        """(mean, max) processing lag of a flush that had live events."""
+        assert self.lag is not None and self.max_lag is not None, f"no live events: {self}"
+        return self.lag, self.max_lag
+
 
 METRIC_COLUMNS = (
     "metric_timestamp, instance_id, events_processed, live_events, replayed_events, "

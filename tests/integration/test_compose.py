@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -269,7 +269,9 @@ def test_a_windows_checkout_keeps_lf_line_endings(tmp_path: Path) -> None:
         for member in tar.getmembers():
             if member.isfile():
                 names.append(member.name)
-                content = tar.extractfile(member).read()
+                extracted = tar.extractfile(member)
+                assert extracted is not None, member.name
+                content = extracted.read()
                 assert b"\r\n" not in content, f"{member.name} gets CRLF line endings"
     for required in (
         "infra/migrations/001_initial_schema.sql",
@@ -293,7 +295,8 @@ def test_without_gitattributes_windows_would_get_crlf(tmp_path: Path) -> None:
         [*git, "-c", "core.autocrlf=true", "archive", "HEAD"], capture_output=True, check=True
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        assert b"\r\n" in tar.extractfile("init.sh").read()
+        init = tar.extractfile("init.sh")
+        assert init is not None and b"\r\n" in init.read()
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -359,8 +362,8 @@ def test_scripts_accept_the_settings_compose_gives_them(
 ) -> None:
     """Each script's own configuration loader takes what compose passes (empty values such as
     SIMULATION_SEED= mean "not set"), with the defaults and with .env.example."""
-    values = read_env_example() if dotenv == "example" else dotenv
-    loaders = {
+    values = read_env_example() if dotenv == "example" else {}
+    loaders: dict[str, Callable[[list[str], dict[str, str]], object]] = {
         "producer": lambda argv, env: producer_settings.load_settings(argv, SOURCES, env),
         "consumer": consumer_settings.load_settings,
     }
@@ -635,7 +638,8 @@ def test_images_build_from_the_repository_root(services: dict[str, Any]) -> None
 
 def copies_of(dockerfile: Path) -> dict[str, str]:
     """COPY instructions as {destination: source}."""
-    return dict(reversed(line.split()) for line in dockerfile_instructions(dockerfile, "COPY"))
+    pairs = (line.split() for line in dockerfile_instructions(dockerfile, "COPY"))
+    return {destination: source for source, destination in pairs}
 
 
 @pytest.mark.parametrize("script", ["producer", "consumer"])

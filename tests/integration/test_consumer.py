@@ -44,6 +44,10 @@ def dsn(postgres, database):
     return postgres.dsn(database)
 
 
+def wait_for_progress(dsn: str, beyond: int) -> None:
+    wait_until(lambda: total_events(dsn) > beyond, 60, "progress", interval=0.01)
+
+
 def test_windows_equal_ground_truth_in_every_column(broker, env, dsn, topic):
     rng = random.Random(1)
     events = random_stream(rng, 3000)
@@ -85,8 +89,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, env, dsn, t
         for life in range(8):
             with start_consumer(env, f"crash-{life}") as consumer:
                 consumer.wait_for_output("Resuming from stored offsets", timeout=60)
-                before = total_events(dsn)
-                wait_until(lambda b=before: total_events(dsn) > b, 60, "progress", interval=0.01)
+                wait_for_progress(dsn, total_events(dsn))
                 time.sleep(rng.uniform(0, 0.5))  # the random moment of the crash, not a sync
                 streaming = writer.is_alive()
                 consumer.signal(signal.SIGKILL)
@@ -103,7 +106,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, env, dsn, t
     with start_consumer(env, "final") as consumer:
         wait_for_total(dsn, len(events), 180, [consumer])
         assert consumer.stop() == 0
-    assert_tables_equal_truth(dsn, events), f"seed {seed}"
+    assert_tables_equal_truth(dsn, events, note=f"seed {seed}")
 
 
 def test_postgres_outage_mid_stream_pauses_and_resumes_without_loss(

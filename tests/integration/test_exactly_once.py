@@ -115,7 +115,7 @@ def test_a_replay_killed_midway_and_run_again_ends_exact(
         wait_for_total(dsn, len(truth), 90, [consumer])
         wait_until_all_read(dsn, broker.bootstrap, topic, 90)
         assert consumer.stop() == 0
-    assert_tables_equal_truth(dsn, truth), f"seed {seed}"
+    assert_tables_equal_truth(dsn, truth, note=f"seed {seed}")
     # The re-run skipped what Kafka had acknowledged before the kill, and sent the rest; what
     # was sent after the last note went twice, and was counted once.
     (skipped,) = re.findall(r"Skipping lines up to (\d+) of ", again)

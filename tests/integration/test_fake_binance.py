@@ -24,7 +24,11 @@ ILLEGAL_SYMBOLS_MSG = (
 )
 
 
-def get(fake: FakeBinance, path: str, timeout: float = 5, **params: str) -> requests.Response:
+def get(fake: FakeBinance, path: str, **params: str) -> requests.Response:
+    return get_within(fake, path, 5, **params)
+
+
+def get_within(fake: FakeBinance, path: str, timeout: float, **params: str) -> requests.Response:
     return requests.get(fake.base_url + path, params=params, timeout=timeout)
 
 
@@ -280,7 +284,7 @@ def test_slow_answer_trips_client_timeout_while_others_are_served(binance: FakeB
 
     def slow_client() -> None:
         try:
-            get(binance, TICKER, timeout=0.5, symbol="BTCUSDT")
+            get_within(binance, TICKER, 0.5, symbol="BTCUSDT")
         except requests.Timeout as error:
             outcome.append(error)
 
@@ -300,7 +304,7 @@ def test_stop_cuts_a_slow_answer_short(capfd: pytest.CaptureFixture[str]) -> Non
 
     def client() -> None:
         try:
-            get(fake, TICKER, timeout=10, symbol="BTCUSDT")
+            get_within(fake, TICKER, 10, symbol="BTCUSDT")
         except requests.RequestException as error:
             errors.append(error)
 
@@ -399,7 +403,7 @@ def test_binds_loopback_only(binance: FakeBinance) -> None:
 def test_quiet(binance: FakeBinance, capfd: pytest.CaptureFixture[str]) -> None:
     binance.fail_next(Fault.slow(0.5))
     with pytest.raises(requests.Timeout):
-        get(binance, TICKER, timeout=0.1, symbol="BTCUSDT")  # hangs up on the server
+        get_within(binance, TICKER, 0.1, symbol="BTCUSDT")  # hangs up on the server
     get(binance, "/api/v3/nothing")
     get(binance, TICKER, symbol="BTCUSDT")
     wait_until(lambda: binance.ticker_requests()[0].status == 200, 5, "the late answer")

@@ -211,7 +211,7 @@ def test_every_fault_class_at_once_ends_exact(pipeline: Pipeline) -> None:
 
     assert p.killed_with_pending == 2
     assert len(truth) > 20_000, f"only {len(truth)} events: the stream was too thin"
-    assert_tables_equal_truth(p.dsn, truth), f"seed {seed}"
+    assert_tables_equal_truth(p.dsn, truth, note=f"seed {seed}")
     # The end markers read_all_records appended are dead letters too, when read in time.
     letters = query(
         p.dsn,

@@ -8,7 +8,7 @@ import itertools
 import random
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Context, Decimal, localcontext
 from typing import Any
 
@@ -546,7 +546,7 @@ def test_unreachable_store_raises_store_unavailable_in_one_line():
         host="127.0.0.1", port=str(free_port()), dbname="eventsdb", user="x", password="y"
     )
     store = Store(dead, DEFAULT_MIGRATIONS)
-    calls = [
+    calls: list[Callable[[], object]] = [
         store.migrate,
         lambda: store.claim(GROUP),
         store.stream_marks,

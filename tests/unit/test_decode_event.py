@@ -157,7 +157,7 @@ BASES = [
     {**json.loads(KNOWN), "stream": TRADE_STREAM, "quantity": "0.08185",
      "first_trade_id": 5, "last_trade_id": 7},
 ]  # fmt: skip
-VALUES = {
+VALUES: dict[str, list[object]] = {
     "symbol": ["BTCUSDT", "ETHUSDT", "btcusdt", "", "X" * 21, 7, None],
     "price": ["43250.75000000", "2300.1", "0", "0.0", "1e3", "-1", " 1", "1.", 43250.75, None],
     "event_time": [NOW_MS, NOW_MS + 300_000, NOW_MS + 300_001, 1_230_767_999_999, True,
@@ -174,7 +174,7 @@ VALUES = {
 # At most three fields changed at once: near a valid message, where the paths could differ.
 CHANGES = st.lists(st.sampled_from(list(VALUES)), max_size=3, unique=True).flatmap(
     lambda fields: st.fixed_dictionaries(
-        {field: st.sampled_from([*VALUES[field], REMOVED]) for field in fields}
+        {field: st.sampled_from([*list(VALUES[field]), REMOVED]) for field in fields}
     )
 )
 
