@@ -79,8 +79,8 @@ class DecodedEvent(NamedTuple):  # a tuple: the cheapest immutable object per me
         )
 
 
-# DecodedEvent(...) goes through a Python-level __new__; this builds the same tuple at a
-# fraction of the cost, for the hot paths. It applies no defaults: give it every field (a
+# DecodedEvent(...) goes through a Python-level __new__; this builds the same tuple more
+# cheaply, for the hot paths. It applies no defaults: give it every field (a
 # sample ends with NOT_A_TRADE).
 new_decoded_event = partial(tuple.__new__, DecodedEvent)
 NOT_A_TRADE = (None, None, None, None)  # quantity, first_trade_id, last_trade_id, kline

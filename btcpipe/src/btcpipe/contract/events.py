@@ -53,7 +53,7 @@ class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per m
 
     def to_json_bytes(self) -> bytes:
         # orjson: compact UTF-8 bytes, as json.dumps(separators=(",", ":")) writes these ASCII
-        # fields, at a fraction of the cost (it runs per message in a replay).
+        # fields, and cheaper (it runs per message in a replay).
         body: dict[str, Any] = {
             "symbol": self.symbol,
             "price": self.price,
