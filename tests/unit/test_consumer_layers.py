@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-import ast
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+
+from tests.imports import find_cycle, import_graph, within
 
 CONSUMER = Path(__file__).resolve().parents[2] / "consumer"
 PACKAGE = "aggregator"
@@ -27,83 +28,11 @@ EDGE_USERS = {APP, f"{PACKAGE}.loop", f"{PACKAGE}.flusher"}
 DRIVERS = ("kafka", "psycopg2")  # the clients of the two edges
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(CONSUMER).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def module_paths() -> dict[str, Path]:
-    return {module_name(path): path for path in sorted((CONSUMER / PACKAGE).rglob("*.py"))}
-
-
-def imported_names(path: Path, name: str, modules: Iterable[str]) -> set[str]:
-    """Every module `path` imports (also inside functions or `if TYPE_CHECKING`), by full
-    name; `from package import module` counts as that module."""
-    known = set(modules)
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the package that holds this module
-                anchor = name.split(".")
-                anchor = anchor if is_package else anchor[:-1]
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:
-                submodule = f"{base}.{alias.name}"
-                found.add(submodule if submodule in known else base)
-    return found
-
-
-def import_graph() -> dict[str, set[str]]:
-    paths = module_paths()
-    return {name: imported_names(path, name, paths) for name, path in paths.items()}
-
-
-GRAPH = import_graph()
-
-
-def within(name: str, *prefixes: str) -> bool:
-    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+GRAPH = import_graph(CONSUMER, PACKAGE)
 
 
 def ours(imports: Iterable[str]) -> set[str]:
     return {name for name in imports if within(name, PACKAGE)}
-
-
-def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
-    """One import cycle of `graph` (its modules in order, the first repeated at the end), or
-    None. Depth first, marking each module on the current path."""
-    done: set[str] = set()
-    path: list[str] = []
-    on_path: set[str] = set()
-
-    def visit(module: str) -> list[str] | None:
-        path.append(module)
-        on_path.add(module)
-        for target in sorted(graph.get(module, ())):
-            if target in on_path:
-                return [*path[path.index(target) :], target]
-            if target not in done and target in graph:
-                cycle = visit(target)
-                if cycle is not None:
-                    return cycle
-        path.pop()
-        on_path.discard(module)
-        done.add(module)
-        return None
-
-    for module in sorted(graph):
-        if module not in done:
-            cycle = visit(module)
-            if cycle is not None:
-                return cycle
-    return None
 
 
 def test_the_modules_of_every_layer_are_read() -> None:

@@ -5,21 +5,16 @@ the settings; the edges see no source; only the app wires Kafka in; no cycle at 
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
 import pytest
 
+from tests.imports import Graph, find_cycle, restricted, within
+from tests.imports import import_graph as read_graph
+
 PRODUCER = Path(__file__).resolve().parents[2] / "producer"
-PACKAGE = PRODUCER / "pricefeed"
-Graph = Mapping[str, frozenset[str]]
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PRODUCER).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def is_module(name: str) -> bool:
@@ -27,62 +22,19 @@ def is_module(name: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def imported(path: Path) -> set[str]:
-    """The pricefeed modules `path` imports, wherever the import statement is."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path.parent)
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the package, `level - 1` packages up
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, *([base] if base else [])])
-            found |= {
-                f"{base}.{alias.name}" if is_module(f"{base}.{alias.name}") else base
-                for alias in node.names
-            }
-    return {name for name in found if name == "pricefeed" or name.startswith("pricefeed.")}
-
-
 @cache
 def import_graph() -> Graph:
-    return {module_name(path): frozenset(imported(path)) for path in sorted(PACKAGE.rglob("*.py"))}
+    """module -> the pricefeed modules it imports."""
+    return restricted(read_graph(PRODUCER, "pricefeed"), "pricefeed")
 
 
 def importers_of(target: str, graph: Graph) -> set[str]:
     """The modules importing `target` or anything inside it."""
-    return {
-        module
-        for module, imports in graph.items()
-        if any(name == target or name.startswith(f"{target}.") for name in imports)
-    }
+    return {module for module, imports in graph.items() if any(within(n, target) for n in imports)}
 
 
 def inside(package: str, graph: Graph) -> list[str]:
-    return [m for m in graph if m == package or m.startswith(f"{package}.")]
-
-
-def a_cycle(graph: Graph) -> list[str] | None:
-    """One import cycle of the graph (its modules, the first again at the end), or None."""
-    done: set[str] = set()
-    path: list[str] = []
-
-    def visit(module: str) -> list[str] | None:
-        if module in path:
-            return [*path[path.index(module) :], module]
-        if module in done:
-            return None
-        path.append(module)
-        for target in sorted(graph.get(module, ())):
-            if found := visit(target):
-                return found
-        path.pop()
-        done.add(module)
-        return None
-
-    return next((c for m in sorted(graph) if (c := visit(m))), None)
+    return [m for m in graph if within(m, package)]
 
 
 # --- the graph is read right -----------------------------------------------------------------
@@ -96,23 +48,23 @@ def test_the_graph_holds_every_module_and_its_imports() -> None:
     assert "pricefeed.settings" in graph["pricefeed.sources.registry"]
 
 
-def test_the_cycle_check_finds_a_cycle_and_only_a_cycle() -> None:
+def test_the_cycle_check_finds_a_cycle_and_only_find_cycle() -> None:
     graph = {
         "a": frozenset({"b"}),
         "b": frozenset({"c", "d"}),
         "c": frozenset({"d"}),
         "d": frozenset(),
     }
-    assert a_cycle(graph) is None
-    assert a_cycle({**graph, "d": frozenset({"b"})}) in (["b", "c", "d", "b"], ["b", "d", "b"])
-    assert a_cycle({"x": frozenset({"x"})}) == ["x", "x"]
+    assert find_cycle(graph) is None
+    assert find_cycle({**graph, "d": frozenset({"b"})}) in (["b", "c", "d", "b"], ["b", "d", "b"])
+    assert find_cycle({"x": frozenset({"x"})}) == ["x", "x"]
 
 
 # --- the layers ------------------------------------------------------------------------------
 
 
 def test_no_import_cycle_at_all() -> None:
-    cycle = a_cycle(import_graph())
+    cycle = find_cycle(import_graph())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
