@@ -28,6 +28,7 @@ from jsonschema import Draft7Validator
 from aggregator import settings as consumer_settings
 from pricefeed import settings as producer_settings
 from pricefeed.sources.registry import SOURCES
+from tests.docs import all_strings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = Path(__file__).parents[1] / "reference" / "compose-spec.json"  # see its README
@@ -78,19 +79,8 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]
 
 
-def iter_strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, Mapping):
-        for value in node.values():
-            yield from iter_strings(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from iter_strings(item)
-
-
 def interpolations(node: Any) -> Iterator[re.Match[str]]:
-    for text in iter_strings(node):
+    for text in all_strings(node):
         for match in INTERPOLATION.finditer(text):
             if match.group(0) != "$$":
                 yield match
