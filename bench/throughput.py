@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -53,6 +53,8 @@ from pricefeed.kafka_sink.clients import CLIENT_SETTINGS  # noqa: E402
 # the bench measures the scripts against the same servers the tests use.
 from tests.harness import FakeBinance, PostgresServer, TansuBroker  # noqa: E402
 from tests.harness.fake_binance import listed_pairs  # noqa: E402
+from tests.harness.net import wait_until  # noqa: E402
+from tests.harness.scripts import Script  # noqa: E402
 
 SYMBOL = "BTCUSDT"
 PEERS_REQUIREMENTS = "bench/requirements-peers.txt"
@@ -198,7 +200,7 @@ class Bench:
             started = time.perf_counter()
             with StoredCount(dsn) as stored:
                 # The topic also holds the live events of the runs before.
-                wait(lambda: stored() >= n + len(markers), 3600, "the backlog", consumer)
+                consumer.wait_until(lambda: stored() >= n + len(markers), 3600, "the backlog")
                 ours.append(time.perf_counter() - started)
                 marker, visible_after = live_event_latency(self.broker.bootstrap, topic, stored)
                 markers.append(marker)
@@ -236,7 +238,7 @@ class Bench:
         started = time.perf_counter()
         producer = self.script("producer", ["--source", "replay", str(self.file)], env)
         with StoredCount(dsn) as stored:
-            wait(lambda: stored() >= n, 3600, "the backfill in PostgreSQL", consumer)
+            consumer.wait_until(lambda: stored() >= n, 3600, "the backfill in PostgreSQL")
         seconds = time.perf_counter() - started
         producer_rss = producer.finish(wait=True)
         producer.expect_success()
@@ -272,7 +274,7 @@ class Bench:
             )
             producer.wait_for(f"Produced: {pairs} prices", count=8, timeout=120)
             with StoredCount(dsn) as stored:
-                wait(lambda: stored() >= 6 * pairs, 120, "six ticks in PostgreSQL", consumer)
+                consumer.wait_until(lambda: stored() >= 6 * pairs, 120, "six ticks in PostgreSQL")
             producer.finish()
             consumer.finish()
         ticks = [
@@ -302,8 +304,8 @@ class Bench:
             admin.close()
         return name
 
-    def script(self, name: str, args: list[str], env: Mapping[str, str]) -> Script:
-        return Script(name, args, env, self.folder)
+    def script(self, name: str, args: list[str], env: Mapping[str, str]) -> MeasuredScript:
+        return MeasuredScript(name, args, env, self.folder)
 
     def kafka_env(self, topic: str) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "KAFKA_TOPIC": topic}
@@ -440,7 +442,7 @@ def live_event_latency(
     producer.send(topic, key=SYMBOL.encode(), value=orjson.dumps(body), timestamp_ms=now_ms)
     producer.flush()
     producer.close()
-    wait(lambda: stored() > before, 120, "the live event", interval=0.01)
+    wait_until(lambda: stored() > before, 120, "the live event", interval=0.01)
     return (price, now_ms), time.perf_counter() - sent
 
 
@@ -464,45 +466,19 @@ class StoredCount:
         self.conn.close()
 
 
-def wait(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str,
-    script: Script | None = None,
-    interval: float = 0.05,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if script is not None and script.process.poll() is not None:
-            raise RuntimeError(f"{script.name} exited:\n{script.output()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} after {timeout:g} s")
-        time.sleep(interval)  # polling a condition with a deadline, not a synchronisation
-
-
 # -- the scripts as real processes ------------------------------------------------------------
 
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)
 
 
-class Script:
-    """producer.py or consumer.py run from its folder, output to a file, with its peak RSS
-    (VmHWM, sampled while it runs: the rusage of a child also counts the bench's own memory
+class MeasuredScript(Script):
+    """producer.py or consumer.py as the tests run it (tests.harness.scripts), with its peak
+    RSS (VmHWM, sampled while it runs: the rusage of a child also counts the bench's own memory
     from before its exec)."""
 
     def __init__(self, name: str, args: list[str], env: Mapping[str, str], logs: Path) -> None:
-        self.name = name
-        fd, log_path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=logs)
-        self.log_path = Path(log_path)
-        with os.fdopen(fd, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, f"{name}.py", *args],
-                cwd=ROOT / name,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        super().__init__(name, args, env, log_dir=logs)
         self.peak_rss_mb = 0.0
         self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
         self._sampler.start()
@@ -516,17 +492,8 @@ class Script:
                         self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
             time.sleep(0.02)  # a sampling period, not a synchronisation
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_for(self, text: str, count: int = 1, timeout: float = 120) -> None:
-        wait(
-            lambda: self.output().count(text) >= count,
-            timeout,
-            f"{text!r} from {self.name}",
-            self,
-            interval=0.02,
-        )
+        self.wait_for_output(text, timeout, count)
 
     def finish(self, wait: bool = False) -> float:
         """Stop (SIGTERM) or, with `wait`, let it end; returns its peak RSS in MB."""

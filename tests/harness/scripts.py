@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tests.harness.net import wait_until
@@ -20,11 +20,15 @@ class Script:
     """One running script. `output()` is everything it printed so far."""
 
     def __init__(
-        self, name: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.name = name
         folder = ROOT / name
-        fd, log_path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
+        fd, log_path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=log_dir)
         self.log_path = Path(log_path)
         with os.fdopen(fd, "wb") as log:
             self.process = subprocess.Popen(
@@ -39,16 +43,26 @@ class Script:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_output(self, text: str, timeout: float = 30, count: int = 1) -> str:
-        def seen() -> bool:
-            if self.process.poll() is not None and self.output().count(text) < count:
+        self.wait_until(lambda: self.output().count(text) >= count, timeout, f"{count} x {text!r}")
+        return self.output()
+
+    def wait_until(
+        self, condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+    ) -> None:
+        """Wait for `condition` while the script runs; fail at once if it exits first, and at
+        the deadline, with what it printed."""
+
+        def met() -> bool:
+            if condition():
+                return True
+            if self.process.poll() is not None and not condition():
                 raise AssertionError(f"{self.name} exited early:\n{self.output()[-3000:]}")
-            return self.output().count(text) >= count
+            return False
 
         try:
-            wait_until(seen, timeout, f"{count} x {text!r} from {self.name}")
+            wait_until(met, timeout, f"{what} from {self.name}", interval)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; it printed:\n{self.output()[-3000:]}") from None
-        return self.output()
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
