@@ -6,8 +6,8 @@ window) three ways: without identity (as the previous release's messages), with 
 event new: the high-water-mark check on every message), and with identity where every message
 is a repeat (skipped). Pure Python, no servers: the figure is the core's own cost.
 
-The end-to-end cost (bench/run.sh with and without --without-identity) is larger: messages
-grow, and kafka-python's pure-Python CRC32C check costs per byte.
+End to end the cost is larger (messages grow, and the clients pay per byte):
+docs/benchmark.md, "What identity tracking costs", has the dated measurements.
 
 Run: .venv/bin/python bench/identity_cost.py [--messages 200000] [--repeat 5]
 """
