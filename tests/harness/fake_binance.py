@@ -291,6 +291,16 @@ class FakeBinance:
         with self._lock:
             self.prices[symbol] = price
 
+    def delist(self, symbol: str) -> None:
+        """Binance stops listing `symbol`: its fixed price and its tape go, and requests
+        naming it get 400 Invalid symbol (code -1121)."""
+        if symbol in self.tape_symbols():
+            self.set_trade_rate(symbol, 0)
+        with self._lock:
+            self.prices.pop(symbol, None)
+            self._tapes.pop(symbol, None)
+            self._walks.pop(symbol, None)
+
     def fail_next(self, *faults: Fault, path: str = TICKER_PATH) -> None:
         """Queue faults for the next requests to `path` (one of FAULT_PATHS)."""
         with self._lock:

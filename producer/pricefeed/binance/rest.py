@@ -15,6 +15,7 @@ RESTRICTED_FIX = (
     "set BINANCE_BASE_URL=https://data-api.binance.vision (Binance's market-data-only host), "
     "or https://api.binance.us in the United States"
 )
+INVALID_SYMBOL = -1121  # Binance's code for a symbol it does not list (any more)
 
 
 class BinanceError(Exception):
@@ -57,9 +58,14 @@ class Unavailable(BinanceError):
 
 
 class Rejected(BinanceError):
-    """Another 4xx: Binance says the request itself is wrong."""
+    """Another 4xx: Binance says the request itself is wrong; `code` is Binance's own
+    (INVALID_SYMBOL: a symbol it does not list), None without one."""
 
     level = logging.ERROR
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
     def explain(self, then: str) -> str:
         return f"Binance rejected the request: {self}; check SYMBOLS. {_capital(then)}"
@@ -109,6 +115,14 @@ def _error_text(response: requests.Response) -> str:
         return response.text[:200].strip() or response.reason
 
 
+def _error_code(response: requests.Response) -> int | None:
+    try:
+        code = response.json()["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, int) else None
+
+
 def _retry_after(response: requests.Response) -> float | None:
     try:
         return max(0.0, float(response.headers["Retry-After"]))
@@ -153,4 +167,4 @@ class BinanceClient:
             raise Restricted(f"HTTP 451: {text}")
         if status >= 500:
             raise Unavailable(f"HTTP {status}: {text}")
-        raise Rejected(f"HTTP {status}: {text}")
+        raise Rejected(f"HTTP {status}: {text}", _error_code(response))
