@@ -130,7 +130,7 @@ class Fault:
         """418: the IP ban Binance hands out after repeated 429s."""
         until_ms = int((time.time() + retry_after) * 1000)
         msg = (
-            f"Way too many requests; IP(127.0.0.1) banned until {until_ms}. "
+            f"Way too much request weight used; IP banned until {until_ms}. "
             "Please use the websocket for live updates to avoid bans."
         )
         return cls.error(418, -1003, msg, retry_after=retry_after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -56,7 +57,12 @@ KINDS = [
         {"kind": "banned"},
         lambda r: (
             (r.status_code, r.headers["Retry-After"]) == (418, "120")
-            and "banned until" in r.json()["msg"]
+            and re.fullmatch(
+                r"Way too much request weight used; IP banned until \d{13}\. "
+                r"Please use the websocket for live updates to avoid bans\.",
+                r.json()["msg"],
+            )
+            is not None
         ),
     ),
     ({"kind": "server-error"}, lambda r: (r.status_code, r.json()["code"]) == (500, -1001)),

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaConsumer
@@ -377,6 +378,10 @@ def test_rate_limit_and_ban_wait_for_retry_after(
         assert 1.0 <= waited <= 1.0 + 0.2 + GRID_TOLERANCE  # Retry-After, then the next tick
     assert re.search(r"rate limit: HTTP 429.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
     assert re.search(r"IP banned: HTTP 418.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
+    # The ban's end as an ISO UTC time, Binance's epoch milliseconds after it.
+    (until, epoch_ms) = re.findall(r"banned until (\S+Z) \((\d{13})\)\.", output)[0]
+    assert until == datetime.fromtimestamp(int(epoch_ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert abs(int(epoch_ms) / 1000 - banned.wall - 1) < 5  # Retry-After 1 s from then
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(answered(binance)) >= 2
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import requests
 
@@ -16,6 +18,8 @@ RESTRICTED_FIX = (
     "or https://api.binance.us in the United States"
 )
 INVALID_SYMBOL = -1121  # Binance's code for a symbol it does not list (any more)
+# A 418 says until when in epoch milliseconds: "IP banned until 1620286253180."
+BANNED_UNTIL = re.compile(r"(banned until )(\d{12,16})\b")
 
 
 class BinanceError(Exception):
@@ -110,7 +114,7 @@ def _error_text(response: requests.Response) -> str:
     """Binance's own words from an error body {"code": -1121, "msg": "Invalid symbol."}."""
     try:
         body = response.json()
-        return f"{body['msg']} (code {body['code']})"
+        return f"{readable_times(body['msg'])} (code {body['code']})"
     except (ValueError, KeyError, TypeError):
         return response.text[:200].strip() or response.reason
 
@@ -121,6 +125,19 @@ def _error_code(response: requests.Response) -> int | None:
     except (ValueError, KeyError, TypeError):
         return None
     return code if isinstance(code, int) else None
+
+
+def readable_times(msg: str) -> str:
+    """A ban's end as an ISO UTC time, the epoch milliseconds Binance sent kept after it."""
+
+    def iso(match: re.Match[str]) -> str:
+        try:
+            when = datetime.fromtimestamp(int(match[2]) / 1000, UTC)
+        except (OverflowError, ValueError, OSError):
+            return match[0]
+        return f"{match[1]}{when.isoformat(timespec='seconds').replace('+00:00', 'Z')} ({match[2]})"
+
+    return BANNED_UNTIL.sub(iso, msg)
 
 
 def _retry_after(response: requests.Response) -> float | None:
