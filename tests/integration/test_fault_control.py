@@ -128,6 +128,14 @@ def test_prices_can_be_set(binance: FakeBinance) -> None:
     assert is_price("44000.5")(ticker(binance))
 
 
+def test_a_symbol_can_be_delisted(binance: FakeBinance) -> None:
+    assert control(binance, "DELETE", "/prices", symbol="BTCUSDT").json() == {"delisted": "BTCUSDT"}
+    answer = ticker(binance)
+    assert (answer.status_code, answer.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
+    again = control(binance, "DELETE", "/prices", symbol="BTCUSDT")
+    assert (again.status_code, again.json()) == (400, {"error": "BTCUSDT is not listed"})
+
+
 def test_the_index_lists_every_kind_with_its_parameters(binance: FakeBinance) -> None:
     index = control(binance, "GET", "").json()
     assert {query["kind"] for query, _ in KINDS} | {"drop"} == set(index["kinds"])
