@@ -130,7 +130,7 @@ class Fault:
         """418: the IP ban Binance hands out after repeated 429s."""
         until_ms = int((time.time() + retry_after) * 1000)
         msg = (
-            f"Way too many requests; IP(127.0.0.1) banned until {until_ms}. "
+            f"Way too much request weight used; IP banned until {until_ms}. "
             "Please use the websocket for live updates to avoid bans."
         )
         return cls.error(418, -1003, msg, retry_after=retry_after)
@@ -290,6 +290,16 @@ class FakeBinance:
         """A fixed ticker/price for `symbol` (over its tape's last price, if it has one)."""
         with self._lock:
             self.prices[symbol] = price
+
+    def delist(self, symbol: str) -> None:
+        """Binance stops listing `symbol`: its fixed price and its tape go, and requests
+        naming it get 400 Invalid symbol (code -1121)."""
+        if symbol in self.tape_symbols():
+            self.set_trade_rate(symbol, 0)
+        with self._lock:
+            self.prices.pop(symbol, None)
+            self._tapes.pop(symbol, None)
+            self._walks.pop(symbol, None)
 
     def fail_next(self, *faults: Fault, path: str = TICKER_PATH) -> None:
         """Queue faults for the next requests to `path` (one of FAULT_PATHS)."""

@@ -141,6 +141,10 @@ def describe() -> dict[str, Any]:
             f"GET {CONTROL_PREFIX}/faults": "the queued faults, with their paths",
             f"DELETE {CONTROL_PREFIX}/faults": "drop every queued fault",
             f"POST {CONTROL_PREFIX}/prices?symbol=SYMBOL&price=PRICE": "set a fixed price",
+            f"DELETE {CONTROL_PREFIX}/prices?symbol=SYMBOL": (
+                "delist the symbol: its price and tape go, requests naming it get 400 "
+                "Invalid symbol (code -1121)"
+            ),
             f"GET {CONTROL_PREFIX}/trades?symbol=SYMBOL": "a tape: its size, ids, price, rate",
             f"POST {CONTROL_PREFIX}/trades?symbol=SYMBOL&count=N": (
                 "append N trades of the symbol's random walk now (a new symbol gets a tape); "
@@ -185,6 +189,7 @@ def control(
         ("GET", "/faults"): lambda: {"queued": _listed_faults(fake)},
         ("DELETE", "/faults"): lambda: {"cleared": fake.clear_faults()},
         ("POST", "/prices"): lambda: _set_price(fake, query),
+        ("DELETE", "/prices"): lambda: _delist(fake, query),
         ("GET", "/trades"): lambda: _tape_summary(fake, _tape_symbol(fake, query)),
         ("POST", "/trades"): lambda: _add_trades(fake, query, body),
         ("POST", "/trade-rate"): lambda: _set_trade_rate(fake, query),
@@ -243,6 +248,14 @@ def _set_price(fake: FakeBinance, query: dict[str, str]) -> dict[str, Any]:
         raise BadRequest("give symbol and price, e.g. ?symbol=BTCUSDT&price=44000.5")
     fake.set_price(symbol, price)
     return {"symbol": symbol, "price": price}
+
+
+def _delist(fake: FakeBinance, query: dict[str, str]) -> dict[str, Any]:
+    symbol = _symbol(query)
+    if symbol not in fake.prices and symbol not in fake.tape_symbols():
+        raise BadRequest(f"{symbol} is not listed")
+    fake.delist(symbol)
+    return {"delisted": symbol}
 
 
 # --- trade tapes -------------------------------------------------------------------------------

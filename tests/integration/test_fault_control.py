@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -56,7 +57,12 @@ KINDS = [
         {"kind": "banned"},
         lambda r: (
             (r.status_code, r.headers["Retry-After"]) == (418, "120")
-            and "banned until" in r.json()["msg"]
+            and re.fullmatch(
+                r"Way too much request weight used; IP banned until \d{13}\. "
+                r"Please use the websocket for live updates to avoid bans\.",
+                r.json()["msg"],
+            )
+            is not None
         ),
     ),
     ({"kind": "server-error"}, lambda r: (r.status_code, r.json()["code"]) == (500, -1001)),
@@ -120,6 +126,14 @@ def test_control_requests_are_not_ticker_requests(binance: FakeBinance) -> None:
 def test_prices_can_be_set(binance: FakeBinance) -> None:
     assert control(binance, "POST", "/prices", symbol="BTCUSDT", price="44000.5").status_code == 200
     assert is_price("44000.5")(ticker(binance))
+
+
+def test_a_symbol_can_be_delisted(binance: FakeBinance) -> None:
+    assert control(binance, "DELETE", "/prices", symbol="BTCUSDT").json() == {"delisted": "BTCUSDT"}
+    answer = ticker(binance)
+    assert (answer.status_code, answer.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
+    again = control(binance, "DELETE", "/prices", symbol="BTCUSDT")
+    assert (again.status_code, again.json()) == (400, {"error": "BTCUSDT is not listed"})
 
 
 def test_the_index_lists_every_kind_with_its_parameters(binance: FakeBinance) -> None:

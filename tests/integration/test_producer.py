@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaConsumer
@@ -94,7 +95,9 @@ def test_publishes_every_price_as_a_contract_message(
         output = stop_cleanly(producer)
 
     requests = binance.ticker_requests()
-    assert all(r.query == {"symbols": '["BTCUSDT","ETHUSDT"]'} for r in requests)
+    # The first poll asks for every pair, holding SYMBOLS against what Binance lists.
+    assert requests[0].query == {}
+    assert all(r.query == {"symbols": '["BTCUSDT","ETHUSDT"]'} for r in requests[1:])
     assert all(r.status == 200 for r in requests)
 
     records = read_topic(broker.bootstrap, topic)
@@ -141,7 +144,8 @@ def test_configured_by_environment_alone(
         stop_cleanly(producer)
 
     requests = binance.ticker_requests()
-    assert all(r.query == {"symbol": "ETHUSDT"} for r in requests)  # one symbol: `symbol=`
+    assert requests[0].query == {}  # the listing check: every pair
+    assert all(r.query == {"symbol": "ETHUSDT"} for r in requests[1:])  # one symbol: `symbol=`
     bodies = messages(read_topic(broker.bootstrap, topic))
     assert [b["price"] for b in bodies] == [ETH] * len(requests)
     assert partition_count(broker.bootstrap, topic) == 5
@@ -278,7 +282,8 @@ def test_fifty_symbols_are_one_request_per_tick(broker: TansuBroker, topic: str)
         requests = binance.ticker_requests()
 
     assert len(requests) >= 6
-    assert all(json.loads(r.query["symbols"]) == list(prices) for r in requests)
+    assert requests[0].query == {}  # every pair: the listing check
+    assert all(json.loads(r.query["symbols"]) == list(prices) for r in requests[1:])
     assert grid_ticks(requests, interval) == list(range(len(requests)))
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(requests)
@@ -305,6 +310,56 @@ def test_symbols_all_polls_every_listed_pair_in_one_request(
     assert not printed(output)
 
 
+# --- symbols Binance does not list -----------------------------------------------------------
+
+
+def test_a_symbol_binance_does_not_list_stops_the_producer_at_start_naming_it(
+    broker: TansuBroker, binance: FakeBinance, topic: str
+) -> None:
+    symbols = ["BTCUSDT", "NOTAPAIR"]
+    with Script("producer", producer_args(binance, broker.bootstrap, topic, symbols=symbols)) as p:
+        assert p.wait(30) == 2
+        output = p.output()
+    assert [r.query for r in binance.ticker_requests()] == [{}]
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, output
+    assert errors[0].endswith("SYMBOLS names a pair that Binance does not list: NOTAPAIR.")
+    assert "Traceback" not in output
+    assert not read_topic(broker.bootstrap, topic)
+
+
+def test_a_symbol_delisted_while_polling_is_dropped_and_the_others_go_on(
+    broker: TansuBroker, binance: FakeBinance, topic: str
+) -> None:
+    args = producer_args(binance, broker.bootstrap, topic)
+    with Script("producer", args) as producer:
+        producer.wait_for_output("Produced:", timeout=20, count=4)
+        binance.delist("ETHUSDT")
+        producer.wait_for_output("Binance no longer lists ETHUSDT", timeout=10)
+        shown = producer.output().count('"symbol":"BTCUSDT"')
+        producer.wait_for_output('"symbol":"BTCUSDT"', timeout=10, count=shown + 3)
+        binance.delist("BTCUSDT")
+        assert producer.wait(30) == 2
+        output = producer.output()
+
+    refused = [r for r in binance.ticker_requests() if r.status == 400]
+    assert [r.query for r in refused] == [
+        {"symbols": '["BTCUSDT","ETHUSDT"]'},
+        {"symbol": "BTCUSDT"},
+    ]
+    warning = [line for line in output.splitlines() if "no longer lists ETHUSDT" in line]
+    assert len(warning) == 1 and "WARNING" in warning[0], output
+    assert warning[0].endswith("dropped, polling BTCUSDT")
+    (stopped,) = [line for line in output.splitlines() if "nothing to poll" in line]
+    assert "ERROR" in stopped
+    assert stopped.endswith("Binance no longer lists any of SYMBOLS (BTCUSDT): nothing to poll.")
+    polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
+    assert set(polls[0]) == {"BTCUSDT", "ETHUSDT"} and set(polls[-1]) == {"BTCUSDT"}
+    *priced, last = answered(binance)  # the last answer, for every pair, lists neither
+    assert last.query == {}
+    assert len(polls) == len(priced)
+
+
 # --- Binance faults --------------------------------------------------------------------------
 
 
@@ -323,6 +378,10 @@ def test_rate_limit_and_ban_wait_for_retry_after(
         assert 1.0 <= waited <= 1.0 + 0.2 + GRID_TOLERANCE  # Retry-After, then the next tick
     assert re.search(r"rate limit: HTTP 429.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
     assert re.search(r"IP banned: HTTP 418.*; Retry-After 1 s, next poll in 1\.[0-2] s", output)
+    # The ban's end as an ISO UTC time, Binance's epoch milliseconds after it.
+    (until, epoch_ms) = re.findall(r"banned until (\S+Z) \((\d{13})\)\.", output)[0]
+    assert until == datetime.fromtimestamp(int(epoch_ms) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert abs(int(epoch_ms) / 1000 - banned.wall - 1) < 5  # Retry-After 1 s from then
     polls = by_poll(messages(read_topic(broker.bootstrap, topic)))
     assert len(polls) == len(answered(binance)) >= 2
 

@@ -10,6 +10,7 @@ import pytest
 from pricefeed.binance.rest import (
     InvalidResponse,
     parse_ticker_prices,
+    readable_times,
     ticker_price_params,
 )
 from tests.harness.fake_binance import SYMBOLS_PATTERN
@@ -78,3 +79,23 @@ def test_parse_keeps_bad_prices_for_the_contract_to_judge() -> None:
 def test_parse_rejects_bodies_that_are_not_ticker_prices(payload: object) -> None:
     with pytest.raises(InvalidResponse):
         parse_ticker_prices(payload)
+
+
+def test_a_ban_end_in_epoch_milliseconds_reads_as_an_iso_utc_time() -> None:
+    msg = (
+        "Way too much request weight used; IP banned until 1767225600000. "
+        "Please use the websocket for live updates to avoid bans."
+    )
+    assert readable_times(msg) == (
+        "Way too much request weight used; IP banned until 2026-01-01T00:00:00Z "
+        "(1767225600000). Please use the websocket for live updates to avoid bans."
+    )
+
+
+@pytest.mark.parametrize(
+    "msg",
+    ["Invalid symbol.", "IP banned until later.", "banned until 99999999999999999"],
+    ids=["no-ban", "no-number", "out-of-range"],
+)
+def test_other_messages_are_kept_as_sent(msg: str) -> None:
+    assert readable_times(msg) == msg

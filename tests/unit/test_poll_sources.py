@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from btcpipe.contract import PriceEvent, check_price
-from pricefeed.binance.rest import BinanceClient, RateLimited
-from pricefeed.sources.base import PollFailed
+from pricefeed.binance.rest import INVALID_SYMBOL, BinanceClient, RateLimited, Rejected
+from pricefeed.sources.base import PollFailed, SourceError
 from pricefeed.sources.identity import Sequencer, new_run_id
 from pricefeed.sources.simulated import SimulatedSource
 from pricefeed.sources.ticker import TickerSource, events_from_pairs
@@ -139,3 +139,109 @@ def test_each_poll_source_says_what_it_polls_and_how_many_events_a_tick_brings()
     assert (every.polls_for, every.events_per_tick) == ("every pair Binance lists", None)
     simulated = SimulatedSource(["BTCUSDT", "ETHUSDT", "SOLUSDT"], 1)
     assert (simulated.polls_for, simulated.events_per_tick) == ("BTCUSDT, ETHUSDT, SOLUSDT", 3)
+
+
+class ListingClient(BinanceClient):
+    """Binance listing `listed` (symbol -> price), answering as it does (no network): a
+    request naming a symbol it does not list is refused with 400, code -1121."""
+
+    def __init__(self, listed: dict[str, str]) -> None:
+        super().__init__("http://127.0.0.1:1", 1.0)
+        self.listed = listed
+        self.asked: list[tuple[str, ...] | None] = []
+
+    def ticker_prices(self, symbols: Sequence[str] | None) -> list[tuple[str, object]]:
+        self.asked.append(None if symbols is None else tuple(symbols))
+        if symbols is None:
+            return list(self.listed.items())
+        if any(symbol not in self.listed for symbol in symbols):
+            raise Rejected("HTTP 400: Invalid symbol. (code -1121)", INVALID_SYMBOL)
+        return [(symbol, self.listed[symbol]) for symbol in symbols]
+
+
+LISTED = {"BTCUSDT": "43250.75000000", "ETHUSDT": "2300.10000000", "SOLUSDT": "150.00000000"}
+
+
+def test_the_first_poll_asks_for_every_pair_and_keeps_the_named_ones() -> None:
+    client = ListingClient(dict(LISTED))
+    source = TickerSource(client, ["ETHUSDT", "BTCUSDT"])
+    first, second = source.poll(), source.poll()
+    assert client.asked == [None, ("ETHUSDT", "BTCUSDT")]
+    for events in (first, second):
+        assert sorted((e.symbol, e.price) for e in events) == [
+            ("BTCUSDT", LISTED["BTCUSDT"]),
+            ("ETHUSDT", LISTED["ETHUSDT"]),
+        ]
+    assert [e.seq for e in first + second if e.symbol == "BTCUSDT"] == [1, 2]
+
+
+def test_a_symbol_binance_does_not_list_at_start_stops_the_source_naming_it() -> None:
+    source = TickerSource(ListingClient(dict(LISTED)), ["BTCUSDT", "NOTAPAIR", "ZZZUSDT"])
+    with pytest.raises(SourceError) as stopped:
+        source.poll()
+    assert str(stopped.value) == (
+        "SYMBOLS names 2 pairs that Binance does not list: NOTAPAIR, ZZZUSDT."
+    )
+
+
+def test_a_failed_first_poll_is_retried_and_the_listing_checked_on_the_next() -> None:
+    source = TickerSource(LimitedClient(), ["NOTAPAIR"])
+    with pytest.raises(PollFailed):
+        source.poll()
+    source.client = ListingClient(dict(LISTED))
+    with pytest.raises(SourceError, match="does not list: NOTAPAIR"):
+        source.poll()
+
+
+def test_a_symbol_delisted_later_is_dropped_with_a_warning_and_the_others_polled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = ListingClient(dict(LISTED))
+    source = TickerSource(client, ["BTCUSDT", "SOLUSDT", "ETHUSDT"])
+    source.poll()
+    del client.listed["SOLUSDT"]
+    with caplog.at_level(logging.WARNING, "producer"):
+        delisted_tick = source.poll()
+    assert sorted(e.symbol for e in delisted_tick) == ["BTCUSDT", "ETHUSDT"]
+    assert caplog.messages == [
+        "Binance no longer lists SOLUSDT (HTTP 400: Invalid symbol. (code -1121)): dropped, "
+        "polling BTCUSDT, ETHUSDT"
+    ]
+    assert (source.polls_for, source.events_per_tick) == ("BTCUSDT, ETHUSDT", 2)
+    assert sorted(e.symbol for e in source.poll()) == ["BTCUSDT", "ETHUSDT"]
+    assert client.asked[-3:] == [("BTCUSDT", "SOLUSDT", "ETHUSDT"), None, ("BTCUSDT", "ETHUSDT")]
+
+
+def test_with_every_named_symbol_delisted_the_source_stops() -> None:
+    client = ListingClient(dict(LISTED))
+    source = TickerSource(client, ["SOLUSDT"])
+    source.poll()
+    client.listed.pop("SOLUSDT")
+    with pytest.raises(SourceError) as stopped:
+        source.poll()
+    assert (
+        str(stopped.value) == "Binance no longer lists any of SYMBOLS (SOLUSDT): nothing to poll."
+    )
+
+
+def test_another_rejection_is_a_poll_failure_not_a_listing_check() -> None:
+    class Refusing(ListingClient):
+        def ticker_prices(self, symbols: Sequence[str] | None) -> list[tuple[str, object]]:
+            if symbols is not None:
+                raise Rejected(
+                    "HTTP 400: Illegal characters found in parameter. (code -1100)", -1100
+                )
+            return super().ticker_prices(symbols)
+
+    client = Refusing(dict(LISTED))
+    source = TickerSource(client, ["BTCUSDT"])
+    source.poll()
+    with pytest.raises(PollFailed, match="code -1100"):
+        source.poll()
+    assert client.asked == [None]
+
+
+def test_every_pair_with_all_symbols_needs_no_listing_check() -> None:
+    client = ListingClient(dict(LISTED))
+    assert len(TickerSource(client, None).poll()) == 3
+    assert client.asked == [None]

@@ -291,7 +291,7 @@ def test_only_the_first_line_may_be_a_header(tmp_path: Path) -> None:
     stats = ReplayStats()
     assert len(list(read_events(path, stats=stats))) == 1
     assert stats.skipped == 1
-    assert stats.first_errors[0].startswith("line 2: time 'close_time' is not an integer")
+    assert stats.first_errors[0] == "line 2: column 1 (open time) is not a time: 'open_time'"
 
 
 def test_blank_lines_crlf_and_a_missing_last_newline_are_fine(tmp_path: Path) -> None:
@@ -465,6 +465,85 @@ def test_lines_further_ahead_than_the_consumer_takes_are_skipped(tmp_path: Path)
     assert stats.skipped == 3
     assert [error.split(":")[0] for error in stats.first_errors] == ["line 2", "line 4", "line 5"]
     assert all("more than 5 minutes in the future" in e for e in stats.first_errors), stats
+
+
+# One bad value per column a layout defines (the event's own time and price columns are the
+# contract's, above): (layout's line maker, column number, bad value).
+def fields_of(line: str) -> list[str]:
+    return line.split(",")
+
+
+def with_field(line: str, column: int, value: str) -> str:
+    fields = fields_of(line)
+    fields[column - 1] = value
+    return ",".join(fields)
+
+
+def good_line(name: str, time: int) -> str:
+    kind = name.split("-")[1]
+    make = {"1m": kline, "aggTrades": agg_trade, "trades": trade}[kind]
+    return make(time)
+
+
+BAD_FIELDS = [
+    # klines: 1 open time, 2 open, 3 high, 4 low, 6 volume, 8 quote volume, 9 trades,
+    # 10 taker buy base, 11 taker buy quote (5 close and 7 close time: the event's)
+    ("BTCUSDT-1m-2020-01-01.csv", 1, "-1", "open time", "time"),
+    ("BTCUSDT-1m-2020-01-01.csv", 2, "abc", "open", "decimal"),
+    ("BTCUSDT-1m-2020-01-01.csv", 3, "1e5", "high", "decimal"),
+    ("BTCUSDT-1m-2020-01-01.csv", 4, "-7183.1", "low", "decimal"),
+    ("BTCUSDT-1m-2020-01-01.csv", 6, "", "volume", "decimal"),
+    ("BTCUSDT-1m-2020-01-01.csv", 8, "NaN", "quote asset volume", "decimal"),
+    ("BTCUSDT-1m-2020-01-01.csv", 9, "493.5", "number of trades", "count"),
+    ("BTCUSDT-1m-2020-01-01.csv", 10, " 19.5", "taker buy base volume", "decimal"),
+    ("BTCUSDT-1m-2020-01-01.csv", 11, "1x", "taker buy quote volume", "decimal"),
+    # aggTrades: 1 id, 3 quantity, 4 first id, 5 last id, 7 and 8 booleans
+    ("BTCUSDT-aggTrades-2020-01-01.csv", 1, "-3", "aggregate trade id", "count"),
+    ("BTCUSDT-aggTrades-2020-01-01.csv", 3, "0.1.2", "quantity", "decimal"),
+    ("BTCUSDT-aggTrades-2020-01-01.csv", 4, "12a", "first trade id", "trade id"),
+    ("BTCUSDT-aggTrades-2020-01-01.csv", 5, "--1", "last trade id", "trade id"),
+    ("BTCUSDT-aggTrades-2020-01-01.csv", 7, "yes", "was the buyer the maker", "boolean"),
+    ("BTCUSDT-aggTrades-2020-01-01.csv", 8, "1", "was the trade the best price match", "boolean"),
+    # trades: 1 id, 3 qty, 4 quote qty, 6 and 7 booleans
+    ("BTCUSDT-trades-2020-01-01.csv", 1, "x", "trade id", "count"),
+    ("BTCUSDT-trades-2020-01-01.csv", 3, "+0.001", "qty", "decimal"),
+    ("BTCUSDT-trades-2020-01-01.csv", 4, "inf", "quote qty", "decimal"),
+    ("BTCUSDT-trades-2020-01-01.csv", 6, "Falsy", "is buyer maker", "boolean"),
+    ("BTCUSDT-trades-2020-01-01.csv", 7, "", "is best match", "boolean"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "column", "value", "column_name", "kind"),
+    BAD_FIELDS,
+    ids=[f"{name.split('-')[1]}-{column}" for name, column, *_ in BAD_FIELDS],
+)
+@pytest.mark.parametrize("time", [1577836859999, 1577836859999000], ids=["ms", "us"])
+def test_a_bad_value_in_any_column_skips_and_counts_the_line(
+    tmp_path: Path, name: str, column: int, value: str, column_name: str, kind: str, time: int
+) -> None:
+    """In milliseconds (the checked path) and microseconds (a replay's hot path) alike."""
+    good = good_line(name, time)
+    path = write(tmp_path, name, good, with_field(good, column, value), good)
+    stats = ReplayStats()
+    events = list(read_events(path, stats=stats))
+    assert [event.seq for event in events] == [1, 3]
+    assert stats.skipped == 1
+    assert stats.first_errors == [
+        f"line 2: column {column} ({column_name}) is not a {kind}: {value!r}"
+    ]
+
+
+def test_the_values_the_files_hold_pass_every_column_check(tmp_path: Path) -> None:
+    """Placeholder ids (-1), lower-case booleans, a zero volume and an integer price."""
+    lines = [
+        "1,87648.21,0.0818,-1,-1,1577836859999,true,false",
+        "2,87648,0,5723703861,5723703862,1577836859999,FALSE,TRUE",
+    ]
+    path = write(tmp_path, "BTCUSDT-aggTrades-2020-01-01.csv", *lines)
+    stats = ReplayStats()
+    assert [event.price for event in read_events(path, stats=stats)] == ["87648.21", "87648"]
+    assert stats.skipped == 0
 
 
 def test_summary_is_none_without_skipped_lines() -> None:

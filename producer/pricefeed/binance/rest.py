@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import requests
 
@@ -15,6 +17,9 @@ RESTRICTED_FIX = (
     "set BINANCE_BASE_URL=https://data-api.binance.vision (Binance's market-data-only host), "
     "or https://api.binance.us in the United States"
 )
+INVALID_SYMBOL = -1121  # Binance's code for a symbol it does not list (any more)
+# A 418 says until when in epoch milliseconds: "IP banned until 1620286253180."
+BANNED_UNTIL = re.compile(r"(banned until )(\d{12,16})\b")
 
 
 class BinanceError(Exception):
@@ -57,9 +62,14 @@ class Unavailable(BinanceError):
 
 
 class Rejected(BinanceError):
-    """Another 4xx: Binance says the request itself is wrong."""
+    """Another 4xx: Binance says the request itself is wrong; `code` is Binance's own
+    (INVALID_SYMBOL: a symbol it does not list), None without one."""
 
     level = logging.ERROR
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
     def explain(self, then: str) -> str:
         return f"Binance rejected the request: {self}; check SYMBOLS. {_capital(then)}"
@@ -104,9 +114,30 @@ def _error_text(response: requests.Response) -> str:
     """Binance's own words from an error body {"code": -1121, "msg": "Invalid symbol."}."""
     try:
         body = response.json()
-        return f"{body['msg']} (code {body['code']})"
+        return f"{readable_times(body['msg'])} (code {body['code']})"
     except (ValueError, KeyError, TypeError):
         return response.text[:200].strip() or response.reason
+
+
+def _error_code(response: requests.Response) -> int | None:
+    try:
+        code = response.json()["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, int) else None
+
+
+def readable_times(msg: str) -> str:
+    """A ban's end as an ISO UTC time, the epoch milliseconds Binance sent kept after it."""
+
+    def iso(match: re.Match[str]) -> str:
+        try:
+            when = datetime.fromtimestamp(int(match[2]) / 1000, UTC)
+        except (OverflowError, ValueError, OSError):
+            return match[0]
+        return f"{match[1]}{when.isoformat(timespec='seconds').replace('+00:00', 'Z')} ({match[2]})"
+
+    return BANNED_UNTIL.sub(iso, msg)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -153,4 +184,4 @@ class BinanceClient:
             raise Restricted(f"HTTP 451: {text}")
         if status >= 500:
             raise Unavailable(f"HTTP {status}: {text}")
-        raise Rejected(f"HTTP {status}: {text}")
+        raise Rejected(f"HTTP {status}: {text}", _error_code(response))

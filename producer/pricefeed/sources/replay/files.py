@@ -9,6 +9,9 @@ with one CSV of the same base name inside, streamed without extracting):
 | aggTrades | 8       | aggregate trade         | 1            | 5 (timestamp)  |
 | trades    | 7       | trade                   | 1            | 4 (time)       |
 
+Every column is checked (`Layout.fields`): decimals, integer ids and counts, integer times,
+true/false booleans; only Binance's "ignore" column of klines is not.
+
 Rules:
 - Layout: the column count of the first data line with a known count (among the first
   `LAYOUT_PROBE_LINES`); when the file name says the layout (`-aggTrades-`, `-trades-`, or a
@@ -22,7 +25,8 @@ Rules:
   digest is the SHA-256 of the CSV's bytes (for a zip, of the CSV inside), and its `seq` is
   its line number. A re-run of the same content, under any name, repeats the same identities.
 - Prices are passed on as the exact strings in the file; the contract checks them.
-- Blank lines are ignored. Any other bad line is skipped and counted in `ReplayStats`, with
+- Blank lines are ignored. Any other bad line (a wrong column count, any bad field) is
+  skipped and counted in `ReplayStats`, with
   the reasons of the first few; a file with no valid line at all is an error.
 - `.CHECKSUM` files (the sha256 Binance publishes next to each zip) carry no prices: passing
   one raises `ReplayFileError` saying it was skipped, so a caller looping over a downloaded
@@ -77,17 +81,100 @@ class ReplayFileError(SourceError, ValueError):
     """A file that cannot be replayed; the message is one sentence naming the file."""
 
 
+# What each column of a layout holds, checked on every line: a line with any bad field is
+# skipped and counted. The event's own time and price columns are the contract's to check
+# (to_epoch_ms, check_price); Binance's "ignore" column is not checked.
+DECIMAL = "decimal"  # a plain non-negative decimal: 51.64281200, 0
+COUNT = "count"  # a non-negative integer: a trade count, an id
+TRADE_ID = "trade id"  # an integer; -1 in Binance's placeholder rows
+TIME = "time"  # a non-negative integer (epoch ms or µs)
+BOOLEAN = "boolean"  # true or false, in any case (the files say True/False)
+IGNORED = "ignored"
+KIND_PATTERNS = {
+    DECIMAL: r"[0-9]{1,30}(?:\.[0-9]{1,30})?",
+    COUNT: r"[0-9]{1,20}",
+    TRADE_ID: r"-?[0-9]{1,20}",
+    TIME: r"[0-9]{1,20}",
+    BOOLEAN: r"(?i:true|false)",
+    IGNORED: r"[^,]*",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    kind: str  # one of KIND_PATTERNS
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     name: str
-    columns: int
     price_column: int
     time_column: int
+    fields: tuple[Column, ...]
+    line_pattern: re.Pattern[str] = field(init=False)  # a line whose every field is good
+
+    def __post_init__(self) -> None:
+        parts = ",".join(f"(?:{KIND_PATTERNS[column.kind]})" for column in self.fields)
+        object.__setattr__(self, "line_pattern", re.compile(parts + r"\r?\n?"))
+
+    @property
+    def columns(self) -> int:
+        return len(self.fields)
 
 
-KLINES = Layout("klines", 12, price_column=4, time_column=6)
-AGG_TRADES = Layout("aggTrades", 8, price_column=1, time_column=5)
-TRADES = Layout("trades", 7, price_column=1, time_column=4)
+def _columns(*named: tuple[str, str]) -> tuple[Column, ...]:
+    return tuple(Column(name, kind) for name, kind in named)
+
+
+KLINES = Layout(
+    "klines",
+    price_column=4,
+    time_column=6,
+    fields=_columns(
+        ("open time", TIME),
+        ("open", DECIMAL),
+        ("high", DECIMAL),
+        ("low", DECIMAL),
+        ("close", DECIMAL),
+        ("volume", DECIMAL),
+        ("close time", TIME),
+        ("quote asset volume", DECIMAL),
+        ("number of trades", COUNT),
+        ("taker buy base volume", DECIMAL),
+        ("taker buy quote volume", DECIMAL),
+        ("ignore", IGNORED),
+    ),
+)
+AGG_TRADES = Layout(
+    "aggTrades",
+    price_column=1,
+    time_column=5,
+    fields=_columns(
+        ("aggregate trade id", COUNT),
+        ("price", DECIMAL),
+        ("quantity", DECIMAL),
+        ("first trade id", TRADE_ID),
+        ("last trade id", TRADE_ID),
+        ("timestamp", TIME),
+        ("was the buyer the maker", BOOLEAN),
+        ("was the trade the best price match", BOOLEAN),
+    ),
+)
+TRADES = Layout(
+    "trades",
+    price_column=1,
+    time_column=4,
+    fields=_columns(
+        ("trade id", COUNT),
+        ("price", DECIMAL),
+        ("qty", DECIMAL),
+        ("quote qty", DECIMAL),
+        ("time", TIME),
+        ("is buyer maker", BOOLEAN),
+        ("is best match", BOOLEAN),
+    ),
+)
 LAYOUTS_BY_COLUMNS = {layout.columns: layout for layout in (KLINES, AGG_TRADES, TRADES)}
 EXPECTED_COLUMNS = "12 columns (klines), 8 (aggTrades) or 7 (trades)"
 
@@ -214,6 +301,7 @@ def _stream_events(
     errors_before = len(stats.first_errors)
     header_allowed = True
     plain_price = PRICE_PATTERN.fullmatch
+    well_formed = layout.line_pattern.fullmatch
     # The contract's bound on the future, as the consumer will apply it: from the clock at the
     # start of the file, which only moves on while the file is sent (so never too lenient).
     now_ms = wall_clock_ms()
@@ -225,7 +313,7 @@ def _stream_events(
                 # The hot path of a replay: a well-formed line of a recent file (µs times)
                 # becomes an event with the checks of `to_epoch_ms` and `check_price` inlined
                 # (the time and price columns are never the last one, which holds the newline).
-                if len(fields) == columns and not header_allowed:
+                if len(fields) == columns and not header_allowed and well_formed(line):
                     raw_time, price = fields[time_column], fields[price_column]
                     if raw_time.isascii() and raw_time.isdigit():
                         time_us = int(raw_time)
@@ -249,6 +337,10 @@ def _stream_events(
                         continue
                 if len(fields) != columns:
                     stats.skip(line_number, f"{len(fields)} columns, expected {columns}")
+                    continue
+                bad = bad_field(layout, fields)
+                if bad is not None:
+                    stats.skip(line_number, bad)
                     continue
                 try:
                     time_ms = check_event_time(to_epoch_ms(fields[time_column]), now_ms)
@@ -276,6 +368,16 @@ def _stream_events(
         own_errors = stats.first_errors[errors_before:]
         first = f" (first: {own_errors[0]})" if own_errors else ""
         raise ReplayFileError(f"{path.name} has no valid {layout.name} line{first}.")
+
+
+def bad_field(layout: Layout, fields: list[str]) -> str | None:
+    """Why the first bad field other than the event's time and price is bad, or None."""
+    for number, (column, value) in enumerate(zip(layout.fields, fields, strict=True), start=1):
+        if number - 1 in (layout.time_column, layout.price_column):
+            continue
+        if not re.fullmatch(KIND_PATTERNS[column.kind], value):
+            return f"column {number} ({column.name}) is not a {column.kind}: {value[:40]!r}"
+    return None
 
 
 def _is_header(fields: list[str]) -> bool:
