@@ -158,6 +158,7 @@ def test_a_database_newer_than_the_consumer_is_refused(migrated_dsn):
         (["001_a.sql", "002_b.sql", "4_c.sql"], "is not named like"),
         (["001_a.sql", "003_c.sql"], "not numbered 1, 2, 3"),
         (["001_a.sql", "001_b.sql"], "not numbered 1, 2, 3"),
+        ([], "holds no migrations .*: MIGRATIONS_DIR .* must name"),
     ],
 )
 def test_a_folder_of_misnamed_migrations_is_refused(tmp_path, names, words):
@@ -165,6 +166,11 @@ def test_a_folder_of_misnamed_migrations_is_refused(tmp_path, names, words):
         (tmp_path / name).write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=words):
         migrations_in(tmp_path)
+
+
+def test_a_migrations_folder_that_does_not_exist_is_named():
+    with pytest.raises(MigrationError, match="is not a folder: MIGRATIONS_DIR"):
+        migrations_in(Path("/nonexistent/migrations"))
 
 
 def fill_as_the_previous_release(dsn: str, topic: str, group: str, events: list[Event]) -> None:

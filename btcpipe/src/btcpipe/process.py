@@ -33,13 +33,20 @@ def stop_on_signals(stop: threading.Event, log: logging.Logger, then: str) -> No
 
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line, or its class name if it has none."""
-    return " ".join(str(exc).split()) or exc.__class__.__name__
+    return _joined_lines(str(exc)) or exc.__class__.__name__
+
+
+def _joined_lines(text: str) -> str:
+    """Lines joined by "; " (a library's second line is often a hint of its own sentence),
+    whitespace inside each collapsed."""
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return "; ".join(line for line in lines if line)
 
 
 def describe(exc: BaseException | None) -> str:
     """`ClassName: text` on one line, without repeating a class name the text starts with."""
     if exc is None:
         return "no error"
-    text = " ".join(str(exc).split())
+    text = _joined_lines(str(exc))
     name = exc.__class__.__name__
     return text if text.startswith(name) else f"{name}: {text}" if text else name

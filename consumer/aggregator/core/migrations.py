@@ -27,13 +27,20 @@ class Migration:
 
 
 def migrations_in(folder: Path) -> list[Migration]:
-    """The folder's migrations in version order; refuses gaps and duplicate numbers."""
+    """The folder's migrations in version order; refuses an empty folder, gaps and duplicate
+    numbers."""
     found = []
     for path in sorted(folder.glob("*.sql")):
         match = FILE_PATTERN.fullmatch(path.name)
         if match is None:
             raise MigrationError(f"{path} is not named like 003_add_column.sql.")
         found.append(Migration(int(match["version"]), path.stem, path))
+    if not found:
+        what = "is not a folder" if not folder.is_dir() else "holds no migrations (NNN_name.sql)"
+        raise MigrationError(
+            f"{folder} {what}: MIGRATIONS_DIR (--migrations-dir) must name the project's "
+            "infra/migrations folder."
+        )
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise MigrationError(f"the migrations in {folder} are not numbered 1, 2, 3...: {versions}.")
