@@ -12,3 +12,4 @@
 \ir migrations/001_initial_schema.sql
 \ir migrations/002_exactly_once.sql
 \ir migrations/003_pipeline_writer.sql
+\ir migrations/004_log_checks.sql

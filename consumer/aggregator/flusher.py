@@ -38,6 +38,11 @@ class Flusher:
         self.backoff = Backoff(cap=10.0)  # PostgreSQL back: resume within seconds
         self.resolve_at = 0.0  # monotonic time of the next try to read stored offsets
 
+    @property
+    def consuming(self) -> bool:
+        """False while PostgreSQL is down: consumption stays paused until a flush goes in."""
+        return self.store_down_since is None
+
     def flush_on_timer(self) -> None:
         try:
             self.flush()
@@ -65,6 +70,7 @@ class Flusher:
             interval_seconds=now - self.interval_started,
             offset_lag=self.positions.lag(pending.next_offsets),
             expected_offsets=dict(self.positions.stored),
+            topic_id=self.positions.topic_id,
         )
         duration_ms = self.store.write(pending, ctx, timeout)
         self.accumulator.take()
@@ -130,12 +136,16 @@ class Flusher:
 
     def resolve_positions(self, timeout: float | None = None) -> None:
         """Start each new partition at its offset stored in PostgreSQL (Positions.start_at),
-        with the streams' marks as they are there now. Until PostgreSQL answers, the new
-        partitions stay paused, and the try is repeated with backoff."""
+        with the streams' marks as they are there now; the loop then checks those offsets
+        against the logs. Until PostgreSQL answers, the new partitions stay paused, and the
+        try is repeated with backoff."""
         partitions = sorted(self.positions.unresolved)
         try:
             stored = self.store.stored_offsets(
                 self.settings.group_id, self.settings.topic, partitions, timeout
+            )
+            topic_ids = self.store.stored_topic_ids(
+                self.settings.group_id, self.settings.topic, timeout
             )
             # The new partitions' streams may have advanced under another member.
             self.accumulator.load_marks(self.store.stream_marks(timeout))
@@ -151,5 +161,6 @@ class Flusher:
             return
         if self.store_down_since is None:
             self.backoff.reset()  # no flush waits: the next outage starts with short waits
-        starts = self.positions.start_at(stored, resume=self.store_down_since is None)
+        self.positions.stored_topic_ids = topic_ids
+        starts = self.positions.start_at(stored)
         log.info("Resuming from stored offsets %s", starts)

@@ -13,6 +13,7 @@ from aggregator.core.accumulator import Accumulator
 from aggregator.core.catch_up import CatchUpWatch
 from aggregator.flusher import Flusher
 from aggregator.kafka_reader.client import new_consumer
+from aggregator.kafka_reader.log_guard import LogGuard
 from aggregator.kafka_reader.positions import Positions
 from aggregator.kafka_reader.spin_guard import SpinGuard
 from aggregator.postgres.errors import OffsetsMoved, StoreUnavailable
@@ -24,6 +25,8 @@ from btcpipe.contract import DecodedEvent
 log = logging.getLogger("consumer")
 
 CLOSE_TIMEOUT_MS = 5_000
+TOPIC_POLL_SECONDS = 1.0
+TOPIC_WAIT_LOG_SECONDS = 10.0
 
 
 class ConsumerLoop(ConsumerRebalanceListener):
@@ -39,6 +42,7 @@ class ConsumerLoop(ConsumerRebalanceListener):
         self.positions = Positions(settings.topic)
         self.accumulator = Accumulator()
         self.flusher = Flusher(settings, store, self.accumulator, self.positions)
+        self.guard = LogGuard(settings.topic, self.positions, self.accumulator)
         self.catch_up = CatchUpWatch()
         self.consumed_log = ConsumedLog()
         self.was_assigned = False  # since the last reset: the Kafka client worked
@@ -49,6 +53,10 @@ class ConsumerLoop(ConsumerRebalanceListener):
     def run(self) -> bool:
         """Consume until stopped. False if the final flush could not be written."""
         self.consumer = self.positions.consumer = new_consumer(self.settings)
+        self.guard.reset(self.consumer)
+        if not self.wait_for_topic():
+            self.consumer.close(timeout_ms=CLOSE_TIMEOUT_MS)
+            return True
         self.consumer.subscribe([self.settings.topic], listener=self)
         log.info(
             "Consuming %s as group %s; flushing every %g s to PostgreSQL %s/%s",
@@ -70,11 +78,30 @@ class ConsumerLoop(ConsumerRebalanceListener):
             self.consumer.close(timeout_ms=CLOSE_TIMEOUT_MS)
             self.store.close()
 
+    def wait_for_topic(self) -> bool:
+        """Wait until the topic exists (only the producer creates it); False if stopped first."""
+        assert self.consumer is not None
+        topic, next_word = self.settings.topic, 0.0
+        while not self.stop.is_set():
+            if topic in self.consumer.topics():
+                return True
+            if time.monotonic() >= next_word:
+                log.info(
+                    "Waiting for topic %s at %s: producer.py creates it (KAFKA_TOPIC_PARTITIONS)",
+                    topic,
+                    self.settings.bootstrap_servers,
+                )
+                next_word = time.monotonic() + TOPIC_WAIT_LOG_SECONDS
+            self.stop.wait(TOPIC_POLL_SECONDS)
+        return False
+
     def poll_once(self) -> None:
         timeout_ms = int(max(0.0, min(1.0, self.flusher.next_flush - time.monotonic())) * 1000)
         if self.flusher.resolve_due():
             self.flusher.resolve_positions()
-        records = self.poller.poll(self.consumer, timeout_ms)
+        if self.positions.unchecked:
+            self.guard.check_assigned(resume=self.flusher.consuming)
+        records = self.guard.inspect(self.poller.poll(self.consumer, timeout_ms))
         self.consumed_log.summarise_if_due()
         if not records:
             return

@@ -88,6 +88,8 @@ def report_flush(pending: PendingFlush, duration_ms: float) -> None:
         extra += f" | {m.late_events} late"
     if m.duplicate_events:
         extra += f" | {m.duplicate_events} repeats skipped"
+    if m.skipped_offsets:
+        extra += f" | {m.skipped_offsets} offsets removed unread"
     if m.invalid_events:
         extra += f" | {m.invalid_events} invalid"
     log.info(

@@ -238,9 +238,11 @@ def test_a_missing_migration_the_writer_may_not_apply_stops_with_the_command_tha
 ) -> None:
     """An upgrade whose new migration changes the schema: the writer may not, so the consumer
     stops at once (exit 2) naming the migration and how the owner applies it; nothing changed."""
-    for path in DEFAULT_MIGRATIONS.glob("*.sql"):
+    released = sorted(DEFAULT_MIGRATIONS.glob("*.sql"))
+    for path in released:
         (tmp_path / path.name).write_text(path.read_text())
-    (tmp_path / "004_add_x.sql").write_text(
+    added = f"{len(released) + 1:03d}_add_x"
+    (tmp_path / f"{added}.sql").write_text(
         "ALTER TABLE pipeline_metrics ADD COLUMN IF NOT EXISTS x integer;"
     )
     env = {
@@ -253,7 +255,7 @@ def test_a_missing_migration_the_writer_may_not_apply_stops_with_the_command_tha
         assert consumer.wait(60) == 2, consumer.output()[-3000:]
         output = consumer.output()
     (sentence,) = [line for line in output.splitlines() if line.startswith("consumer.py: error:")]
-    assert "lacks migration(s) 004_add_x, and user 'pipeline_writer' may not change" in sentence
+    assert f"lacks migration(s) {added}, and user 'pipeline_writer' may not change" in sentence
     assert "docker compose exec postgres bash /docker-entrypoint-initdb.d/00-migrate.sh" in sentence
     assert "Traceback" not in output
-    assert query(deployed, "SELECT max(version) FROM schema_migrations") == [(3,)]
+    assert query(deployed, "SELECT max(version) FROM schema_migrations") == [(len(released),)]

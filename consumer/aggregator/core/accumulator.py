@@ -56,6 +56,7 @@ class IntervalMetrics:
     late_events: int = 0
     invalid_events: int = 0
     duplicate_events: int = 0  # repeats of counted identities, skipped
+    skipped_offsets: int = 0  # removed by Kafka before they were read (core/log_check.py)
 
     def add(
         self, size: int, events: int, live: int, lag_sum: int, lag_max: int, late: int, dups: int
@@ -214,6 +215,14 @@ class Accumulator:
             if consumed is not None:
                 consumed.append((event, late))
         pending.metrics.add(size, events, live, lag_sum, lag_max, late_count, dups)
+
+    def jump(self, partition: int, offset: int, skipped: int) -> None:
+        """Read `partition` on from `offset` (a replaced log's start, or the start of a log that
+        removed messages unread), so that the next flush stores it; `skipped` offsets are
+        counted as removed unread."""
+        self.pending.first_offsets.setdefault(partition, offset)
+        self.pending.next_offsets[partition] = offset
+        self.pending.metrics.skipped_offsets += skipped
 
     def _dead_letter(
         self,

@@ -17,6 +17,7 @@ from aggregator.settings import Settings
 # batch_size) a broker may return beyond it, of the smallest valid events
 # (tests/integration/test_kafka_edge.py).
 MAX_PARTITION_FETCH_BYTES = 1024 * 1024
+METADATA_MAX_AGE_MS = 30_000
 FETCH_SETTINGS = {
     "max_poll_records": 25_000,
     "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
@@ -36,5 +37,17 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
         heartbeat_interval_ms=max(100, min(3000, settings.session_timeout_ms // 3)),
         max_poll_interval_ms=settings.max_poll_interval_ms,
         bootstrap_timeout_ms=5_000,
+        # Only the producer creates the topic, with KAFKA_TOPIC_PARTITIONS: a consumer that
+        # reached the broker first would create it with the broker's default.
+        allow_auto_create_topics=False,
+        # A recreated topic shows in the metadata as a new topic id (kafka_reader/log_guard.py).
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         **FETCH_SETTINGS,
     )
+
+
+def topic_id(consumer: KafkaConsumer, topic: str) -> str | None:
+    """Kafka's id of the topic as the client's metadata has it (None: the broker gives none).
+    kafka-python keeps it in its cluster metadata, which has no public accessor."""
+    found = consumer._cluster.topic_id(topic)
+    return None if found is None or found.int == 0 else str(found)  # 0: "no id" in Kafka

@@ -1,5 +1,6 @@
 """The bookkeeping of the assigned partitions: their stored offsets, which still wait for
-them, seeking, pausing, and the lag behind the partition ends."""
+them or for the check against their logs, seeking, pausing, and the lag behind the partition
+ends."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ class Positions:
 
     `stored` is what we believe PostgreSQL holds per partition (None: no row yet); a flush
     advances it with compare-and-set, which fences out a consumer that lost a partition.
-    Newly assigned partitions are unresolved until their stored offsets have been read, and
-    stay paused until then: reading them from anywhere else could count events twice.
+    Newly assigned partitions are unresolved until their stored offsets have been read, then
+    unchecked until those have been held against their logs (kafka_reader/log_guard.py), and
+    stay paused until then: reading them from anywhere else could count events twice, or
+    skip some.
     """
 
     def __init__(self, topic: str) -> None:
@@ -27,6 +30,11 @@ class Positions:
         self.consumer: KafkaConsumer | None = None
         self.stored: dict[int, int | None] = {}
         self.unresolved: set[int] = set()
+        self.unchecked: set[int] = set()
+        # Every partition with a stored offset (also those of other members, or that the topic
+        # no longer has), with the topic id it was stored under: as read at the last resolve.
+        self.stored_topic_ids: dict[int, str | None] = {}
+        self.topic_id: str | None = None  # Kafka's id of the topic, as of the last check
 
     def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         return [TopicPartition(self.topic, p) for p in sorted(partitions)]
@@ -43,31 +51,48 @@ class Positions:
         for partition in partitions:
             self.stored.pop(partition, None)
             self.unresolved.discard(partition)
+            self.unchecked.discard(partition)
 
     def clear(self) -> None:
         self.stored.clear()
         self.unresolved.clear()
+        self.unchecked.clear()
 
     def hold_unresolved(self) -> None:
         assert self.consumer is not None
         self.consumer.pause(*self._tps(self.unresolved))
 
-    def start_at(self, stored: dict[int, int], resume: bool) -> dict[int, int | str]:
+    def start_at(self, stored: dict[int, int]) -> dict[int, int | str]:
         """Seek each unresolved partition to its stored offset (without one: Kafka's committed
-        offset, then auto_offset_reset) and resume it unless told not to; returns where each
-        starts, for the log."""
+        offset, then auto_offset_reset), paused until it is checked against its log; returns
+        where each starts, for the log."""
         assert self.consumer is not None
         tps = self._tps(self.unresolved)
+        self.consumer.pause(*tps)
         for tp in tps:
             offset = stored.get(tp.partition)
             self.stored[tp.partition] = offset
             if offset is not None:
                 self.consumer.seek(tp, offset)
         starts = {p: stored.get(p, "kafka/auto_offset_reset") for p in sorted(self.unresolved)}
+        self.unchecked.update(self.unresolved)
         self.unresolved.clear()
-        if resume:
-            self.consumer.resume(*tps)
         return starts
+
+    def checked(self, resume: bool) -> None:
+        """The unchecked partitions stand where they should: let them read (unless told not
+        to; resume_all does later)."""
+        tps = self._tps(self.unchecked)
+        self.unchecked.clear()
+        if resume:
+            assert self.consumer is not None
+            self.consumer.resume(*tps)
+
+    def expected(self, partition: int, read_up_to: dict[int, int]) -> int | None:
+        """The next offset the partition should deliver: after what is pending, else what is
+        stored (None: unknown, Kafka's own position)."""
+        position = read_up_to.get(partition)
+        return self.stored.get(partition) if position is None else position
 
     def advance(self, next_offsets: dict[int, int]) -> None:
         """After a flush: PostgreSQL holds these now; tell Kafka too (for lag tooling only)."""
@@ -111,13 +136,11 @@ class Positions:
         lags: list[int | None] = []
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
-            position = read_up_to.get(tp.partition)
-            if position is None:
-                position = self.stored.get(tp.partition)
-            if highwater is None:
-                lags.append(None)
+            position = self.expected(tp.partition, read_up_to)
+            if highwater is None or (position is not None and position > highwater):
+                lags.append(None)  # not fetched yet, or past the log's end: not known
             else:
-                lags.append(max(0, highwater - position) if position is not None else highwater)
+                lags.append(highwater - position if position is not None else highwater)
         return lags
 
     def pause_all(self) -> None:
@@ -125,5 +148,9 @@ class Positions:
         self.consumer.pause(*self.consumer.assignment())
 
     def resume_all(self) -> None:
+        """Resume every assigned partition that stands where it should."""
         assert self.consumer is not None
-        self.consumer.resume(*self.consumer.assignment())
+        waiting = self.unresolved | self.unchecked
+        self.consumer.resume(
+            *(tp for tp in self.consumer.assignment() if tp.partition not in waiting)
+        )

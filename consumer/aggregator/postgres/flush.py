@@ -35,6 +35,7 @@ class FlushContext:
     interval_seconds: float
     offset_lag: int | None
     expected_offsets: dict[int, int | None]  # partition -> what we believe is stored
+    topic_id: str | None = None  # Kafka's id of the topic the offsets point into
 
 
 def check_owner(cur: Cursor, group_id: str) -> None:
@@ -57,7 +58,8 @@ def advance_offsets(cur: Cursor, pending: PendingFlush, ctx: FlushContext) -> No
     moved: list[int] = []
     if known:
         cur.execute(
-            "UPDATE consumer_offsets AS o SET next_offset = u.next_offset, updated_at = now() "
+            "UPDATE consumer_offsets AS o SET next_offset = u.next_offset, "
+            "topic_id = %(topic_id)s::uuid, updated_at = now() "
             "FROM unnest(%(partition)s::int[], %(expected)s::bigint[], "
             "%(next_offset)s::bigint[]) AS u(partition, expected, next_offset) "
             "WHERE o.group_id = %(group_id)s AND o.topic = %(topic)s "
@@ -69,13 +71,14 @@ def advance_offsets(cur: Cursor, pending: PendingFlush, ctx: FlushContext) -> No
                 "next_offset": list(known.values()),
                 "group_id": ctx.group_id,
                 "topic": ctx.topic,
+                "topic_id": ctx.topic_id,
             },
         )
         moved += sorted(set(known) - {row[0] for row in cur.fetchall()})
     if new:
         cur.execute(
-            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
-            "SELECT %(group_id)s, %(topic)s, p, n "
+            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, topic_id) "
+            "SELECT %(group_id)s, %(topic)s, p, n, %(topic_id)s::uuid "
             "FROM unnest(%(partition)s::int[], %(next_offset)s::bigint[]) AS u(p, n) "
             "ON CONFLICT DO NOTHING RETURNING partition",
             {
@@ -83,6 +86,7 @@ def advance_offsets(cur: Cursor, pending: PendingFlush, ctx: FlushContext) -> No
                 "topic": ctx.topic,
                 "partition": list(new),
                 "next_offset": list(new.values()),
+                "topic_id": ctx.topic_id,
             },
         )
         moved += sorted(set(new) - {row[0] for row in cur.fetchall()})
@@ -184,6 +188,7 @@ def metrics_row(pending: PendingFlush, ctx: FlushContext, duration_ms: float) ->
         "windows_updated": len(pending.windows),
         "flush_duration_ms": duration_ms,
         "duplicate_events": m.duplicate_events,
+        "skipped_offsets": m.skipped_offsets,
     }
 
 

@@ -140,6 +140,19 @@ class Store:
             )
             return dict(cur.fetchall())
 
+    def stored_topic_ids(
+        self, group_id: str, topic: str, timeout: float | None = None
+    ) -> dict[int, str | None]:
+        """Every partition of `topic` with an offset stored for the group, and the topic id it
+        was stored under (None: unknown)."""
+        with self._db.call(timeout) as conn, conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT partition, topic_id::text FROM consumer_offsets "
+                "WHERE group_id = %(group_id)s AND topic = %(topic)s",
+                {"group_id": group_id, "topic": topic},
+            )
+            return dict(cur.fetchall())
+
     def write(
         self, pending: PendingFlush, ctx: FlushContext, timeout: float | None = None
     ) -> float:
