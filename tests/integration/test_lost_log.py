@@ -9,6 +9,7 @@ check (tests/unit/test_log_check.py) and on the flush that records it (test_stor
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 
@@ -47,10 +48,8 @@ def create_again(bootstrap: str, topic: str, partitions: int) -> None:
     """The topic as the producer creates it on a new broker; a consumer's metadata request may
     have created it first on Tansu, which auto-creates on a named request whatever the
     client asks (Apache Kafka honours the consumer's allow_auto_create_topics=False)."""
-    try:
+    with contextlib.suppress(TopicAlreadyExistsError):
         create_topic(bootstrap, topic, partitions)
-    except TopicAlreadyExistsError:
-        pass
 
 
 def stored_sum(dsn: str, topic: str, partitions: int) -> int:
