@@ -14,17 +14,20 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import TopicAlreadyExistsError
 
+from aggregator.kafka_reader.positions import Positions
 from tests.harness import PostgresServer, TansuBroker
 from tests.harness.net import wait_until
 from tests.pipeline import (
     assert_tables_equal_truth,
     consumer_env,
     create_topic,
+    message,
     messages_in,
     produce,
+    produce_raw,
     query,
     random_stream,
     start_consumer,
@@ -139,3 +142,32 @@ def test_the_consumer_waits_for_the_topic_and_never_creates_it(
         produce(broker.bootstrap, topic, events)
         wait_for_total(dsn, len(events), 60, [consumer])
     assert_tables_equal_truth(dsn, events)
+
+
+def test_the_offset_lag_is_unknown_not_zero_while_a_position_lies_past_the_end(
+    broker: TansuBroker, topic: str
+) -> None:
+    """Positions past the high watermark (a replaced log not yet noticed) give no lag at all,
+    rather than the 0 that would look like a consumer keeping up."""
+    create_topic(broker.bootstrap, topic, 1)
+    produce_raw(broker.bootstrap, topic, [message(seq=n) for n in range(5)], b"BTCUSDT")
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        wait_until(
+            lambda: consumer.poll(timeout_ms=100) is not None and consumer.highwater(tp),
+            15,
+            "a fetch's high watermark",
+            interval=0,
+        )
+        positions = Positions(topic)
+        positions.consumer = consumer
+        positions.stored = {0: 3}
+        assert (positions.lag({}), positions.known_lag({})) == (2, 2)
+        positions.stored = {0: 66}
+        assert (positions.lag({}), positions.known_lag({})) == (None, 0)
+        assert positions.lag({0: 5}) == 0
+    finally:
+        consumer.close()

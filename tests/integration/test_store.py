@@ -15,7 +15,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from aggregator.core.accumulator import DeadLetter, IntervalMetrics, PendingFlush
+from aggregator.core.accumulator import Accumulator, DeadLetter, IntervalMetrics, PendingFlush
 from aggregator.core.windows import (
     MERGE_INTO_ROW_SQL,
     STATISTICS,
@@ -238,6 +238,25 @@ def letter(partition: int, offset: int, value: bytes | None = b"{bad") -> DeadLe
 
 def some_windows(symbol: str = "BTCUSDT") -> dict[WindowKey, WindowStats]:
     return window_deltas([Event(symbol, "100.5", BASE_TIME_MS), Event(symbol, "99", BASE_TIME_MS)])
+
+
+def test_a_jump_to_a_new_log_is_stored_with_the_topic_id_and_the_skipped_offsets(store, dsn):
+    """What LogGuard records: a partition moved back to a replaced log's start (an offset
+    lower than stored), under the new topic id, and offsets removed unread, counted in the
+    interval's metrics row; nothing else is needed for the flush to take it."""
+    old_id, new_id = "8f0c2a52-6d1e-4a51-9d2c-0b9d3e5c1a10", "1b7e9d44-27a3-4c9b-8e6f-5d2a0c4b3e21"
+    first = FlushContext(GROUP, TOPIC, "test", 1.0, None, {0: None, 1: None}, old_id)
+    store.write(pending_flush(some_windows(), {0: 66, 1: 40}), first)
+    assert store.stored_topic_ids(GROUP, TOPIC) == {0: old_id, 1: old_id}
+    accumulator = Accumulator()
+    accumulator.jump(0, 0, 0)  # replaced: back to the new log's start
+    accumulator.jump(1, 55, 15)  # removed unread: 40..54 are gone
+    then = FlushContext(GROUP, TOPIC, "test", 1.0, None, {0: 66, 1: 40}, new_id)
+    store.write(accumulator.take(), then)
+    assert store.stored_offsets(GROUP, TOPIC, [0, 1]) == {0: 0, 1: 55}
+    assert store.stored_topic_ids(GROUP, TOPIC) == {0: new_id, 1: new_id}
+    rows = query(dsn, "SELECT skipped_offsets FROM pipeline_metrics ORDER BY metric_timestamp")
+    assert rows == [(0,), (15,)]
 
 
 def test_offsets_advance_by_compare_and_set(store, dsn):

@@ -56,6 +56,20 @@ def test_accumulator_offsets_first_and_next_per_partition() -> None:
     assert (acc.pending.first_offsets, acc.pending.next_offsets) == ({0: 9}, {0: 10})
 
 
+def test_a_jump_moves_the_next_offset_and_counts_what_was_removed_unread() -> None:
+    acc = Accumulator()
+    e = at_window("BTCUSDT", 0)
+    acc.process_batch(0, [record(60, e), record(61, e)], NOW_MS)
+    acc.jump(0, 0, 0)  # a replaced log: read from its start, nothing counted as removed
+    acc.jump(1, 120, 20)  # removed unread: stored 100, the log now starts at 120
+    acc.process_batch(1, [record(120, e)], NOW_MS)
+    pending = acc.pending
+    assert pending.next_offsets == {0: 0, 1: 121}
+    assert pending.first_offsets == {0: 60, 1: 120}  # a rewind reads the unflushed again
+    assert (pending.metrics.skipped_offsets, pending.metrics.events) == (20, 3)
+    assert not pending.is_empty()  # a jump alone is flushed, so the new offset is stored
+
+
 def test_accumulator_metrics_live_replayed_lag_and_bytes() -> None:
     acc = Accumulator()
     live = [
