@@ -158,6 +158,10 @@ EXPECTED: dict[tuple[str, str], Expectation] = {
         (t, float(sum(r.late_events for r in rows)), float(sum(r.invalid_events for r in rows)))
         for t, rows in by_bucket(metrics_in(d, s)).items()
     ],
+    (KPI, "Messages removed unread"): lambda d, s, _: [
+        (t, float(sum(r.skipped_offsets for r in rows)))
+        for t, rows in by_bucket(metrics_in(d, s)).items()
+    ],
 }
 
 

@@ -91,6 +91,7 @@ class MetricRow:
     consumer_offset_lag: int | None
     late_events: int
     invalid_events: int
+    skipped_offsets: int
 
     def lags(self) -> tuple[float, float]:
         """(mean, max) processing lag of a flush that had live events."""
@@ -101,7 +102,7 @@ class MetricRow:
 METRIC_COLUMNS = (
     "metric_timestamp, instance_id, events_processed, live_events, replayed_events, "
     "events_per_second, processing_lag_seconds, max_processing_lag_seconds, data_size_kb, "
-    "consumer_offset_lag, late_events, invalid_events"
+    "consumer_offset_lag, late_events, invalid_events, skipped_offsets"
 )
 
 

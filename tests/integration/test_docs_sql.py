@@ -63,18 +63,23 @@ def test_every_query_of_the_docs_runs_on_the_schema(dsn) -> None:
     conn.close()
 
 
-def test_forgetting_a_lost_logs_offsets_leaves_the_other_topics(dsn) -> None:
-    """The troubleshooting's statement for a broker that lost its data deletes that topic's
-    stored offsets and nothing else."""
-    (statement,) = [sql for comment, sql in docs_queries().items() if "log was lost" in comment]
+def test_forgetting_the_offsets_of_vanished_partitions_leaves_the_others(dsn) -> None:
+    """The troubleshooting's statement for a recreated topic with fewer partitions deletes
+    the offsets of the partitions it no longer has, and nothing else."""
+    (statement,) = [sql for comment, sql in docs_queries().items() if "no longer has" in comment]
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        for topic, partition in [("btc_price", 0), ("btc_price", 2), ("other", 0)]:
+        for topic, partition in [
+            ("btc_price", 0),
+            ("btc_price", 3),
+            ("btc_price", 4),
+            ("other", 5),
+        ]:
             cur.execute(
                 "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
                 "VALUES ('btc-aggregator', %(topic)s, %(partition)s, 124)",
                 {"topic": topic, "partition": partition},
             )
         cur.execute(statement)
-        cur.execute("SELECT topic, partition FROM consumer_offsets")
-        assert cur.fetchall() == [("other", 0)]
+        cur.execute("SELECT topic, partition FROM consumer_offsets ORDER BY 1, 2")
+        assert cur.fetchall() == [("btc_price", 0), ("other", 5)]
     conn.close()
