@@ -54,19 +54,18 @@ class ConsumerLoop(ConsumerRebalanceListener):
         """Consume until stopped. False if the final flush could not be written."""
         self.consumer = self.positions.consumer = new_consumer(self.settings)
         self.guard.reset(self.consumer)
-        if not self.wait_for_topic():
-            self.consumer.close(timeout_ms=CLOSE_TIMEOUT_MS)
-            return True
-        self.consumer.subscribe([self.settings.topic], listener=self)
-        log.info(
-            "Consuming %s as group %s; flushing every %g s to PostgreSQL %s/%s",
-            self.settings.topic,
-            self.settings.group_id,
-            self.settings.flush_interval,
-            self.settings.postgres_host,
-            self.settings.postgres_db,
-        )
         try:
+            if not self.wait_for_topic():
+                return True  # stopped before there was anything to read
+            self.consumer.subscribe([self.settings.topic], listener=self)
+            log.info(
+                "Consuming %s as group %s; flushing every %g s to PostgreSQL %s/%s",
+                self.settings.topic,
+                self.settings.group_id,
+                self.settings.flush_interval,
+                self.settings.postgres_host,
+                self.settings.postgres_db,
+            )
             while not self.stop.is_set():
                 self.poll_once()
                 if time.monotonic() >= self.flusher.next_flush:

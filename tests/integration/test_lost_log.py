@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from aggregator.kafka_reader.positions import Positions
 from tests.harness import PostgresServer, TansuBroker
@@ -169,5 +169,25 @@ def test_the_offset_lag_is_unknown_not_zero_while_a_position_lies_past_the_end(
         positions.stored = {0: 66}
         assert (positions.lag({}), positions.known_lag({})) == (None, 0)
         assert positions.lag({0: 5}) == 0
+    finally:
+        consumer.close()
+
+
+def test_the_harness_broker_cannot_remove_messages(own_broker: TansuBroker, topic: str) -> None:
+    """Why messages removed unread are proven without a broker: Tansu drops the connection on
+    DeleteRecords and keeps every log from offset 0. Should it learn to, this fails, and the
+    path deserves a test with the real scripts."""
+    create_topic(own_broker.bootstrap, topic, 1)
+    produce_raw(own_broker.bootstrap, topic, [message(seq=n) for n in range(5)], b"BTCUSDT")
+    tp = TopicPartition(topic, 0)
+    admin = KafkaAdminClient(bootstrap_servers=own_broker.bootstrap)
+    try:
+        with pytest.raises(KafkaError):
+            admin.delete_records({tp: 3})
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=own_broker.bootstrap)
+    try:
+        assert consumer.beginning_offsets([tp]) == {tp: 0}
     finally:
         consumer.close()
