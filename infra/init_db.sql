@@ -13,3 +13,4 @@
 \ir migrations/002_exactly_once.sql
 \ir migrations/003_pipeline_writer.sql
 \ir migrations/004_log_checks.sql
+\ir migrations/005_trade_statistics.sql

@@ -24,6 +24,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from aggregator.core.windows import STATISTICS, Statistic, WindowKey, WindowStats, window_start
+from btcpipe.contract.decoding import DecodedKline
 from tests.harness import PostgresServer, TansuBroker
 from tests.harness.net import wait_until
 from tests.harness.scripts import Script
@@ -71,6 +72,15 @@ class Event:
     source: str = "simulated"
     stream: str | None = None  # identity; None: a message as the previous release sent it
     seq: int | None = None
+    # A trade: its quantity and raw trade ids (contract: trades); else a price sample.
+    quantity: str | None = None
+    first_trade_id: int | None = None
+    last_trade_id: int | None = None
+    kline: dict[str, Any] | None = None  # a candle (contract: klines), as the message has it
+
+    @property
+    def feed(self) -> str:
+        return "klines" if self.kline else "trades" if self.quantity is not None else "samples"
 
     def message(self) -> bytes:
         body: dict[str, Any] = {
@@ -81,6 +91,14 @@ class Event:
         }
         if self.stream is not None:
             body |= {"stream": self.stream, "seq": self.seq}
+        if self.quantity is not None:
+            body |= {
+                "quantity": self.quantity,
+                "first_trade_id": self.first_trade_id,
+                "last_trade_id": self.last_trade_id,
+            }
+        if self.kline is not None:
+            body["kline"] = self.kline
         return json.dumps(body).encode()
 
 
@@ -127,6 +145,74 @@ def random_stream(
     return with_identity(events)
 
 
+def random_trades(
+    rng: random.Random,
+    count: int,
+    symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT"),
+    start_ms: int = BASE_TIME_MS,
+    source: str = "binance",
+) -> list[Event]:
+    """Aggregate trades as the exchange numbers them: per symbol, aggregate ids 1, 2, 3...,
+    raw ids contiguous (each trade's first = the previous one's last + 1), trade times that
+    never go back and often repeat (several trades in one millisecond), in id order."""
+    state = {s: (rng.randint(1, 10**6), Decimal(rng.randint(100, 90_000))) for s in symbols}
+    agg_ids = dict.fromkeys(symbols, 0)
+    time_ms = dict.fromkeys(symbols, start_ms)
+    trades = []
+    for _ in range(count):
+        symbol = rng.choice(symbols)
+        next_raw, price = state[symbol]
+        price = max(
+            Decimal("0.00000001"),
+            (price * Decimal(1 + rng.gauss(0, 0.001))).quantize(Decimal("1E-8")),
+        )
+        raw_count = rng.choice((1, 1, 1, 2, 5))
+        if rng.random() >= 0.3:  # else: the same millisecond as the trade before
+            time_ms[symbol] += rng.randint(1, 4_000)
+        agg_ids[symbol] += 1
+        quantity = format(Decimal(rng.randint(1, 10**9)).scaleb(-8), "f")
+        trades.append(
+            Event(
+                symbol, format(price, "f"), time_ms[symbol], source,
+                f"aggtrades/{symbol}", agg_ids[symbol],
+                quantity, next_raw, next_raw + raw_count - 1,
+            )
+        )  # fmt: skip
+        state[symbol] = (next_raw + raw_count, price)
+    return trades
+
+
+def random_klines(
+    rng: random.Random, count: int, symbol: str = "BTCUSDT", start_ms: int = BASE_TIME_MS
+) -> list[Event]:
+    """Consecutive 1-minute candles of one symbol, as a replayed klines file carries them:
+    each the event of its close time at its close price."""
+    price = Decimal(rng.randint(100, 90_000))
+    candles = []
+    for n in range(count):
+        steps = [
+            (price * Decimal(1 + rng.gauss(0, 0.001))).quantize(Decimal("1E-8")) for _ in range(4)
+        ]
+        open_, close = steps[0], steps[-1]
+        high, low = max(steps) + Decimal("0.5"), min(steps) - Decimal("0.25")
+        open_time, close_text = start_ms + n * 60_000, format(close, "f")
+        kline = {
+            "interval": "1m", "open_time": open_time, "open": format(open_, "f"),
+            "high": format(high, "f"), "low": format(low, "f"), "close": close_text,
+            "volume": format(Decimal(rng.randint(0, 10**10)).scaleb(-8), "f"),
+            "quote_volume": format(Decimal(rng.randint(0, 10**12)).scaleb(-8), "f"),
+            "trade_count": rng.randint(0, 5_000),
+        }  # fmt: skip
+        candles.append(
+            Event(
+                symbol, close_text, open_time + 59_999, "replay",
+                f"klines/{symbol}/1m", open_time, kline=kline,
+            )
+        )  # fmt: skip
+        price = close
+    return candles
+
+
 LONG_PRICE = "12345678901234567890.12345678901234567890"  # the longest the contract admits
 
 
@@ -162,54 +248,141 @@ def truth_from_csv(path: Path) -> list[Event]:
     return events
 
 
-def expected_windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every column of five_min_bitcoin_event, computed offline. `events` in stream order per
-    symbol: on equal event times the first seen opens and the last seen closes. Sums are
-    exact (100 digits), whatever the caller's decimal context."""
+WindowTruthKey = tuple[str, int, str]  # symbol, window start (epoch ms), feed
+
+
+def expected_windows(events: Iterable[Event]) -> dict[WindowTruthKey, dict[str, Any]]:
+    """Every column of five_min_bitcoin_event, computed offline, per symbol, window and feed.
+    `events` in stream order per symbol: for samples on equal event times the first seen
+    opens and the last seen closes; trades open and close by (trade time, trade id), as the
+    exchange orders them; a candle spans its open to its close time. Sums are exact (100
+    digits), whatever the caller's decimal context."""
     with localcontext(Context(prec=100)):
         return _windows(events)
 
 
-def _windows(events: Iterable[Event]) -> dict[tuple[str, int], dict[str, Any]]:
-    windows: dict[tuple[str, int], dict[str, Any]] = {}
+KLINE_LENGTH_MS = {"1s": 1000, "1m": 60_000, "5m": WINDOW_MS}
+NO_TRADES = dict.fromkeys(
+    ("volume", "quote_volume", "trade_count", "first_trade_id", "last_trade_id")
+)
+
+
+def _windows(events: Iterable[Event]) -> dict[WindowTruthKey, dict[str, Any]]:
+    by_key: dict[WindowTruthKey, list[Event]] = {}
     for e in events:
-        price = Decimal(e.price)
-        key = (e.symbol, e.event_time // WINDOW_MS * WINDOW_MS)
-        w = windows.get(key)
-        if w is None:
-            windows[key] = {
-                "event_count": 1,
-                "price_sum": price,
-                "min_value": price,
-                "max_value": price,
-                "open_value": price,
-                "first_event_at": e.event_time,
-                "close_value": price,
-                "last_event_at": e.event_time,
-            }
-            continue
-        w["event_count"] += 1
-        w["price_sum"] += price
-        w["min_value"] = min(w["min_value"], price)
-        w["max_value"] = max(w["max_value"], price)
-        if e.event_time < w["first_event_at"]:
-            w["open_value"], w["first_event_at"] = price, e.event_time
-        if e.event_time >= w["last_event_at"]:
-            w["close_value"], w["last_event_at"] = price, e.event_time
-    return windows
+        by_key.setdefault((e.symbol, e.event_time // WINDOW_MS * WINDOW_MS, e.feed), []).append(e)
+    truth = {"samples": _samples_window, "trades": _trades_window, "klines": _klines_window}
+    return {key: truth[key[2]](members) for key, members in by_key.items()}
+
+
+def _samples_window(events: list[Event]) -> dict[str, Any]:
+    prices = [Decimal(e.price) for e in events]
+    first = min(range(len(events)), key=lambda i: events[i].event_time)  # the first of a tie
+    last = max(range(len(events)), key=lambda i: (events[i].event_time, i))  # the last of one
+    return {
+        "event_count": len(events),
+        "price_sum": sum(prices, Decimal(0)),
+        "min_value": min(prices),
+        "max_value": max(prices),
+        "open_value": prices[first],
+        "first_event_at": events[first].event_time,
+        "close_value": prices[last],
+        "last_event_at": events[last].event_time,
+        **NO_TRADES,
+    }
+
+
+def _trade_ids(e: Event) -> tuple[int, int]:
+    assert e.first_trade_id is not None and e.last_trade_id is not None, e
+    return e.first_trade_id, e.last_trade_id
+
+
+def _trades_window(events: list[Event]) -> dict[str, Any]:
+    ids = [_trade_ids(e) for e in events]
+    first = min(events, key=lambda e: (e.event_time, _trade_ids(e)[0]))
+    last = max(events, key=lambda e: (e.event_time, _trade_ids(e)[1]))
+    prices = [Decimal(e.price) for e in events]
+    quantities = [Decimal(e.quantity or "") for e in events]
+    return {
+        "event_count": len(events),
+        "price_sum": sum(prices, Decimal(0)),
+        "min_value": min(prices),
+        "max_value": max(prices),
+        "open_value": Decimal(first.price),
+        "first_event_at": first.event_time,
+        "close_value": Decimal(last.price),
+        "last_event_at": last.event_time,
+        "volume": sum(quantities, Decimal(0)),
+        "quote_volume": sum((p * q for p, q in zip(prices, quantities, strict=True)), Decimal(0)),
+        "trade_count": sum(last - first + 1 for first, last in ids),
+        "first_trade_id": min(first for first, _ in ids),
+        "last_trade_id": max(last for _, last in ids),
+    }
+
+
+def _klines_window(events: list[Event]) -> dict[str, Any]:
+    candles = [e.kline for e in events if e.kline]
+    first = min(candles, key=lambda k: k["open_time"])
+    last = max(candles, key=lambda k: k["open_time"])
+    return {
+        "event_count": len(candles),
+        "price_sum": sum((Decimal(k["close"]) for k in candles), Decimal(0)),
+        "min_value": min(Decimal(k["low"]) for k in candles),
+        "max_value": max(Decimal(k["high"]) for k in candles),
+        "open_value": Decimal(first["open"]),
+        "first_event_at": first["open_time"],
+        "close_value": Decimal(last["close"]),
+        "last_event_at": last["open_time"] + KLINE_LENGTH_MS[last["interval"]] - 1,
+        "volume": sum((Decimal(k["volume"]) for k in candles), Decimal(0)),
+        "quote_volume": sum((Decimal(k["quote_volume"]) for k in candles), Decimal(0)),
+        "trade_count": sum(k["trade_count"] for k in candles),
+        "first_trade_id": None,
+        "last_trade_id": None,
+    }
 
 
 def window_deltas(events: Iterable[Event]) -> dict[WindowKey, WindowStats]:
     """The consumer's Python merge (aggregator.windows): events folded in stream order, per
-    (symbol, window), for the tests that hold it to expected_windows and to the SQL merge."""
+    (symbol, window, feed), for the tests that hold it to expected_windows and to the SQL
+    merge (samples and trades by `add` and `add_trade`, candles by `merge`)."""
     deltas: dict[WindowKey, WindowStats] = {}
     for e in events:
-        key = (e.symbol, window_start(e.event_time))
-        if key in deltas:
+        key = (e.symbol, window_start(e.event_time), e.feed)
+        stats = _stats_of(e)
+        if key not in deltas:
+            deltas[key] = stats
+        elif e.quantity is not None:
+            assert e.first_trade_id is not None and e.last_trade_id is not None
+            deltas[key].add_trade(
+                Decimal(e.price),
+                Decimal(e.quantity),
+                e.event_time,
+                e.first_trade_id,
+                e.last_trade_id,
+            )
+        elif e.kline is None:
             deltas[key].add(Decimal(e.price), e.event_time)
         else:
-            deltas[key] = WindowStats.of(Decimal(e.price), e.event_time)
+            deltas[key].merge(stats)
     return deltas
+
+
+def _stats_of(e: Event) -> WindowStats:
+    if e.quantity is not None:
+        assert e.first_trade_id is not None and e.last_trade_id is not None
+        return WindowStats.of_trade(
+            Decimal(e.price), Decimal(e.quantity), e.event_time, e.first_trade_id, e.last_trade_id
+        )
+    if e.kline is not None:
+        k = e.kline
+        return WindowStats.of_kline(
+            DecodedKline(
+                k["interval"], k["open_time"], Decimal(k["open"]), Decimal(k["high"]),
+                Decimal(k["low"]), Decimal(k["close"]), Decimal(k["volume"]),
+                Decimal(k["quote_volume"]), k["trade_count"],
+            )
+        )  # fmt: skip
+    return WindowStats.of(Decimal(e.price), e.event_time)
 
 
 def _as_truth_has_it(statistic: Statistic) -> str:
@@ -219,24 +392,25 @@ def _as_truth_has_it(statistic: Statistic) -> str:
     return statistic.column
 
 
-def stored_windows(dsn: str) -> dict[tuple[str, int], dict[str, Any]]:
+def stored_windows(dsn: str) -> dict[WindowTruthKey, dict[str, Any]]:
     """Every row of five_min_bitcoin_event: each declared statistic's column (STATISTICS),
-    the window's length and its average, by (symbol, start in epoch ms)."""
+    the window's length and its average, by (symbol, start in epoch ms, feed)."""
     columns = [s.column for s in STATISTICS]
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, "
             "(extract(epoch FROM five_min_end - five_min_start) * 1000)::bigint, avg_value, "
+            "feed, "
             + ", ".join(_as_truth_has_it(s) for s in STATISTICS)
             + " FROM five_min_bitcoin_event"
         )
         rows = cur.fetchall()
     conn.close()
     return {
-        (r[0], r[1]): {
+        (r[0], r[1], r[4]): {
             "length_ms": r[2],
             "avg_value": r[3],
-            **dict(zip(columns, r[4:], strict=True)),
+            **dict(zip(columns, r[5:], strict=True)),
         }
         for r in rows
     }

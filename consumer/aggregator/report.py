@@ -12,6 +12,7 @@ from decimal import Decimal
 from aggregator.core.accumulator import PendingFlush
 from aggregator.core.windows import WindowStats
 from btcpipe.contract import DecodedEvent
+from btcpipe.contract.rules import SAMPLES
 
 log = logging.getLogger("consumer")
 
@@ -62,22 +63,26 @@ class ConsumedLog:
             self._count = 0
 
 
-def _window_line(symbol: str, start_ms: int, stats: WindowStats) -> str:
+def _window_line(symbol: str, start_ms: int, feed: str, stats: WindowStats) -> str:
     start = datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
     avg = (stats.price_sum / stats.count).quantize(Decimal("0.01"))
-    return (
-        f"Flushed: {start} {symbol} | {stats.count} events | avg {money(avg)}"
+    kind = "" if feed == SAMPLES else f" {feed}"
+    line = (
+        f"Flushed: {start} {symbol}{kind} | {stats.count} events | avg {money(avg)}"
         f" | min {money(stats.min)} | max {money(stats.max)}"
     )
+    if stats.volume is not None:
+        line += f" | volume {stats.volume.normalize():f} | {stats.trade_count} trades"
+    return line
 
 
 def report_flush(pending: PendingFlush, duration_ms: float) -> None:
     deltas = pending.windows.deltas
     if len(deltas) <= PER_WINDOW_LIMIT:
-        for (symbol, start), stats in sorted(deltas.items()):
-            log.info(_window_line(symbol, start, stats))
+        for (symbol, start, feed), stats in sorted(deltas.items()):
+            log.info(_window_line(symbol, start, feed, stats))
     else:
-        symbols = len({symbol for symbol, _ in deltas})
+        symbols = len({symbol for symbol, _, _ in deltas})
         log.info("Flushed: %d windows of %d symbols", len(deltas), symbols)
     m = pending.metrics
     lag = "-" if m.lag_avg_seconds is None else f"{m.lag_avg_seconds:.1f}s"

@@ -127,8 +127,16 @@ EXPECTED: dict[tuple[str, str], Expectation] = {
     (PRICE, "Open / close (5-minute)"): lambda d, s, sym: [
         (w.start, w.symbol, float(w.open), float(w.close)) for w in windows_in(d, s, sym)
     ],
-    (PRICE, "$symbol 5-minute candles (volume = events)"): lambda d, s, sym: [
-        (w.start, float(w.open), float(w.high), float(w.low), float(w.close), float(w.count))
+    (PRICE, "$symbol 5-minute candles"): lambda d, s, sym: [
+        (
+            w.start,
+            float(w.open),
+            float(w.high),
+            float(w.low),
+            float(w.close),
+            float(w.count if w.volume is None else w.volume),
+            None if not w.volume or w.quote_volume is None else float(w.quote_volume / w.volume),
+        )
         for w in windows_in(d, s, sym)
     ],
     (KPI, "Current processing rate"): lambda d, s, _: [(current_rate(d, s),)],

@@ -62,7 +62,8 @@ IDLE_FLUSHES = 2
 
 @dataclass(frozen=True)
 class Window:
-    """One row of five_min_bitcoin_event, as computed offline from the published events."""
+    """One candle of five_min_candles (a window's row of the best feed it has), as computed
+    offline from the published events."""
 
     symbol: str
     start: datetime
@@ -73,6 +74,8 @@ class Window:
     open: Decimal
     close: Decimal
     last_event_at: datetime
+    volume: Decimal | None = None  # None: a window of price samples only
+    quote_volume: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,18 @@ def floor_time(moment: datetime, step: timedelta) -> datetime:
     return EPOCH + (moment - EPOCH) // step * step
 
 
+FEED_PRECEDENCE = ("trades", "klines", "samples")  # the candle of a window: the first there
+
+
 def truth_windows(events: Sequence[Event]) -> list[Window]:
-    """The windows of `events` from tests.pipeline.expected_windows (independent of the
-    consumer's code)."""
+    """The candles of `events` from tests.pipeline.expected_windows (independent of the
+    consumer's code): per symbol and window, the row of the first feed of FEED_PRECEDENCE."""
+    rows = expected_windows(events)
+    candles: dict[tuple[str, int], dict] = {}
+    for (symbol, start, _), w in sorted(
+        rows.items(), key=lambda item: FEED_PRECEDENCE.index(item[0][2]), reverse=True
+    ):
+        candles[(symbol, start)] = w  # the preferred feed comes last and stays
     return [
         Window(
             symbol=symbol,
@@ -138,8 +150,10 @@ def truth_windows(events: Sequence[Event]) -> list[Window]:
             open=w["open_value"],
             close=w["close_value"],
             last_event_at=from_ms(w["last_event_at"]),
+            volume=w["volume"],
+            quote_volume=w["quote_volume"],
         )
-        for (symbol, start), w in sorted(expected_windows(events).items())
+        for (symbol, start), w in sorted(candles.items())
     ]
 
 

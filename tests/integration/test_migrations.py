@@ -189,7 +189,7 @@ def fill_as_the_previous_release(dsn: str, topic: str, group: str, events: list[
             w["first_event_at"],
             w["last_event_at"],
         )
-        for (symbol, start), w in expected_windows(events).items()
+        for (symbol, start, _), w in expected_windows(events).items()
     ]
     ms = "to_timestamp(0) + %s * interval '1 millisecond'"
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:

@@ -79,6 +79,7 @@ WRITER_PRIVILEGES = {
 # What the dashboards and alert rules read, and nothing more.
 READER_PRIVILEGES = {
     ("five_min_bitcoin_event", "SELECT"),
+    ("five_min_candles", "SELECT"),  # one candle per window: the price dashboard
     ("pipeline_metrics", "SELECT"),
     ("rolling_avg_30min", "SELECT"),
 }

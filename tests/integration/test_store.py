@@ -35,12 +35,15 @@ from tests.harness.net import free_port, wait_until
 from tests.pipeline import (
     BASE_TIME_MS,
     Event,
+    WindowTruthKey,
     assert_every_statistic_has_a_truth,
     exact_average_at_scale,
     execute,
     expected_windows,
     query,
+    random_klines,
     random_stream,
+    random_trades,
     stored_windows,
     tie_heavy_stream,
     window_deltas,
@@ -104,8 +107,8 @@ def split_at_random(rng: random.Random, events: list[Event], parts: int) -> list
 
 
 def assert_rows_equal(
-    stored: dict[tuple[str, int], dict[str, Any]],
-    want: dict[tuple[str, int], dict[str, Any]],
+    stored: dict[WindowTruthKey, dict[str, Any]],
+    want: dict[WindowTruthKey, dict[str, Any]],
     label: str,
 ) -> None:
     """Every column, to the last digit and in the same written form (3.5 is not 3.50)."""
@@ -143,6 +146,10 @@ def test_flushes_merged_in_sql_equal_the_python_merge_and_the_ground_truth(store
         rng = random.Random(seed)
         if seed % 4 == 0:  # the end-to-end tests' stream: many windows, some late events
             events = random_stream(rng, rng.randint(20, 200), step_ms=3000, disorder=0.2)
+        elif seed % 4 == 1:  # trades (ties within a millisecond) and candles, samples beside
+            events = random_trades(rng, rng.randint(5, 150)) + random_klines(rng, 12)
+            events += tie_heavy_stream(rng, 10)
+            rng.shuffle(events)  # one delta per flush: the order of arrival must not matter
         else:
             events = tie_heavy_stream(rng, rng.randint(2, 40))
         flushes = split_at_random(rng, events, rng.randint(1, 6))
@@ -173,6 +180,9 @@ def test_a_row_merged_with_a_delta_at_any_split_equals_the_whole(dsn):
             for seed in range(40):
                 rng = random.Random(seed)
                 events = tie_heavy_stream(rng, rng.randint(2, 16))
+                if seed % 2:  # trades of a few milliseconds, arriving in any order
+                    events = random_trades(rng, rng.randint(2, 16), symbols=("BTCUSDT",))
+                    rng.shuffle(events)
                 whole = {k: column_values(s) for k, s in window_deltas(events).items()}
                 for split in range(1, len(events)):
                     cur.execute("DELETE FROM five_min_bitcoin_event")
@@ -196,7 +206,7 @@ def test_equal_event_times_across_flushes_first_seen_opens_last_seen_closes(stor
         store.write(
             pending_flush(window_deltas(flush), {0: 2 * number + 2}), context({0: expected})
         )
-    row = stored_windows(dsn)[("BTCUSDT", window_start(t))]
+    row = stored_windows(dsn)[("BTCUSDT", window_start(t), "samples")]
     assert (row["open_value"], row["first_event_at"]) == (Decimal("9"), t - 1)
     assert (row["close_value"], row["last_event_at"]) == (Decimal("22"), t + 5)
     assert row["event_count"] == 6 and row["price_sum"] == Decimal("93")
@@ -342,7 +352,7 @@ def test_two_writers_racing_for_a_partition_exactly_one_wins(dsn, expected):
             writer.close()
     assert sorted(outcome.values()) == ["moved", "won"], outcome
     (winner,) = (name for name, result in outcome.items() if result == "won")
-    assert {symbol for symbol, _ in stored_windows(dsn)} == {f"{winner}USDT"}
+    assert {symbol for symbol, _, _ in stored_windows(dsn)} == {f"{winner}USDT"}
     windows, events, metrics, letters = table_counts(dsn)
     assert (windows, events, metrics - before[2], letters) == (1, 2, 1, 1)
     assert query(dsn, "SELECT instance_id FROM pipeline_metrics WHERE instance_id <> 'test'") == [
@@ -518,6 +528,8 @@ def test_a_dead_letter_read_again_is_kept_once(store, dsn):
 
 
 def test_rolling_average_covers_thirty_minutes_of_time_not_six_rows(store, dsn):
+    """Over one candle per window (five_min_candles): where a window has trades beside the
+    poller's samples, the trades' row is the window's candle."""
     rng = random.Random(30)
     # Window numbers with gaps: a gap shrinks the rolling window instead of reaching back.
     numbers = {"BTCUSDT": [0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 20, 26, 27, 40], "ETHUSDT": [3, 9]}
@@ -529,20 +541,36 @@ def test_rolling_average_covers_thirty_minutes_of_time_not_six_rows(store, dsn):
             for _ in range(rng.randint(0, 6)):
                 price = Decimal(rng.randint(1, 10**13)) / 10**8
                 stats.add(price, start + rng.randint(0, WINDOW_MS - 1))
-            windows[(symbol, start)] = stats
+            windows[(symbol, start, "samples")] = stats
+    candles = dict(windows)
+    for n in (1, 6, 12):  # BTCUSDT windows that trades covered too
+        start = BASE_TIME_MS + n * WINDOW_MS
+        trades = WindowStats.of_trade(
+            Decimal(f"{rng.randint(20_000, 90_000)}"), Decimal(1), start, 5, 9
+        )
+        windows[("BTCUSDT", start, "trades")] = candles[("BTCUSDT", start, "samples")] = trades
     store.write(pending_flush(windows, {0: 1}), context({0: None}))
+    shown = query(
+        dsn,
+        "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, feed, price_sum "
+        "FROM five_min_candles",
+    )
+    assert sorted(shown) == sorted(
+        (symbol, start, "trades" if stats.volume is not None else "samples", stats.price_sum)
+        for (symbol, start, _), stats in candles.items()
+    )
     rows = query(
         dsn,
         "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, "
         "(extract(epoch FROM five_min_end) * 1000)::bigint, rolling_avg_price, "
         "rolling_event_count, rolling_window_count FROM rolling_avg_30min",
     )
-    assert len(rows) == len(windows)
+    assert len(rows) == len(candles)
     for symbol, start, end, average, event_count, window_count in rows:
         assert end == start + WINDOW_MS
         covered = [
             stats
-            for (other, other_start), stats in windows.items()
+            for (other, other_start, _), stats in candles.items()
             if other == symbol and start - 30 * 60_000 < other_start <= start
         ]
         total = sum((s.price_sum for s in covered), Decimal(0))

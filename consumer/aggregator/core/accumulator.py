@@ -19,6 +19,7 @@ from typing import Protocol
 from aggregator.core.decoding import decode_event
 from aggregator.core.windows import WINDOW_MS, WindowDeltas, WindowStats
 from btcpipe.contract import MAX_MESSAGE_BYTES, REPLAY_SOURCE, ContractError, DecodedEvent
+from btcpipe.contract.rules import KLINES, SAMPLES, TRADES
 
 
 class ConsumerRecord(Protocol):
@@ -144,6 +145,8 @@ class Accumulator:
         pending.next_offsets[partition] = records[-1].offset + 1
         # Names bound once per batch: global and attribute lookups add up per message.
         deltas, new_stats = pending.windows.deltas, WindowStats.of
+        of_trade, of_kline = WindowStats.of_trade, WindowStats.of_kline
+        samples, trades, klines = SAMPLES, TRADES, KLINES
         newest = self._current_window
         marks, marks_before = self.marks, pending.marks_before
         decode, invalid, replay_source, window_ms = (
@@ -154,6 +157,8 @@ class Accumulator:
         )
         size = events = live = lag_sum = late_count = dups = 0
         lag_max = -1
+        first_id: int
+        last_id: int
         # The window of the event before: a partition mostly holds runs of one stream's events
         # in one window, which then need neither the late check nor the window lookup.
         last_key: object = None
@@ -190,12 +195,19 @@ class Accumulator:
                 if lag > lag_max:
                     lag_max = lag
             start = event_time - event_time % window_ms
+            # A trade has both raw trade ids (the contract checks it): typed as they are then.
+            quantity, first_id, last_id, kline = event[6:10]  # type: ignore[assignment]
             if start == last_start and late_key == last_key:
-                # Same stream and window as the event before (a stream has one symbol): late
-                # exactly when it was (the newest window only moves on for an event that is
-                # not late), same delta.
+                # Same stream and window as the event before (a stream has one symbol and one
+                # feed): late exactly when it was (the newest window only moves on for an
+                # event that is not late), same delta.
                 late = last_late
-                stats.add(price, event_time)
+                if quantity is not None:
+                    stats.add_trade(price, quantity, event_time, first_id, last_id)
+                elif kline is None:
+                    stats.add(price, event_time)
+                else:
+                    stats.merge(of_kline(kline))
             else:
                 # Late: older than the newest window seen in this event's own stream.
                 current = newest.get(late_key)
@@ -203,12 +215,29 @@ class Accumulator:
                 if not late and (current is None or start > current):
                     newest[late_key] = start
                 # WindowDeltas.add, inlined: one call less per message.
-                found = deltas.get((symbol, start))
-                if found is None:
-                    stats = deltas[symbol, start] = new_stats(price, event_time)
+                if quantity is not None:
+                    found = deltas.get((symbol, start, trades))
+                    if found is None:
+                        stats = deltas[symbol, start, trades] = of_trade(
+                            price, quantity, event_time, first_id, last_id
+                        )
+                    else:
+                        found.add_trade(price, quantity, event_time, first_id, last_id)
+                        stats = found
+                elif kline is None:
+                    found = deltas.get((symbol, start, samples))
+                    if found is None:
+                        stats = deltas[symbol, start, samples] = new_stats(price, event_time)
+                    else:
+                        found.add(price, event_time)
+                        stats = found
                 else:
-                    found.add(price, event_time)
-                    stats = found
+                    found = deltas.get((symbol, start, klines))
+                    if found is None:
+                        stats = deltas[symbol, start, klines] = of_kline(kline)
+                    else:
+                        found.merge(of_kline(kline))
+                        stats = found
                 last_key, last_start, last_late = late_key, start, late
             if late:
                 late_count += 1
