@@ -26,7 +26,9 @@ from tests.pipeline import (
     produce,
     produce_raw,
     query,
+    random_klines,
     random_stream,
+    random_trades,
     start_consumer,
     total_events,
     wait_for_total,
@@ -72,6 +74,38 @@ def test_windows_equal_ground_truth_in_every_column(broker, env, dsn, topic):
         dsn, "SELECT sum(events_processed), sum(invalid_events) FROM pipeline_metrics"
     )
     assert processed == [(len(events), 0)]
+
+
+def test_trades_candles_and_samples_of_one_symbol_fill_their_own_rows_exactly(
+    broker, env, dsn, topic
+):
+    """A trade stream, a replayed klines file and a poller for the same pairs at once: each
+    kind of feed its own row per window, every column equal to the Decimal truth, and the
+    dashboards' candle is the trades' one wherever there are trades."""
+    rng = random.Random(20)
+    trades = random_trades(rng, 2_000)
+    candles = random_klines(rng, 40) + random_klines(rng, 40, symbol="ETHUSDT")
+    samples = random_stream(rng, 300, symbols=("BTCUSDT", "ETHUSDT"))
+    events = trades + candles + samples
+    produce(broker.bootstrap, topic, events)
+    with start_consumer(env) as consumer:
+        wait_for_total(dsn, len(events), 90, [consumer])
+        assert consumer.stop() == 0
+        output = consumer.output()
+    assert_tables_equal_truth(dsn, events)
+    assert "Traceback" not in output
+    shown = query(dsn, "SELECT DISTINCT feed FROM five_min_candles ORDER BY feed")
+    assert shown == [("klines",), ("samples",), ("trades",)]
+    covered = query(
+        dsn,
+        "SELECT count(*) FROM five_min_candles c JOIN five_min_bitcoin_event t "
+        "USING (symbol, five_min_start) WHERE t.feed = 'trades' AND c.feed <> 'trades'",
+    )
+    assert covered == [(0,)]
+    complete = query(
+        dsn, "SELECT DISTINCT complete FROM five_min_bitcoin_event WHERE feed = 'trades'"
+    )
+    assert complete == [(True,)]  # random_trades leaves no hole in the raw trade ids
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(broker, env, dsn, topic):

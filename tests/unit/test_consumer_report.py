@@ -8,9 +8,12 @@ from decimal import Decimal
 import pytest
 
 from aggregator import report
+from aggregator.core.accumulator import PendingFlush
 from aggregator.core.decoding import decode_event
-from aggregator.report import ConsumedLog, money
+from aggregator.core.windows import WindowStats
+from aggregator.report import ConsumedLog, money, report_flush
 from tests.pipeline import (
+    BASE_TIME_MS,
     NOW_MS,
     message,
 )
@@ -69,3 +72,16 @@ def test_consumed_log_goes_from_each_message_to_summaries_and_back(caplog):
     assert log.wants_each(1)  # the backlog is over: one line per message again
     log.each([(btc, False)])
     assert consumed_lines(caplog) == ["Consumed: BTCUSDT = $43250.75"]
+
+
+def test_a_flushed_line_of_trades_names_its_feed_volume_and_trade_count(caplog) -> None:
+    pending = PendingFlush()
+    stats = WindowStats.of_trade(Decimal("100.5"), Decimal("0.25"), BASE_TIME_MS, 7, 9)
+    pending.windows.deltas[("BTCUSDT", BASE_TIME_MS, "trades")] = stats
+    with caplog.at_level(logging.INFO, logger="consumer"):
+        report_flush(pending, 1.0)
+    (line, _) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        "Flushed: 2026-01-01 00:00 BTCUSDT trades | 1 events | avg 100.50 | min 100.50 "
+        "| max 100.50 | volume 0.25 | 3 trades"
+    )
