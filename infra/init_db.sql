@@ -14,3 +14,4 @@
 \ir migrations/003_pipeline_writer.sql
 \ir migrations/004_log_checks.sql
 \ir migrations/005_trade_statistics.sql
+\ir migrations/006_stream_ranges.sql

@@ -148,7 +148,7 @@ class Flusher:
                 self.settings.group_id, self.settings.topic, timeout
             )
             # The new partitions' streams may have advanced under another member.
-            self.accumulator.load_marks(self.store.stream_marks(timeout))
+            self.accumulator.load_marks(self.store.stream_coverage(timeout))
         except StoreUnavailable as exc:
             delay = self.backoff.next_delay()
             self.resolve_at = time.monotonic() + delay

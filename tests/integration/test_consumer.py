@@ -310,7 +310,8 @@ def test_offsets_moved_under_the_consumer_are_followed_not_fought(broker, env, d
         query(
             dsn,
             "WITH w AS (DELETE FROM five_min_bitcoin_event RETURNING 1), "
-            "m AS (DELETE FROM stream_marks RETURNING 1) "
+            "m AS (DELETE FROM stream_marks RETURNING 1), "
+            "r AS (DELETE FROM stream_ranges RETURNING 1) "
             "UPDATE consumer_offsets SET next_offset = 0 RETURNING 1",
         )
         produce(broker.bootstrap, topic, second)

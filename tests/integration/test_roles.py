@@ -71,6 +71,10 @@ WRITER_PRIVILEGES = {
     ("stream_marks", "INSERT"),
     ("stream_marks", "UPDATE"),
     ("stream_marks", "DELETE"),  # idle live marks are pruned
+    ("stream_ranges", "SELECT"),  # loaded at assignment
+    ("stream_ranges", "INSERT"),  # a flush joins a stream's ranges anew
+    ("stream_ranges", "UPDATE"),  # ON CONFLICT, for a range another writer stored first
+    ("stream_ranges", "DELETE"),  # the joined ranges replace the old; idle streams pruned
     ("table_owner", "SELECT"),
     ("table_owner", "INSERT"),  # the first group claims the tables
     ("table_owner", "UPDATE"),  # take-over; and SELECT ... FOR SHARE in every flush
@@ -176,6 +180,7 @@ REFUSED = {
         "UPDATE consumer_offsets SET next_offset = 0",
         "SELECT * FROM dead_letter_events",
         "SELECT * FROM stream_marks",
+        "SELECT * FROM stream_ranges",
         "CREATE TABLE grafana_scratch (x int)",
     ],
 }

@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 
 from aggregator.core.accumulator import Accumulator, DeadLetter, IntervalMetrics, PendingFlush
+from aggregator.core.coverage import Coverage
 from aggregator.core.windows import (
     MERGE_INTO_ROW_SQL,
     STATISTICS,
@@ -423,23 +424,50 @@ def test_dead_letters_keep_their_bytes(store, dsn):
 
 
 def with_marks(pending: PendingFlush, marks: dict[str, int], partition: int = 0) -> PendingFlush:
-    """As the accumulator leaves it after advancing these streams."""
+    """As the accumulator leaves it after counting these seqs of these streams."""
     pending.marks.update(marks)
-    for stream in marks:
+    for stream, seq in marks.items():
         source = stream.split("/")[0]
         pending.marks_before[stream] = (None, source, partition)
+        pending.counted[stream] = Coverage.of(seq)
     return pending
+
+
+def stored_marks(store: Store) -> dict[str, int]:
+    return {stream: coverage.top for stream, coverage in store.stream_coverage().items()}
+
+
+def test_what_streams_counted_is_stored_as_ranges_joined_across_flushes(store, dsn):
+    """History filled in behind a stream joins its ranges; what is stored only grows."""
+    first = pending_flush(some_windows(), {0: 5})
+    first.counted = {"aggtrades/A": Coverage([(100, 150), (160, 170)]), "b": Coverage([(1, 3)])}
+    store.write(first, context({0: None}))
+    second = pending_flush({}, {0: 6})
+    second.counted = {"aggtrades/A": Coverage([(1, 99), (151, 155), (300, 300)])}
+    store.write(second, context({0: 5}))
+    assert store.stream_coverage() == {
+        "aggtrades/A": Coverage([(1, 155), (160, 170), (300, 300)]),
+        "b": Coverage([(1, 3)]),
+    }
+    rows = query(dsn, "SELECT stream, first_seq, last_seq FROM stream_ranges ORDER BY 1, 2")
+    assert rows == [
+        ("aggtrades/A", 1, 155),
+        ("aggtrades/A", 160, 170),
+        ("aggtrades/A", 300, 300),
+        ("b", 1, 3),
+    ]
 
 
 def test_marks_are_written_with_the_flush_and_only_grow(store, dsn):
     first = with_marks(pending_flush(some_windows(), {0: 5}), {"replay/A/f": 7, "binance/A/r": 3})
     store.write(first, context({0: None}))
-    assert store.stream_marks() == {"replay/A/f": 7, "binance/A/r": 3}
+    assert stored_marks(store) == {"replay/A/f": 7, "binance/A/r": 3}
     # A stale writer (its partitions fenced differently, e.g. a topic repartitioned under it)
     # never lowers a mark.
     second = with_marks(pending_flush({}, {0: 6}), {"replay/A/f": 4, "binance/A/r": 9}, 2)
     store.write(second, context({0: 5}))
-    assert store.stream_marks() == {"replay/A/f": 7, "binance/A/r": 9}
+    assert stored_marks(store) == {"replay/A/f": 7, "binance/A/r": 9}
+    assert store.stream_coverage()["replay/A/f"] == Coverage([(4, 4), (7, 7)])
     rows = query(dsn, "SELECT stream, source, topic, partition FROM stream_marks ORDER BY 1")
     assert rows == [("binance/A/r", "binance", TOPIC, 2), ("replay/A/f", "replay", TOPIC, 2)]
 
@@ -448,7 +476,7 @@ def test_a_fenced_flush_writes_no_marks(store):
     store.write(with_marks(pending_flush({}, {0: 5}), {"s/1": 5}), context({0: None}))
     with pytest.raises(OffsetsMoved):
         store.write(with_marks(pending_flush({}, {0: 9}), {"s/1": 9}), context({0: 3}))
-    assert store.stream_marks() == {"s/1": 5}
+    assert stored_marks(store) == {"s/1": 5}
 
 
 def test_idle_live_marks_are_pruned_and_replay_marks_kept(dsn):
@@ -464,10 +492,11 @@ def test_idle_live_marks_are_pruned_and_replay_marks_kept(dsn):
     )
     now[0] += PRUNE_EVERY_SECONDS - 1  # within the hour: not yet
     store.write(pending_flush({}, {0: 2}), context({0: 1}))
-    assert len(store.stream_marks()) == 4
+    assert len(store.stream_coverage()) == 4
     now[0] += 1  # an hour after the first flush pruned
     store.write(pending_flush({}, {0: 3}), context({0: 2}))
-    assert store.stream_marks() == {"replay/A/old": 1, "binance/A/new": 1}
+    assert stored_marks(store) == {"replay/A/old": 1, "binance/A/new": 1}
+    assert len(query(dsn, "SELECT * FROM stream_marks")) == 2
     store.close()
 
 
@@ -596,7 +625,7 @@ def test_unreachable_store_raises_store_unavailable_in_one_line():
     calls: list[Callable[[], object]] = [
         store.migrate,
         lambda: store.claim(GROUP),
-        store.stream_marks,
+        store.stream_coverage,
         lambda: store.stored_offsets(GROUP, TOPIC, [0]),
         lambda: store.write(pending_flush(some_windows(), {0: 1}), context({0: None})),
     ]

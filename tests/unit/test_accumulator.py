@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from aggregator.core.accumulator import Accumulator, DeadLetter, IntervalMetrics
+from aggregator.core.coverage import Coverage
 from aggregator.core.windows import WINDOW_MS, column_values
 from btcpipe.contract import MAX_MESSAGE_BYTES, DecodedEvent
 from tests.pipeline import (
@@ -174,7 +175,7 @@ def test_repeats_of_counted_identities_are_skipped() -> None:
 
 def test_stored_marks_skip_what_was_counted_before_and_discard_restores_them() -> None:
     acc = Accumulator()
-    acc.load_marks({"replay/BTCUSDT/f": 3, "other": 9})
+    acc.load_marks({"replay/BTCUSDT/f": Coverage([(1, 3)]), "other": Coverage([(1, 9)])})
     events = [in_stream("replay/BTCUSDT/f", seq, 1) for seq in range(1, 6)]
     acc.process_batch(0, [record(i, e) for i, e in enumerate(events)], NOW_MS)
     assert (acc.pending.metrics.events, acc.pending.metrics.duplicate_events) == (2, 3)
@@ -182,15 +183,38 @@ def test_stored_marks_skip_what_was_counted_before_and_discard_restores_them() -
     acc.process_batch(1, [record(0, in_stream("new", 1, 1))], NOW_MS)
     acc.discard()  # read again from the stored offsets: the marks go back to the stored ones
     assert acc.marks == {"replay/BTCUSDT/f": 3, "other": 9}
-    acc.load_marks({"replay/BTCUSDT/f": 3, "other": 10})  # moved on under another member
+    # moved on under another member
+    acc.load_marks({"replay/BTCUSDT/f": Coverage([(1, 3)]), "other": Coverage([(1, 10)])})
     assert acc.marks == {"replay/BTCUSDT/f": 3, "other": 10}
     acc.process_batch(0, [record(i, e) for i, e in enumerate(events)], NOW_MS)
-    acc.load_marks({"other": 10})  # a reset of f by an operator: what this interval did stays
+    # a reset of f by an operator: what this interval did stays
+    acc.load_marks({"other": Coverage([(1, 10)])})
     assert acc.marks == {"replay/BTCUSDT/f": 5, "other": 10}
     acc.take()  # flushed: the marks stay, and the next interval starts from them
     assert acc.pending.advanced_marks() == [] and acc.marks["replay/BTCUSDT/f"] == 5
     acc.process_batch(0, [record(9, events[-1])], NOW_MS)
     assert acc.pending.metrics.duplicate_events == 1
+
+
+def test_history_filled_in_behind_a_stream_counts_once_in_any_order() -> None:
+    """A live trade stream from id 100 on, then a file of ids 1 to 120 (before and into it),
+    then the file again: ids 1 to 99 are new, 100 to 120 repeats, the rerun all repeats."""
+    acc = Accumulator()
+    trade = "aggtrades/BTCUSDT"
+    live = [in_stream(trade, seq, 1, "binance") for seq in range(100, 131)]
+    file = [in_stream(trade, seq, 1, "replay") for seq in range(1, 121)]
+    acc.process_batch(0, [record(i, e) for i, e in enumerate(live + file)], NOW_MS)
+    m = acc.pending.metrics
+    assert (m.events, m.duplicate_events) == (31 + 99, 21)
+    assert acc.pending.counted == {trade: Coverage([(1, 130)])}
+    acc.take()  # flushed: stored now
+    acc.process_batch(0, [record(i, e) for i, e in enumerate(file)], NOW_MS)
+    assert (acc.pending.metrics.events, acc.pending.metrics.duplicate_events) == (0, 120)
+    # A hole the stored ranges leave is still new.
+    acc.load_marks({trade: Coverage([(1, 50), (60, 130)])})
+    acc.process_batch(1, [record(i, e) for i, e in enumerate(file[45:65])], NOW_MS)
+    assert acc.pending.counted == {trade: Coverage([(51, 59)])}
+    assert acc.marks[trade] == 130
 
 
 def test_dead_letters_keep_partition_offset_raw_size_and_error() -> None:

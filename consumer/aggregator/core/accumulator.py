@@ -1,12 +1,14 @@
 """Everything one flush writes, gathered message by message: pure, no I/O.
 
-A `PendingFlush` holds the window deltas, dead letters, metrics, the streams' new high-water
-marks and, per partition, the next offset to read. Written in one transaction they move the
-tables from one consistent state to the next: that is the exactly-once unit.
+A `PendingFlush` holds the window deltas, dead letters, metrics, the seqs each stream counted
+and, per partition, the next offset to read. Written in one transaction they move the tables
+from one consistent state to the next: that is the exactly-once unit.
 
-Identity: an event of stream S with seq <= S's high-water mark (the highest seq counted) is a
-repeat (a producer re-send, a re-run replay) and is skipped. That suffices because a stream
-travels in one partition in order, and a repeat re-sends a run of it in its original order.
+Identity: an event of stream S whose seq S has counted already (core/coverage.py: the ranges
+of seqs counted) is a repeat (a producer re-send, a re-run replay, an overlapping file, a
+trade that came over WebSocket and from a file) and is skipped, in whatever order the
+stream's events arrive. Each stream's high-water mark (the highest seq counted) stays the
+fast path: an event above it is new.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
+from aggregator.core.coverage import Coverage
 from aggregator.core.decoding import decode_event
 from aggregator.core.windows import WINDOW_MS, WindowDeltas, WindowStats
 from btcpipe.contract import MAX_MESSAGE_BYTES, REPLAY_SOURCE, ContractError, DecodedEvent
@@ -89,12 +92,21 @@ class PendingFlush:
     metrics: IntervalMetrics = field(default_factory=IntervalMetrics)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next to read
     first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first unflushed
-    # Streams that advanced in this interval: stream -> (mark before it, source, partition).
+    # Streams that counted in this interval: stream -> (mark before it, source, partition).
     marks_before: dict[str, tuple[int | None, str, int]] = field(default_factory=dict)
     marks: dict[str, int] = field(default_factory=dict)  # the accumulator's, shared
+    counted: dict[str, Coverage] = field(default_factory=dict)  # seqs counted in the interval
 
     def is_empty(self) -> bool:
         return not self.next_offsets
+
+    def counted_ranges(self) -> list[tuple[str, int, int]]:
+        """(stream, first seq, last seq) of every range counted, sorted."""
+        return [
+            (stream, first, last)
+            for stream, coverage in sorted(self.counted.items())
+            for first, last in coverage
+        ]
 
     def advanced_marks(self) -> list[tuple[str, int, str, int]]:
         """(stream, new mark, source, partition) of the streams advanced, sorted by stream
@@ -106,26 +118,28 @@ class PendingFlush:
 
 
 class Accumulator:
-    """Turns messages into the pending flush. Holds every stream's high-water mark (stored
-    ones, loaded with `load_marks`, advanced by what is pending), and, per stream, the newest
-    window seen, so that an event for an older window of its own stream is counted as late."""
+    """Turns messages into the pending flush. Holds what every stream has counted (stored,
+    loaded with `load_marks`, and pending) with its high-water mark, and, per stream, the
+    newest window seen, so that an event for an older window of its own stream is counted as
+    late."""
 
     def __init__(self) -> None:
         self.marks: dict[str, int] = {}  # stream -> highest seq counted (stored + pending)
+        self.stored: dict[str, Coverage] = {}  # stream -> seqs the tables hold
         self.pending = PendingFlush(marks=self.marks)
         # Late is judged per stream: a backfill of January after May is not late. Messages
         # without identity (previous release) fall back to (symbol, source).
         self._current_window: dict[str | tuple[str, str], int] = {}
 
-    def load_marks(self, stored: dict[str, int]) -> None:
-        """Take the marks PostgreSQL holds as the truth (an operator may have reset them),
-        keeping only what this interval advanced beyond them."""
-        advanced = {stream: self.marks[stream] for stream in self.pending.marks_before}
+    def load_marks(self, stored: dict[str, Coverage]) -> None:
+        """Take what PostgreSQL holds as counted as the truth (an operator may have reset a
+        stream), keeping what this interval counted besides."""
+        self.stored = stored
         self.marks.clear()  # the same dict: the pending flush refers to it
-        self.marks.update(stored)
-        for stream, seq in advanced.items():
-            if seq > self.marks.get(stream, 0):
-                self.marks[stream] = seq
+        self.marks.update((stream, coverage.top) for stream, coverage in stored.items())
+        for stream, coverage in self.pending.counted.items():
+            if coverage.top > self.marks.get(stream, 0):
+                self.marks[stream] = coverage.top
 
     def process_batch(
         self,
@@ -149,6 +163,7 @@ class Accumulator:
         samples, trades, klines = SAMPLES, TRADES, KLINES
         newest = self._current_window
         marks, marks_before = self.marks, pending.marks_before
+        stored, counted, coverage_of = self.stored, pending.counted, Coverage.of
         decode, invalid, replay_source, window_ms = (
             decode_event,
             ContractError,
@@ -180,12 +195,26 @@ class Accumulator:
                 late_key: str | tuple[str, str] = (symbol, source)
             else:
                 mark = marks.get(stream)
-                if mark is not None and seq <= mark:
-                    dups += 1  # counted already: a re-send or a re-run
-                    continue
+                now = counted.get(stream)
+                if mark is None or seq > mark:  # beyond all counted: new (a stream in order)
+                    marks[stream] = seq
+                    if now is None:
+                        counted[stream] = coverage_of(seq)
+                    else:
+                        now.append_above(seq)
+                else:
+                    held = stored.get(stream)
+                    if (held is not None and held.covers(seq)) or (
+                        now is not None and now.covers(seq)
+                    ):
+                        dups += 1  # counted already: a re-send, a re-run, an overlap
+                        continue
+                    if now is None:
+                        counted[stream] = coverage_of(seq)
+                    else:
+                        now.add(seq)
                 if stream not in marks_before:
                     marks_before[stream] = (mark, source, partition)
-                marks[stream] = seq
                 late_key = stream
             events += 1
             if source != replay_source:  # replayed history is not processing lag
@@ -195,19 +224,22 @@ class Accumulator:
                 if lag > lag_max:
                     lag_max = lag
             start = event_time - event_time % window_ms
-            # A trade has both raw trade ids (the contract checks it): typed as they are then.
-            quantity, first_id, last_id, kline = event[6:10]  # type: ignore[assignment]
+            quantity = event[6]
             if start == last_start and late_key == last_key:
                 # Same stream and window as the event before (a stream has one symbol and one
                 # feed): late exactly when it was (the newest window only moves on for an
                 # event that is not late), same delta.
                 late = last_late
-                if quantity is not None:
-                    stats.add_trade(price, quantity, event_time, first_id, last_id)
-                elif kline is None:
-                    stats.add(price, event_time)
+                if quantity is None:
+                    kline = event[9]
+                    if kline is None:
+                        stats.add(price, event_time)
+                    else:
+                        stats.merge(of_kline(kline))
                 else:
-                    stats.merge(of_kline(kline))
+                    # A trade has both raw trade ids (the contract checks it).
+                    first_id, last_id = event[7], event[8]  # type: ignore[assignment]
+                    stats.add_trade(price, quantity, event_time, first_id, last_id)
             else:
                 # Late: older than the newest window seen in this event's own stream.
                 current = newest.get(late_key)
@@ -215,7 +247,9 @@ class Accumulator:
                 if not late and (current is None or start > current):
                     newest[late_key] = start
                 # WindowDeltas.add, inlined: one call less per message.
+                kline = event[9]
                 if quantity is not None:
+                    first_id, last_id = event[7], event[8]  # type: ignore[assignment]
                     found = deltas.get((symbol, start, trades))
                     if found is None:
                         stats = deltas[symbol, start, trades] = of_trade(
@@ -270,8 +304,15 @@ class Accumulator:
         )
 
     def take(self) -> PendingFlush:
-        """Hand over what is pending (after it was written) and start a new interval."""
+        """Hand over what is pending (after it was written: what it counted is stored now)
+        and start a new interval."""
         pending, self.pending = self.pending, PendingFlush(marks=self.marks)
+        for stream, coverage in pending.counted.items():
+            held = self.stored.get(stream)
+            if held is None:
+                self.stored[stream] = coverage
+            else:
+                held.merge(coverage)
         return pending
 
     def discard(self) -> PendingFlush:
@@ -283,4 +324,5 @@ class Accumulator:
                 del self.marks[stream]
             else:
                 self.marks[stream] = before
-        return self.take()
+        dropped, self.pending = self.pending, PendingFlush(marks=self.marks)
+        return dropped

@@ -120,6 +120,50 @@ def store_marks(cur: Cursor, pending: PendingFlush, topic: str) -> None:
     )
 
 
+# The ranges a flush counted, joined with the stream's stored ranges into as few as cover
+# them (islands: a range starts one where it neither overlaps nor touches those before it).
+STORE_RANGES_SQL = """
+WITH old AS (
+    DELETE FROM stream_ranges WHERE stream = ANY(%(streams)s::text[])
+    RETURNING stream, first_seq, last_seq
+), joined AS (
+    SELECT stream, first_seq, last_seq FROM old
+    UNION ALL
+    SELECT * FROM unnest(%(stream)s::text[], %(first_seq)s::bigint[], %(last_seq)s::bigint[])
+), ordered AS (
+    SELECT stream, first_seq, last_seq,
+           max(last_seq) OVER (PARTITION BY stream ORDER BY first_seq, last_seq
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+    FROM joined
+), islands AS (
+    SELECT stream, first_seq, last_seq,
+           count(*) FILTER (WHERE reach IS NULL OR first_seq > reach + 1)
+               OVER (PARTITION BY stream ORDER BY first_seq, last_seq) AS island
+    FROM ordered
+)
+INSERT INTO stream_ranges AS r (stream, first_seq, last_seq)
+SELECT stream, min(first_seq), max(last_seq) FROM islands GROUP BY stream, island
+ON CONFLICT (stream, first_seq) DO UPDATE SET last_seq = GREATEST(r.last_seq, EXCLUDED.last_seq)
+"""
+
+
+def store_ranges(cur: Cursor, pending: PendingFlush) -> None:
+    """What each stream counted in this interval, joined into its stored ranges. Ranges only
+    grow (a union): a stale writer can never take one away."""
+    ranges = pending.counted_ranges()
+    if not ranges:
+        return
+    cur.execute(
+        STORE_RANGES_SQL,
+        {
+            "streams": sorted(pending.counted),
+            "stream": [stream for stream, _, _ in ranges],
+            "first_seq": [first for _, first, _ in ranges],
+            "last_seq": [last for _, _, last in ranges],
+        },
+    )
+
+
 def merge_windows(cur: Cursor, pending: PendingFlush) -> None:
     """Every window delta into its row, by the SQL merge of core/windows.py's STATISTICS."""
     if len(pending.windows):
@@ -157,8 +201,9 @@ def insert_dead_letters(cur: Cursor, pending: PendingFlush, topic: str) -> None:
 def prune_marks(cur: Cursor) -> None:
     """Drop the marks of live streams idle for LIVE_MARK_RETENTION."""
     cur.execute(
-        "DELETE FROM stream_marks WHERE source <> 'replay' "
-        f"AND updated_at < now() - interval '{LIVE_MARK_RETENTION}'"
+        "WITH pruned AS (DELETE FROM stream_marks WHERE source <> 'replay' "
+        f"AND updated_at < now() - interval '{LIVE_MARK_RETENTION}' RETURNING stream) "
+        "DELETE FROM stream_ranges WHERE stream IN (SELECT stream FROM pruned)"
     )
     if cur.rowcount:
         log.info(

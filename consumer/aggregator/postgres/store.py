@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg2.errors
 
 from aggregator.core.accumulator import PendingFlush
+from aggregator.core.coverage import Coverage
 from aggregator.core.migrations import MigrationError, migrations_in, missing
 from aggregator.postgres import flush
 from aggregator.postgres.connection import ANSWER_TIMEOUT_SECONDS, Connection
@@ -122,11 +123,14 @@ class Store:
             )
         return previous, moved
 
-    def stream_marks(self, timeout: float | None = None) -> dict[str, int]:
-        """Every stream's high-water mark: what the tables have counted."""
+    def stream_coverage(self, timeout: float | None = None) -> dict[str, Coverage]:
+        """What the tables have counted of every stream: its ranges of seqs."""
         with self._db.call(timeout) as conn, conn, conn.cursor() as cur:
-            cur.execute("SELECT stream, last_seq FROM stream_marks")
-            return dict(cur.fetchall())
+            cur.execute("SELECT stream, first_seq, last_seq FROM stream_ranges")
+            ranges: dict[str, list[tuple[int, int]]] = {}
+            for stream, first, last in cur.fetchall():
+                ranges.setdefault(stream, []).append((first, last))
+        return {stream: Coverage(pairs) for stream, pairs in ranges.items()}
 
     def stored_offsets(
         self, group_id: str, topic: str, partitions: list[int], timeout: float | None = None
@@ -167,6 +171,7 @@ class Store:
             flush.check_owner(cur, ctx.group_id)  # waits for a take-over in progress
             flush.advance_offsets(cur, pending, ctx)  # it locks the rows that fence us
             flush.store_marks(cur, pending, ctx.topic)
+            flush.store_ranges(cur, pending)
             flush.merge_windows(cur, pending)
             flush.insert_dead_letters(cur, pending, ctx.topic)
             if self._prune_due():
