@@ -109,6 +109,8 @@ def latest_ranges(data: PipelineData, span: TimeRange, symbols: Sequence[str]) -
 
 
 PRICE = "btc-price"
+# Price panels that show only windows of trades: empty where a pair has price samples only.
+TRADES_ONLY = {"Trades per second (5-minute)", "Incomplete trade windows"}
 KPI = "btc-pipeline-kpis"
 EXPECTED: dict[tuple[str, str], Expectation] = {
     (PRICE, "Total events processed"): lambda d, s, sym: [
@@ -138,6 +140,19 @@ EXPECTED: dict[tuple[str, str], Expectation] = {
             None if not w.volume or w.quote_volume is None else float(w.quote_volume / w.volume),
         )
         for w in windows_in(d, s, sym)
+    ],
+    (PRICE, "Trades per second (5-minute)"): lambda d, s, sym: [
+        (w.start, w.symbol, w.trade_count / 300)
+        for w in windows_in(d, s, sym)
+        if w.trade_count is not None and w.first_trade_id is not None
+    ],
+    (PRICE, "Incomplete trade windows"): lambda d, s, sym: [
+        (w.symbol, w.start, float(w.trade_count), float(missing))
+        for w in sorted(windows_in(d, s, sym), key=lambda w: (-w.start.timestamp(), w.symbol))
+        if w.trade_count is not None
+        and w.first_trade_id is not None
+        and w.last_trade_id is not None
+        and (missing := w.last_trade_id - w.first_trade_id + 1 - w.trade_count)
     ],
     (KPI, "Current processing rate"): lambda d, s, _: [(current_rate(d, s),)],
     (KPI, "Seconds since last event"): lambda d, s, _: [(seconds_since_last_event(d, s),)],

@@ -31,6 +31,7 @@ from tests.pipeline import (
     expected_windows,
     produce,
     produce_raw,
+    random_trades,
     start_consumer,
     wait_for_total,
 )
@@ -76,6 +77,9 @@ class Window:
     last_event_at: datetime
     volume: Decimal | None = None  # None: a window of price samples only
     quote_volume: Decimal | None = None
+    trade_count: int | None = None
+    first_trade_id: int | None = None  # None: no trades (samples, candles)
+    last_trade_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,9 @@ def truth_windows(events: Sequence[Event]) -> list[Window]:
             last_event_at=from_ms(w["last_event_at"]),
             volume=w["volume"],
             quote_volume=w["quote_volume"],
+            trade_count=w["trade_count"],
+            first_trade_id=w["first_trade_id"],
+            last_trade_id=w["last_trade_id"],
         )
         for (symbol, start), w in sorted(candles.items())
     ]
@@ -165,11 +172,12 @@ def stored_metrics(dsn: str) -> list[MetricRow]:
 
 def count_late(events: Sequence[Event]) -> int:
     """Events one consumer process must count as late: older than the newest window it has
-    already read for the same symbol and kind of source (live or replayed)."""
-    newest: dict[tuple[str, bool], int] = {}
+    already read of the same stream (without identity: the same symbol and kind of source,
+    live or replayed)."""
+    newest: dict[object, int] = {}
     late = 0
     for event in events:
-        stream = (event.symbol, event.source == REPLAY)
+        stream = event.stream or (event.symbol, event.source == REPLAY)
         start = event.event_time - event.event_time % WINDOW_MS
         if stream in newest and start < newest[stream]:
             late += 1
@@ -408,6 +416,29 @@ def history_events(rng: random.Random, now: datetime) -> list[Event]:
     return events
 
 
+TRADED = "ETHUSDT"  # the pair a trade stream follows beside its poller
+TRADE_SPAN = timedelta(minutes=40)  # of trades, up to the newest live price
+HOLE_AGE = timedelta(minutes=22)  # one aggregate trade missing then: its window is incomplete
+
+
+def trade_feed(rng: random.Random, newest: datetime) -> list[Event]:
+    """Aggregate trades of TRADED over TRADE_SPAN up to `newest`, as a trade stream publishes
+    them (exchange identities, in id order), but for one trade the stream never delivered."""
+    first = newest - TRADE_SPAN
+    trades = random_trades(rng, 600, symbols=(TRADED,), start_ms=to_ms(first))
+    span = to_ms(newest) - to_ms(first)
+    last = trades[-1].event_time - to_ms(first)
+    trades = [
+        Event(e.symbol, e.price, to_ms(first) + (e.event_time - to_ms(first)) * span // last,
+              LIVE, e.stream, e.seq, e.quantity, e.first_trade_id, e.last_trade_id)
+        for e in trades
+    ]  # fmt: skip
+    hole = min(
+        range(len(trades)), key=lambda i: abs(trades[i].event_time - to_ms(newest - HOLE_AGE))
+    )
+    return trades[:hole] + trades[hole + 1 :]
+
+
 def live_feed(rng: random.Random, newest: datetime, span: timedelta) -> list[Event]:
     """A poll of every symbol every POLL over `span` up to `newest`; BTCUSDT polled last."""
     offsets = {symbol: k * timedelta(seconds=3) for k, symbol in enumerate(SYMBOLS)}
@@ -440,6 +471,7 @@ def healthy_run(broker: TansuBroker, postgres: PostgresServer, workdir: Path) ->
         pipeline.replay(history_events(rng, now))
         pipeline.publish_invalid(INVALID, "BTCUSDT")
         pipeline.publish(live_feed(rng, now - NEWEST_AGE, LIVE_SPAN - NEWEST_AGE))
+        pipeline.publish(trade_feed(rng, now - NEWEST_AGE))
         pipeline.publish([late])
 
     pipeline.run_until_idle("consumer-a", publish)
