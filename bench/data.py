@@ -5,16 +5,21 @@
 - `file_windows`: the exact 5-minute windows of such a file, computed offline with Decimal
   straight from its lines (streamed: 2,000,000 lines take little memory).
 - `check_tables`: every row and column of five_min_bitcoin_event against those windows.
+- `trade_messages`, `file_trade_totals`, `check_trade_totals`: the same file as the
+  exchange's aggregate trades (contract trades), and the volume and raw trade count of each
+  window, against the trades rows.
 """
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 from pathlib import Path
 
+import orjson
 import psycopg2
 
 WINDOW_MS = 300_000
@@ -106,3 +111,54 @@ def check_tables(dsn: str, truth: dict[tuple[str, int], Window]) -> None:
     )
     for key, want in truth.items():
         assert stored[key] == want, f"window {key}: stored {stored[key]}, truth {want}"
+
+
+def trade_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
+    """(key, value, timestamp) of every line as a trade stream publishes it: the exchange's
+    identity (aggtrades/<SYMBOL>, the aggregate id), the quantity and raw trade ids."""
+    messages = []
+    with path.open() as lines:
+        for line in lines:
+            agg_id, price, quantity, first, last, time_us = line.split(",")[:6]
+            symbol = path.name.split("-")[0]
+            event_ms = int(time_us) // 1000
+            body = {
+                "symbol": symbol,
+                "price": price,
+                "event_time": event_ms,
+                "source": "replay",
+                "stream": f"aggtrades/{symbol}",
+                "seq": int(agg_id),
+                "quantity": quantity,
+                "first_trade_id": int(first),
+                "last_trade_id": int(last),
+            }
+            messages.append((symbol.encode(), orjson.dumps(body), event_ms))
+    return messages
+
+
+def file_trade_totals(path: Path, symbol: str) -> dict[tuple[str, int], tuple[Decimal, int]]:
+    """Per window: the sum of the quantities and of the raw trades (last - first + 1)."""
+    totals: dict[tuple[str, int], list] = defaultdict(lambda: [Decimal(0), 0])
+    with localcontext(Context(prec=100)), path.open() as lines:
+        for line in lines:
+            _, _, quantity, first, last, time_us = line.split(",")[:6]
+            event_ms = int(time_us) // 1000
+            total = totals[(symbol, event_ms - event_ms % WINDOW_MS)]
+            total[0] += Decimal(quantity)
+            total[1] += int(last) - int(first) + 1
+    return {key: (volume, count) for key, (volume, count) in totals.items()}
+
+
+def check_trade_totals(dsn: str, truth: dict[tuple[str, int], tuple[Decimal, int]]) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, volume, "
+            "trade_count, complete FROM five_min_bitcoin_event WHERE feed = 'trades'"
+        )
+        stored = {(row[0], row[1]): (row[2], row[3]) for row in cur.fetchall()}
+        cur.execute("SELECT bool_and(complete) FROM five_min_bitcoin_event")
+        (complete,) = cur.fetchone()
+    conn.close()
+    assert stored == truth, "trade windows differ from the file's volumes and trade counts"
+    assert complete, "a window of the file's contiguous trade ids is marked incomplete"

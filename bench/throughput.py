@@ -12,6 +12,9 @@ One run, one Kafka-protocol broker (Tansu), one PostgreSQL, this machine:
     from the file to visible in PostgreSQL, checked exact.
  4. Many symbols: `SYMBOLS=ALL` against a fake Binance listing 3,000 pairs: the producer's
     tick duration and the consumer's flush duration.
+ 5. Trades: `consumer.py` on a topic of aggregate trades (contract trades: quantity and raw
+    trade ids, exchange identities), until every trade is in its window's trades row with
+    volume and trade count, checked against the Decimal truth.
 
 Run: bench/run.sh [--events 500000] [--partitions 3] [--flush-interval 30]
 """
@@ -45,7 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "producer"), str(ROOT / "consumer")]
 
 from aggregator.kafka_reader.client import FETCH_SETTINGS  # noqa: E402
-from bench.data import check_tables, file_windows, write_agg_trades  # noqa: E402
+from bench.data import (  # noqa: E402
+    check_tables,
+    check_trade_totals,
+    file_trade_totals,
+    file_windows,
+    trade_messages,
+    write_agg_trades,
+)
 from btcpipe.contract import replay_stream  # noqa: E402
 from pricefeed.kafka_sink.clients import CLIENT_SETTINGS  # noqa: E402
 
@@ -79,7 +89,9 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, default=3000, help="pairs for SYMBOLS=ALL")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each compared pair")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["quix", "backfill", "pairs"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["quix", "backfill", "pairs", "trades"]
+    )
     args = parser.parse_args()
 
     require_crc32c_extension()
@@ -96,6 +108,8 @@ def main() -> None:
             bench.backfill()
         if "pairs" not in args.skip:
             bench.many_pairs()
+        if "trades" not in args.skip:
+            bench.trades()
     report.line(f"machine: load {load()} at the end")
     report.print()
 
@@ -294,6 +308,27 @@ class Bench:
             f"{spread(flushes)} ms; cadence {interval:g} s (default 10 s)"
         )
 
+    # -- 5. trades -----------------------------------------------------------------------------
+
+    def trades(self) -> None:
+        """The file's lines as the exchange's aggregate trades (what a trade stream
+        publishes), read by consumer.py into their windows' trades rows."""
+        n, topic = self.args.events, self.topic("bench_trades")
+        print(f"(f) consumer.py on {n:,} aggregate trades...", flush=True)
+        send_all(self.broker.bootstrap, topic, trade_messages(self.file))
+        dsn, env = self.database("bench_trades", topic, self.args.flush_interval)
+        consumer = self.script("consumer", [], env)
+        consumer.wait_for("Resuming from stored offsets")
+        started = time.perf_counter()
+        with StoredCount(dsn) as stored:
+            consumer.wait_until(lambda: stored() >= n, 3600, "the trades in PostgreSQL")
+        seconds = time.perf_counter() - started
+        rss = consumer.finish()
+        check_tables(dsn, file_windows(self.file, SYMBOL))
+        check_trade_totals(dsn, file_trade_totals(self.file, SYMBOL))
+        self.report.rates("(f) consumer.py on trades into PostgreSQL (checked exact)", n, [seconds])
+        self.report.line(f"    consumer.py peak RSS {rss:.0f} MB")
+
     # -- helpers ------------------------------------------------------------------------------
 
     def topic(self, name: str) -> str:
@@ -354,6 +389,16 @@ def replay_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
             }
             messages.append((key, orjson.dumps(body), event_ms))
     return messages
+
+
+def send_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int]]) -> None:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **CLIENT_SETTINGS
+    )
+    for key, value, timestamp in messages:
+        producer.send(topic, key=key, value=value, timestamp_ms=timestamp)
+    producer.flush()
+    producer.close()
 
 
 def bare_producer_seconds(bootstrap: str, topic: str, path: Path) -> float:
