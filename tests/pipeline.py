@@ -10,8 +10,6 @@ import itertools
 import json
 import os
 import random
-import socket
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,8 +22,6 @@ import psycopg2
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
-from kafka.record.util import calc_crc32c
 
 from aggregator.core.windows import STATISTICS, Statistic, WindowKey, WindowStats, window_start
 from tests.harness import PostgresServer, TansuBroker
@@ -537,61 +533,3 @@ def read_all_records(bootstrap: str, topic: str, timeout: float = 30) -> dict[in
         return records
     finally:
         consumer.close()
-
-
-def record_batch(
-    records: Sequence[tuple[bytes | None, bytes | None, int]],
-    codec: int = 0,
-    crc_valid: bool = True,
-) -> bytes:
-    """A v2 record batch of (key, value, timestamp) records, uncompressed, whose attributes
-    claim `codec` (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd; others unknown) and whose CRC is
-    right or not: the bytes of a batch another client cannot decode."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for offset, (key, value, timestamp) in enumerate(records):
-        builder.append(offset, timestamp=timestamp, key=key, value=value, headers=[])
-    batch = builder.build()
-    at = DefaultRecordBase.ATTRIBUTES_OFFSET
-    (attributes,) = struct.unpack_from(">h", batch, at)
-    struct.pack_into(">h", batch, at, (attributes & ~DefaultRecordBase.CODEC_MASK) | codec)
-    crc = calc_crc32c(memoryview(batch)[at:]) ^ (0 if crc_valid else 1)
-    struct.pack_into(">I", batch, DefaultRecordBase.CRC_OFFSET, crc)
-    return bytes(batch)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack(">h", len(raw)) + raw
-
-
-def produce_batch(bootstrap: str, topic: str, partition: int, batch: bytes) -> None:
-    """Append one record batch as it is, with a ProduceRequest (v3, acks all) written by hand:
-    every client checks or rebuilds the batches it sends. `bootstrap` must be the partition's
-    leader (Tansu: the only broker)."""
-    host, port = bootstrap.rsplit(":", 1)
-    request = (
-        struct.pack(">hhi", 0, 3, 1)  # api key Produce, version 3, correlation id
-        + _string("raw-batch")
-        + struct.pack(">hhi", -1, -1, 10_000)  # no transactional id, acks all, timeout
-        + struct.pack(">i", 1)
-        + _string(topic)
-        + struct.pack(">iii", 1, partition, len(batch))
-        + batch
-    )
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(struct.pack(">i", len(request)) + request)
-        answer = conn.makefile("rb")
-        (size,) = struct.unpack(">i", answer.read(4))
-        body = answer.read(size)
-    # correlation id, topics, the topic, partitions, the partition index, its error code
-    at = 4 + 4 + 2 + len(topic.encode()) + 4 + 4
-    (error,) = struct.unpack_from(">h", body, at)
-    assert error == 0, f"the broker refused the batch with error code {error}"

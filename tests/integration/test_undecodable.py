@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from tests.harness.kafka_wire import produce_batch, record_batch
 from tests.pipeline import (
     BASE_TIME_MS,
     Event,
@@ -18,9 +19,7 @@ from tests.pipeline import (
     create_topic,
     execute,
     new_producer,
-    produce_batch,
     query,
-    record_batch,
     start_consumer,
     wait_for_total,
     with_identity,
