@@ -51,14 +51,21 @@ def send(bootstrap: str, topic: str, batch: list[Event], partition: int) -> None
 
 
 def skip_batch(dsn: str, group: str, topic: str, partition: int, at: int, past: int) -> None:
-    """The statement docs/operations.md gives, with the values of the consumer's sentence."""
+    """The statement of docs/operations.md (tests/integration/test_docs_sql.py runs it as
+    printed), with the values of the consumer's sentence."""
+    error = f"skipped by hand: undecodable record batch, offsets {at} to {past - 1}"
     execute(
         dsn,
-        "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (group_id, topic, partition) DO UPDATE "
-        "SET next_offset = excluded.next_offset, updated_at = now() "
-        "WHERE consumer_offsets.next_offset = %s",
-        (group, topic, partition, past, at),
+        "WITH moved AS ("
+        " INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)"
+        " VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (group_id, topic, partition) DO UPDATE"
+        " SET next_offset = excluded.next_offset, updated_at = now()"
+        " WHERE consumer_offsets.next_offset = %s"
+        " RETURNING topic, partition)"
+        ' INSERT INTO dead_letter_events (topic, partition, "offset", raw_size, error, received_at)'
+        " SELECT topic, partition, %s, 0, %s, now() FROM moved",
+        (group, topic, partition, past, at, at, error),
     )
 
 
@@ -116,6 +123,9 @@ def test_an_undecodable_batch_stops_the_consumer_with_exit_2_and_can_be_skipped_
     try:
         wait_for_total(dsn, len(before + others + after), 90, [resumed])
         assert_tables_equal_truth(dsn, before + others + after)
+        assert query(dsn, 'SELECT partition, "offset", error FROM dead_letter_events') == [
+            (BAD_PARTITION, 40, "skipped by hand: undecodable record batch, offsets 40 to 42")
+        ]
     finally:
         resumed.stop()
 

@@ -97,7 +97,7 @@ PRECEDENCE = [
         5000,
         6000,
     ),
-    ("--compression", "KAFKA_COMPRESSION", "zstd", "none", "compression", "zstd", "none"),
+    ("--compression", "KAFKA_COMPRESSION", "gzip", "none", "compression", "gzip", "none"),
     (
         "--replay-state-dir",
         "REPLAY_STATE_DIR",

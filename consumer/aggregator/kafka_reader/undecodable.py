@@ -17,7 +17,8 @@ from btcpipe.process import describe
 
 # kafka-python 3.0.12 decodes a fetched partition's batches in this generator of its fetcher
 # (kafka/consumer/fetcher.py), whose locals name the partition (`tp`) and the batch being
-# decoded (`batch`). Whatever escapes it (also the codec libraries' own errors, such as
+# decoded (`batch`); tests/integration/test_undecodable.py fails if an upgrade moves them.
+# Whatever escapes it (also the codec libraries' own errors, such as
 # gzip's BadGzipFile or zstandard's ZstdError) comes from the bytes of that batch.
 DECODING_FRAME = "_unpack_records"
 DECODING_ERRORS = (UnsupportedCodecError, CorruptRecordError)
