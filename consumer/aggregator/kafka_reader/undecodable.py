@@ -43,7 +43,11 @@ class UndecodableBatch(Exception):
         super().__init__(self.sentence())
 
     def sentence(self) -> str:
-        where = f"partition {self.partition}" if self.partition is not None else "a partition"
+        where = (
+            f"partition {self.partition}"
+            if self.partition is not None
+            else "(in a partition the client does not name)"
+        )
         if self.offset is not None:
             where += f" at offset {self.offset}"
         if self.batch_end is not None:
