@@ -4,7 +4,8 @@ One run, one Kafka-protocol broker (Tansu), one PostgreSQL, this machine:
  0. kafka-python must use the `crc32c` C extension: the bench stops if it fell back to its
     pure-Python CRC32C (about half of either client's time).
  1. Replay producer: (d) a bare kafka-python idempotent producer sending the messages of an
-    aggTrades file (same client settings as producer.py), (e) `producer.py --source replay`.
+    aggTrades file (same client settings and codec as producer.py), (e) `producer.py
+    --source replay`.
  2. Consumer, on the topic (e) filled: (a) a bare kafka-python consumer, poll + json.loads
     (same fetch settings), (b) `consumer.py` until every event is in PostgreSQL (then checked
     exact), (c) Quix Streams doing the same windows with no sink (optional peer).
@@ -57,7 +58,11 @@ from bench.data import (  # noqa: E402
     write_agg_trades,
 )
 from btcpipe.contract import replay_stream  # noqa: E402
-from pricefeed.kafka_sink.clients import CLIENT_SETTINGS  # noqa: E402
+from pricefeed.kafka_sink.clients import (  # noqa: E402
+    CLIENT_SETTINGS,
+    DEFAULT_COMPRESSION,
+    compression_type,
+)
 
 # The real servers of the test harness (a Kafka-protocol broker, PostgreSQL, a fake Binance):
 # the bench measures the scripts against the same servers the tests use.
@@ -403,10 +408,15 @@ def send_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int]
 
 def bare_producer_seconds(bootstrap: str, topic: str, path: Path) -> float:
     """The ceiling: kafka-python's idempotent producer (default partitioner), prepared
-    messages, producer.py's client settings; from the first send to the last acknowledgement."""
+    messages, producer.py's client settings and default codec; from the first send to the
+    last acknowledgement."""
     messages = replay_messages(path)
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **CLIENT_SETTINGS
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=compression_type(DEFAULT_COMPRESSION),
+        **CLIENT_SETTINGS,
     )
     producer.partitions_for(topic)  # connected, metadata known: time the sending only
     started = time.perf_counter()

@@ -25,6 +25,7 @@ from kafka.errors import (
 
 from aggregator.core.migrations import MigrationError
 from aggregator.kafka_reader.spin_guard import KafkaUnresponsive
+from aggregator.kafka_reader.undecodable import UndecodableBatch
 from aggregator.loop import ConsumerLoop
 from aggregator.postgres.errors import (
     NotOwner,
@@ -39,7 +40,7 @@ from btcpipe.process import configure_logging, describe, stop_on_signals
 
 log = logging.getLogger("consumer")
 
-EXIT_CONFIG = 2  # a setting no retry can fix
+EXIT_CONFIG = 2  # a setting, or a record batch, that no retry can fix
 EXIT_FAILED = 1  # stopped with work not written, or the database refused it
 
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not prepare_tables(store, settings, stop):
             return 0
         code = consume(settings, store, stop)
-    except (MigrationError, NotOwner) as exc:
+    except (MigrationError, NotOwner, UndecodableBatch) as exc:
         print(f"consumer.py: error: {exc}", file=sys.stderr)
         log.error("Consumer stopped: %s", exc)
         return EXIT_CONFIG

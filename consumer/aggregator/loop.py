@@ -16,6 +16,7 @@ from aggregator.kafka_reader.client import new_consumer
 from aggregator.kafka_reader.log_guard import LogGuard
 from aggregator.kafka_reader.positions import Positions
 from aggregator.kafka_reader.spin_guard import SpinGuard
+from aggregator.kafka_reader.undecodable import UndecodableBatch
 from aggregator.postgres.errors import OffsetsMoved, StoreUnavailable
 from aggregator.postgres.store import Store
 from aggregator.report import ConsumedLog
@@ -71,6 +72,11 @@ class ConsumerLoop(ConsumerRebalanceListener):
                 if time.monotonic() >= self.flusher.next_flush:
                     self.flusher.flush_on_timer()
             return self.flusher.flush_final()
+        except UndecodableBatch:
+            # Write what was read before it: the offsets stored then stand at the batch, where
+            # a person who decides to skip it moves them (docs/operations.md).
+            self.flusher.flush_final()
+            raise
         finally:
             # Revokes partitions (flushing again if anything is pending) and leaves the group;
             # bounded, for a broker that does not answer.

@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stall_warning=source.stall_warning_after,
         echo=source.echoes_each_event,
         delivery_timeout_ms=settings.delivery_timeout_ms,
+        compression=settings.compression,
     )
     try:
         if not sink.connect():

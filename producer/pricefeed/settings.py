@@ -15,6 +15,7 @@ the whole .env to the container.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,7 @@ class Settings:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     delivery_timeout_ms: int = 120_000
+    compression: str = "zstd"  # of the record batches (docs/benchmark.md: why this one)
     seed: int | None = None
     replay_files: tuple[Path, ...] = ()
     replay_speed: float | None = None  # None: as fast as the broker takes it
@@ -100,6 +102,32 @@ def replay_speed(text: str) -> float | None:
     if not (math.isfinite(speed) and speed > 0):
         raise Invalid("max, or a finite number greater than 0 (times real time)")
     return speed
+
+
+# The codecs of Kafka's record batches, as kafka-python writes them (with the codec libraries
+# both scripts' requirements pin); "none" sends batches uncompressed.
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+# The module kafka-python (kafka/codec.py) needs for each codec, and the package bringing it.
+CODEC_LIBRARIES = {
+    "snappy": ("snappy", "python-snappy"),
+    "lz4": ("lz4.frame", "lz4"),
+    "zstd": ("zstandard", "zstandard"),
+}
+
+
+compression = shared.one_of(COMPRESSIONS, lambda text: text.strip().lower())
+
+
+def codec_library_missing(codec: str) -> str | None:
+    """The package that `codec` needs and this Python lacks, or None."""
+    module, package = CODEC_LIBRARIES.get(codec, ("", ""))
+    if not module:
+        return None
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return package
+    return None
 
 
 def whole_number(text: str) -> int:
@@ -178,6 +206,13 @@ OPTIONS = [
         "delivery_timeout_ms",
         "how long Kafka may take to acknowledge a message before it is sent again",
         shared.number(int, "a whole number of milliseconds", 1000, 2**31 - 1),
+    ),
+    Option(
+        "--compression",
+        "KAFKA_COMPRESSION",
+        "compression",
+        "codec of the record batches: " + " ".join(COMPRESSIONS),
+        compression,
     ),
     Option("--seed", "SIMULATION_SEED", "seed", "random seed of --source simulated", whole_number),
     Option(
@@ -333,6 +368,12 @@ def _check_together(s: Settings, sources: Sources) -> None:
     every_pair_elsewhere = "symbols" in used and s.source != "binance"
     if "ALL" in s.symbols and (len(s.symbols) > 1 or every_pair_elsewhere):
         raise ConfigError("SYMBOLS=ALL (every pair Binance lists) stands alone, with Binance.")
+    missing = codec_library_missing(s.compression)
+    if missing:
+        raise ConfigError(
+            f"KAFKA_COMPRESSION={s.compression} needs the {missing} package, which is not "
+            "installed here: pip install -r producer/requirements.txt, or choose another codec."
+        )
     if s.backoff_max < s.backoff_base:
         raise ConfigError(
             f"BACKOFF_MAX_SECONDS ({s.backoff_max:g}) must not be below "

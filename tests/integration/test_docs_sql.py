@@ -83,3 +83,37 @@ def test_forgetting_the_offsets_of_vanished_partitions_leaves_the_others(dsn) ->
         cur.execute("SELECT topic, partition FROM consumer_offsets ORDER BY 1, 2")
         assert cur.fetchall() == [("btc_price", 0), ("other", 5)]
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("stored", "after", "recorded"),
+    [
+        (40, 43, True),  # the consumer stopped at the batch: moved past it, and recorded
+        (38, 38, False),  # not at the batch (its last flush failed): nothing changes
+        (None, 43, True),  # nothing stored for the partition yet: it starts past the batch
+    ],
+)
+def test_skipping_an_undecodable_batch_moves_that_partition_only_from_the_batch(
+    dsn, stored, after, recorded
+) -> None:
+    """The troubleshooting's statement for an undecodable record batch (partition 1, offsets
+    40 to 42) moves that partition's stored offset past the batch only if it stands at the
+    batch, and records the skip among the dead letters; other partitions stay."""
+    (statement,) = [sql for comment, sql in docs_queries().items() if "undecodable" in comment]
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        rows = [(0, 40)] + ([(1, stored)] if stored is not None else [])
+        for partition, offset in rows:
+            cur.execute(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
+                "VALUES ('btc-aggregator', 'btc_price', %s, %s)",
+                (partition, offset),
+            )
+        cur.execute(statement)
+        cur.execute("SELECT partition, next_offset FROM consumer_offsets ORDER BY 1")
+        assert cur.fetchall() == [(0, 40), (1, after)]
+        cur.execute('SELECT topic, partition, "offset", error FROM dead_letter_events')
+        skipped = [
+            ("btc_price", 1, 40, "skipped by hand: undecodable record batch, offsets 40 to 42")
+        ]
+        assert cur.fetchall() == (skipped if recorded else [])
+    conn.close()

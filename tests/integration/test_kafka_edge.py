@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -29,17 +30,21 @@ def test_a_poll_can_take_a_whole_partition_response_of_the_smallest_valid_events
     assert FETCH_SETTINGS["max_poll_records"] * record_bytes >= response_bytes
 
 
+@pytest.mark.parametrize("compression", [None, "zstd"])
 def test_a_backlog_in_one_partition_is_read_without_waiting_on_the_idle_ones(
-    broker: TansuBroker, topic: str
+    broker: TansuBroker, topic: str, compression: str | None
 ):
     """A fetch that asks only for idle partitions is held for fetch_max_wait_ms. Here that is
     a minute, far beyond the deadline: reading the backlog in time proves that every fetch
-    while it lasted also asked for the partition holding it."""
+    while it lasted also asked for the partition holding it. Also in producer.py's default
+    codec, whose batches hold about twelve times the records per byte."""
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     admin.create_topics([NewTopic(topic, 3, 1)])
     admin.close()
     stream = replay_stream("BTCUSDT", "0" * 64)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, **CLIENT_SETTINGS)
+    producer = KafkaProducer(
+        bootstrap_servers=broker.bootstrap, compression_type=compression, **CLIENT_SETTINGS
+    )
     events = 60_000  # about 10 MiB: ten responses of the partition's limit
     for seq in range(1, events + 1):
         event_time = 1_767_225_600_000 + seq

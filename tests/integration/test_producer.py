@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -570,6 +571,24 @@ def test_a_bad_setting_stops_before_the_topic_is_created(broker: TansuBroker, to
         producer.wait_for_output("Produced:", timeout=30)
         assert producer.stop() == 0
     assert topic in broker_topics(broker)
+
+
+@pytest.mark.parametrize("flag", [[], ["--compression", "zstd"]])
+def test_a_codec_whose_library_is_missing_is_one_sentence_and_exit_2(
+    tmp_path: Path, flag: list[str]
+) -> None:
+    """The default codec too: a Python without zstandard (a package that fails to import, as
+    a missing one does) stops at start, not at the first batch."""
+    missing = tmp_path / "zstandard"
+    missing.mkdir()
+    (missing / "__init__.py").write_text("raise ImportError('zstandard is not installed')\n")
+    args = ["--source", "simulated", "--no-check-hosts", *flag]
+    result = run_script("producer", args, env={"PYTHONPATH": str(tmp_path)})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "producer.py: error: KAFKA_COMPRESSION=zstd needs the zstandard package, which is not "
+        "installed here: pip install -r producer/requirements.txt, or choose another codec.\n"
+    )
 
 
 def broker_topics(broker: TansuBroker) -> set[str]:

@@ -97,6 +97,7 @@ PRECEDENCE = [
         5000,
         6000,
     ),
+    ("--compression", "KAFKA_COMPRESSION", "gzip", "none", "compression", "gzip", "none"),
     (
         "--replay-state-dir",
         "REPLAY_STATE_DIR",
@@ -224,6 +225,8 @@ BAD_VALUES = [
     ),
     ({"KAFKA_DELIVERY_TIMEOUT_MS": "2147483648"}, "KAFKA_DELIVERY_TIMEOUT_MS", "2,147,483,647"),
     ({"SIMULATION_SEED": "lucky"}, "SIMULATION_SEED", "a whole number"),
+    ({"KAFKA_COMPRESSION": "brotli"}, "KAFKA_COMPRESSION", "none, gzip, snappy, lz4 or zstd"),
+    ({"KAFKA_COMPRESSION": "lz4hc"}, "KAFKA_COMPRESSION", "none, gzip, snappy, lz4 or zstd"),
     ({"REPLAY_SPEED": "0"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
     ({"REPLAY_SPEED": "inf"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
     ({"REPLAY_SPEED": "fast"}, "REPLAY_SPEED", "max, or a finite number greater than 0"),
@@ -280,6 +283,8 @@ ACCEPTED = [
     ({"BACKOFF_BASE_SECONDS": "60"}, "backoff_base", 60.0),  # equal to the maximum
     ({"KAFKA_DELIVERY_TIMEOUT_MS": "1000"}, "delivery_timeout_ms", 1000),
     ({"SIMULATION_SEED": "-7"}, "seed", -7),
+    ({"KAFKA_COMPRESSION": " GZIP "}, "compression", "gzip"),
+    ({"KAFKA_COMPRESSION": "snappy"}, "compression", "snappy"),
     ({"LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
 ]
 
@@ -379,6 +384,7 @@ FLAG_VALUES = {
     "--backoff-base": "0.5",
     "--backoff-max": "9",
     "--delivery-timeout-ms": "5000",
+    "--compression": "gzip",
     "--seed": "3",
     "--speed": "2",
     "--replay-symbol": "ETHUSDT",

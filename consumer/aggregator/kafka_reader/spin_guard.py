@@ -1,4 +1,5 @@
-"""Giving up a Kafka client that busy-loops against a hung broker."""
+"""Polling Kafka: giving up a client that busy-loops against a hung broker, and naming a
+record batch it cannot decode."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import time
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
+
+from aggregator.kafka_reader.undecodable import undecodable
 
 
 class KafkaUnresponsive(KafkaError):
@@ -37,7 +40,13 @@ class SpinGuard:
         if self.spins:
             timeout_ms = min(timeout_ms, self.SHORT_POLL_MS)  # confirm it quickly
         wall, cpu = time.monotonic(), time.process_time()
-        records = consumer.poll(timeout_ms=timeout_ms)
+        try:
+            records = consumer.poll(timeout_ms=timeout_ms)
+        except Exception as exc:
+            batch = undecodable(exc, consumer)
+            if batch is None:
+                raise
+            raise batch from exc  # permanent: the same bytes fail again
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
         if records or cpu < self.SPIN_SHARE * wall:
             self.spins = 0

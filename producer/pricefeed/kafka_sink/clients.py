@@ -26,6 +26,7 @@ DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 # a live tick of a few thousand messages waits at most LINGER_MS more.
 LINGER_MS = 20
 CLIENT_SETTINGS = {"linger_ms": LINGER_MS, "batch_size": 256 * 1024}
+DEFAULT_COMPRESSION = "zstd"  # the producer's default (pricefeed/settings.py)
 RECONNECT_MAX_SECONDS = 20.0  # with the 5 s probe: publishing again within 30 s of recovery
 
 
@@ -62,8 +63,10 @@ class KafkaClients:
         stop: threading.Event,
         backoff: Backoff,
         delivery_timeout_ms: int,
+        compression: str = DEFAULT_COMPRESSION,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.compression = compression
         self.topic = topic
         self.partitions = partitions
         self.delivery_timeout_ms = delivery_timeout_ms
@@ -151,6 +154,7 @@ class KafkaClients:
             enable_idempotence=True,
             partitioner=KeyPartitionCache(),
             **CLIENT_SETTINGS,
+            compression_type=compression_type(self.compression),
             max_block_ms=10_000,
             delivery_timeout_ms=self.delivery_timeout_ms,
             request_timeout_ms=self.request_timeout_ms,
@@ -171,6 +175,11 @@ class KafkaClients:
             pass  # another producer created it first
         finally:
             admin.close()
+
+
+def compression_type(name: str) -> str | None:
+    """kafka-python's compression_type for a KAFKA_COMPRESSION value ("none": None)."""
+    return None if name == "none" else name
 
 
 def close_client(producer: KafkaProducer | None) -> None:

@@ -30,7 +30,11 @@ from kafka.errors import KafkaTimeoutError
 from btcpipe.backoff import Backoff
 from btcpipe.contract import PriceEvent
 from btcpipe.process import describe
-from pricefeed.kafka_sink.clients import DEFAULT_DELIVERY_TIMEOUT_MS, KafkaClients
+from pricefeed.kafka_sink.clients import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_DELIVERY_TIMEOUT_MS,
+    KafkaClients,
+)
 from pricefeed.kafka_sink.outstanding import NotTaken, Outstanding
 from pricefeed.sources.base import STALL_WARNING_SECONDS
 
@@ -50,13 +54,14 @@ class KafkaSink:
         echo: bool = True,
         stall_warning: float = STALL_WARNING_SECONDS,
         delivery_timeout_ms: int = DEFAULT_DELIVERY_TIMEOUT_MS,
+        compression: str = DEFAULT_COMPRESSION,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.echo = echo
         self._stop = stop
         self._clients = KafkaClients(
-            bootstrap_servers, topic, partitions, stop, backoff, delivery_timeout_ms
+            bootstrap_servers, topic, partitions, stop, backoff, delivery_timeout_ms, compression
         )
         self._lock = threading.Lock()  # acknowledgements arrive on the client's network thread
         self._stall = StallWatch(stall_warning)  # under self._lock

@@ -27,6 +27,7 @@ EVERY_SOURCE = frozenset(
         "topic",
         "topic_partitions",
         "delivery_timeout_ms",
+        "compression",
         "backoff_base",  # the sink's reconnects, and the sources' retries
         "backoff_max",
         "log_level",
