@@ -12,7 +12,13 @@ from btcpipe import contract
 from pricefeed.settings import ALL_SYMBOLS, OPTIONS, Settings, build_parser, sources_help
 from pricefeed.sources.base import SourceError
 from pricefeed.sources.polling import FixedRatePoller
-from pricefeed.sources.registry import EVERY_SOURCE, SOURCE_NAMES, SOURCES, open_source
+from pricefeed.sources.registry import (
+    EVERY_SOURCE,
+    SOURCE_NAMES,
+    SOURCES,
+    emitted_source,
+    open_source,
+)
 from pricefeed.sources.replay.source import ReplaySource
 from pricefeed.sources.simulated import SimulatedSource
 from pricefeed.sources.ticker import TickerSource
@@ -21,13 +27,20 @@ FIELDS = {f.name for f in fields(Settings)}
 
 
 def test_every_runnable_source_is_one_the_contract_admits() -> None:
-    assert set(SOURCE_NAMES) == set(contract.SOURCES)
+    assert {emitted_source(name) for name in SOURCE_NAMES} == set(contract.SOURCES)
+    assert emitted_source("binance-trades") == "binance"  # the exchange's own trades
+
+
+HELP = (
+    "binance, binance-trades (every aggregate trade, over WebSocket), simulated (seeded "
+    "random walk) or replay"
+)
 
 
 def test_help_names_every_registered_source() -> None:
-    assert sources_help(SOURCES) == "binance, simulated (seeded random walk) or replay"
+    assert sources_help(SOURCES) == HELP
     help_text = " ".join(build_parser(SOURCES).format_help().split())
-    assert "--source PRODUCER_SOURCE binance, simulated (seeded random walk) or replay" in help_text
+    assert f"--source PRODUCER_SOURCE {HELP}" in help_text
 
 
 @pytest.mark.parametrize(
