@@ -1,0 +1,223 @@
+"""`producer.py --source binance-trades` end to end: a real process, the fake Binance's
+WebSocket streams and REST aggTrades serving one trade tape per symbol, a real Kafka-protocol
+broker read back with a plain consumer. The topic must hold every trade of the tape exactly
+once, in id order per symbol, as Binance sent it, whatever happened to the connections."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from btcpipe.clock import wall_clock_ms
+from tests.harness import AggTrade, FakeBinance, Fault, TansuBroker, wait_until
+from tests.harness.market_data import AGG_TRADES_PATH
+from tests.harness.scripts import Script
+from tests.pipeline import read_all_records
+from tests.producer_runs import FAST_BACKOFF, stop_cleanly
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+TRADE_KEYS = {
+    "symbol", "price", "event_time", "source", "stream", "seq",
+    "quantity", "first_trade_id", "last_trade_id",
+}  # fmt: skip
+FOLLOWS = re.compile(r"(\w+) follows the live stream: (\d+) trades? fetched from REST")
+
+
+def trade_args(binance: FakeBinance, bootstrap: str, topic: str, *extra: str) -> list[str]:
+    return [
+        "--source", "binance-trades", "--symbols", ",".join(SYMBOLS),
+        "--binance-url", binance.base_url, "--ws-url", binance.ws_url,
+        "--bootstrap-servers", bootstrap, "--topic", topic, *FAST_BACKOFF, *extra,
+    ]  # fmt: skip
+
+
+def expected(trades: Sequence[AggTrade], symbol: str) -> list[dict[str, Any]]:
+    """The messages a tape's trades make, in id order; placeholders are no trades."""
+    return [
+        {
+            "symbol": symbol,
+            "price": trade.price,
+            "event_time": trade.time_ms,
+            "source": "binance",
+            "stream": f"aggtrades/{symbol}",
+            "seq": trade.agg_id,
+            "quantity": trade.quantity,
+            "first_trade_id": trade.first_id,
+            "last_trade_id": trade.last_id,
+        }
+        for trade in trades
+        if not trade.is_placeholder
+    ]
+
+
+def published(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
+    """The trade messages on the topic per symbol, in offset order."""
+    by_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for batch in read_all_records(bootstrap, topic).values():
+        for record in batch:
+            body = json.loads(record.value)
+            assert set(body) == TRADE_KEYS, body
+            assert record.key == body["symbol"].encode()
+            assert record.timestamp == body["event_time"]  # windows go by trade time
+            by_symbol[body["symbol"]].append(body)
+    return by_symbol
+
+
+def wait_for_tape(bootstrap: str, topic: str, binance: FakeBinance) -> None:
+    """Until the topic holds as many trades of each symbol as its tape (rates stopped)."""
+
+    def caught_up() -> bool:
+        on_topic = published(bootstrap, topic)
+        return all(
+            len(on_topic[s]) >= len(expected(binance.trades(s), s)) for s in binance.tape_symbols()
+        )
+
+    wait_until(caught_up, 60, "every trade of the tapes on the topic", interval=0.5)
+
+
+def assert_tape_once_in_order(bootstrap: str, topic: str, binance: FakeBinance) -> None:
+    on_topic = published(bootstrap, topic)
+    for symbol in binance.tape_symbols():
+        assert on_topic[symbol] == expected(binance.trades(symbol), symbol), symbol
+
+
+def grow(binance: FakeBinance, by: int) -> None:
+    """Wait until every tape has `by` more trades (its walk appending)."""
+    goal = {symbol: len(binance.trades(symbol)) + by for symbol in SYMBOLS}
+    wait_until(lambda: all(len(binance.trades(s)) >= goal[s] for s in SYMBOLS), 30, f"{by} trades")
+
+
+def test_every_trade_once_in_order_through_cuts_a_shutdown_and_a_kill(
+    broker: TansuBroker, topic: str
+) -> None:
+    since = wall_clock_ms() - 1000  # before the first trade: the whole tape
+    with FakeBinance(prices={}) as binance:
+        for symbol in SYMBOLS:
+            binance.add_trades(symbol, 2500)  # before the start: three pages of REST
+            binance.set_trade_rate(symbol, 20)
+        args = trade_args(binance, broker.bootstrap, topic)
+        with Script("producer", [*args, "--since", str(since)]) as first:
+            first.wait_for_output("follows the live stream", count=2)
+            for connects in (2, 3):
+                grow(binance, 10)
+                binance.cut_streams()
+                first.wait_for_output("Connected to Binance's trade streams", count=connects)
+            grow(binance, 10)
+            assert binance.send_shutdown_notice(close_after=1) == 1
+            first.wait_for_output("announced a server shutdown")
+            grow(binance, 40)  # past the old connection's close
+            first.kill()  # SIGKILL: what the sink held is lost, Kafka keeps the rest
+            before = first.output()
+        grow(binance, 40)  # traded while no producer ran
+        with Script("producer", args) as again:  # no --since: it resumes from the topic
+            again.wait_for_output("follows the live stream", count=2)
+            grow(binance, 10)
+            binance.cut_streams()
+            again.wait_for_output("Connected to Binance's trade streams", count=2)
+            grow(binance, 10)
+            for symbol in SYMBOLS:
+                binance.set_trade_rate(symbol, 0)
+            wait_for_tape(broker.bootstrap, topic, binance)
+            after = stop_cleanly(again)
+        assert_tape_once_in_order(broker.bootstrap, topic, binance)
+
+    for output in (before, after):
+        assert "Traceback" not in output and "Skipped" not in output and "Gap" not in output
+    # The first run caught up 2,500 trades a symbol through REST, pages of 1,000.
+    assert {(s, int(n) >= 2500) for s, n in FOLLOWS.findall(before)[:2]} == {
+        (s, True) for s in SYMBOLS
+    }
+    # The two cuts reconnected; the shutdown notice replaced its connection first.
+    assert before.count("reconnecting in") == 2
+    assert before.count("Connected to Binance's trade streams") == 3
+    # The second run found where the first one's trades end on the topic, and fetched what
+    # was traded since from REST.
+    for symbol in SYMBOLS:
+        assert re.search(rf"{symbol} resumes after aggregate trade \d+, the last", after)
+    assert all(int(n) > 0 for _, n in FOLLOWS.findall(after)[:2])
+    assert "start at the first trade" not in after
+
+
+def test_holes_and_placeholders_are_said_never_published_and_rest_faults_waited_out(
+    broker: TansuBroker, topic: str
+) -> None:
+    with FakeBinance(prices={}) as binance:
+        binance.add_trades("BTCUSDT", 30)
+        history_hole = binance.skip_ids("BTCUSDT", 3)
+        placeholder = binance.add_placeholder("BTCUSDT")
+        binance.add_trades("BTCUSDT", 30)
+        binance.add_trades("ETHUSDT", 30)
+        binance.fail_next(
+            Fault.rate_limited(retry_after=1), Fault.server_error(503), path=AGG_TRADES_PATH
+        )
+        since = binance.trades("BTCUSDT")[0].time_ms
+        args = trade_args(binance, broker.bootstrap, topic, "--since", str(since))
+        with Script("producer", args) as producer:
+            producer.wait_for_output("follows the live stream", count=2)
+            live_hole = binance.skip_ids("BTCUSDT", 2)  # the stream jumps over it
+            binance.add_trades("BTCUSDT", 5)
+            binance.add_trades("ETHUSDT", 5)
+            wait_for_tape(broker.bootstrap, topic, binance)
+            output = stop_cleanly(producer)
+        assert_tape_once_in_order(broker.bootstrap, topic, binance)
+        trades = binance.trades("BTCUSDT")
+
+    assert "Binance rate limit: HTTP 429" in output and "Retry-After 1 s" in output
+    assert "HTTP 503" in output
+    assert (
+        f"Skipped trade input: BTCUSDT aggregate trade {placeholder.agg_id} is an invalid "
+        "placeholder (f = l = -1) (1 skipped so far)"
+    ) in output
+    for first, last in (history_hole, live_hole):
+        before = next(t for t in trades if t.agg_id == first - 1)
+        after = next(t for t in trades if t.agg_id == last + 1)
+        windows = sorted({window(before.time_ms), window(after.time_ms)})
+        where = (
+            f"in the window of {windows[0]}"
+            if len(windows) == 1
+            else f"between the windows of {windows[0]} and {windows[1]}"
+        )
+        assert (
+            f"Gap in the trades: BTCUSDT: aggregate trade ids {first}-{last} served neither "
+            f"live nor by REST, {where}"
+        ) in output
+    assert output.count("Gap in the trades") == 2
+
+
+def window(time_ms: int) -> str:
+    start = time_ms - time_ms % 300_000
+    return datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_since_starts_at_the_first_trade_at_or_after_that_time(
+    broker: TansuBroker, topic: str
+) -> None:
+    start = wall_clock_ms() - 600_000
+    with FakeBinance(prices={}) as binance:
+        for symbol in SYMBOLS:
+            for i in range(100):
+                binance.add_trade(symbol, f"{100 + i}.5", "0.25", time_ms=start + i * 1000)
+        since = datetime.fromtimestamp((start + 50_500) / 1000, UTC)
+        iso = since.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        args = trade_args(binance, broker.bootstrap, topic, "--since", iso)
+        with Script("producer", args) as producer:
+            producer.wait_for_output("follows the live stream", count=2)
+            output = stop_cleanly(producer)
+        on_topic = published(broker.bootstrap, topic)
+        for symbol in SYMBOLS:
+            assert on_topic[symbol] == expected(binance.trades(symbol)[51:], symbol)
+    assert f"start at the first trade at or after {iso[:19]}Z" in output
+
+
+def test_a_symbol_binance_does_not_list_stops_it_at_start(broker: TansuBroker, topic: str) -> None:
+    with FakeBinance(prices={"BTCUSDT": "43250.75000000"}) as binance:
+        args = trade_args(binance, broker.bootstrap, topic)
+        with Script("producer", args) as producer:
+            assert producer.wait(30) == 2
+            output = producer.output()
+    assert "SYMBOLS names a pair that Binance does not list: ETHUSDT." in output
+    assert "Traceback" not in output
