@@ -6,14 +6,26 @@ once, in id order per symbol, as Binance sent it, whatever happened to the conne
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections import defaultdict
-from collections.abc import Sequence
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from btcpipe.backoff import Backoff
 from btcpipe.clock import wall_clock_ms
+from pricefeed.binance.rest import BinanceClient
+from pricefeed.kafka_sink import KafkaSink
+from pricefeed.sources.registry import TradeLog
+from pricefeed.sources.streaming import StreamRunner
+from pricefeed.sources.trades.source import TradeStreamSource
 from tests.harness import AggTrade, FakeBinance, Fault, TansuBroker, wait_until
+from tests.harness.fake_binance import listed_pairs
 from tests.harness.market_data import AGG_TRADES_PATH
 from tests.harness.scripts import Script
 from tests.pipeline import read_all_records
@@ -55,7 +67,8 @@ def expected(trades: Sequence[AggTrade], symbol: str) -> list[dict[str, Any]]:
 
 
 def published(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
-    """The trade messages on the topic per symbol, in offset order."""
+    """The trade messages on the topic per symbol, in offset order: read once, after the
+    producer stopped (reading stops at the end marker it appends)."""
     by_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for batch in read_all_records(bootstrap, topic).values():
         for record in batch:
@@ -67,16 +80,39 @@ def published(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
     return by_symbol
 
 
-def wait_for_tape(bootstrap: str, topic: str, binance: FakeBinance) -> None:
-    """Until the topic holds as many trades of each symbol as its tape (rates stopped)."""
+class Counting:
+    """Counts the messages on a topic per key as they arrive (no end markers: records
+    appended after one would be missed by the final read)."""
 
-    def caught_up() -> bool:
-        on_topic = published(bootstrap, topic)
-        return all(
-            len(on_topic[s]) >= len(expected(binance.trades(s), s)) for s in binance.tape_symbols()
-        )
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        partitions = wait_until(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(assigned)
+        self.consumer.seek_to_beginning(*assigned)
+        self.counts: Counter[str] = Counter()
 
-    wait_until(caught_up, 60, "every trade of the tapes on the topic", interval=0.5)
+    def at_least(self, goal: Mapping[str, int]) -> bool:
+        for batch in self.consumer.poll(timeout_ms=200).values():
+            self.counts.update(record.key.decode() for record in batch)
+        return all(self.counts[symbol] >= count for symbol, count in goal.items())
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def wait_for(bootstrap: str, topic: str, goal: Mapping[str, int], script: Script) -> None:
+    """Until the topic holds at least `goal[symbol]` messages of each symbol."""
+    counting = Counting(bootstrap, topic)
+    try:
+        script.wait_until(lambda: counting.at_least(goal), 60, f"{goal} on the topic", 0)
+    finally:
+        counting.close()
+
+
+def tape_sizes(binance: FakeBinance) -> dict[str, int]:
+    """How many trades each tape holds (rates stopped), placeholders left out."""
+    return {s: len(expected(binance.trades(s), s)) for s in binance.tape_symbols()}
 
 
 def assert_tape_once_in_order(bootstrap: str, topic: str, binance: FakeBinance) -> None:
@@ -121,7 +157,7 @@ def test_every_trade_once_in_order_through_cuts_a_shutdown_and_a_kill(
             grow(binance, 10)
             for symbol in SYMBOLS:
                 binance.set_trade_rate(symbol, 0)
-            wait_for_tape(broker.bootstrap, topic, binance)
+            wait_for(broker.bootstrap, topic, tape_sizes(binance), again)
             after = stop_cleanly(again)
         assert_tape_once_in_order(broker.bootstrap, topic, binance)
 
@@ -161,7 +197,7 @@ def test_holes_and_placeholders_are_said_never_published_and_rest_faults_waited_
             live_hole = binance.skip_ids("BTCUSDT", 2)  # the stream jumps over it
             binance.add_trades("BTCUSDT", 5)
             binance.add_trades("ETHUSDT", 5)
-            wait_for_tape(broker.bootstrap, topic, binance)
+            wait_for(broker.bootstrap, topic, tape_sizes(binance), producer)
             output = stop_cleanly(producer)
         assert_tape_once_in_order(broker.bootstrap, topic, binance)
         trades = binance.trades("BTCUSDT")
@@ -221,3 +257,83 @@ def test_a_symbol_binance_does_not_list_stops_it_at_start(broker: TansuBroker, t
             output = producer.output()
     assert "SYMBOLS names a pair that Binance does not list: ETHUSDT." in output
     assert "Traceback" not in output
+
+
+def test_a_connection_is_replaced_before_its_age_limit_and_answers_the_servers_pings(
+    broker: TansuBroker, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process, with the age limit shortened: each connection is replaced (make before
+    break) before the server's limit closes it, so the stream is never interrupted."""
+    fake = FakeBinance(prices={}, max_connection_age=4.0, ping_interval=0.5, pong_timeout=1.5)
+    with fake as binance, caplog.at_level(logging.INFO, "producer"):
+        for symbol in SYMBOLS:
+            binance.set_trade_rate(symbol, 20)
+        source = TradeStreamSource(
+            BinanceClient(binance.base_url, 5.0),
+            binance.ws_url,
+            TradeLog(broker.bootstrap, topic),
+            SYMBOLS,
+            wall_clock_ms() - 1000,
+            5.0,
+            Backoff(0.2, 2),
+            replace_after=1.5,
+        )
+        stop = threading.Event()
+        sink = KafkaSink(broker.bootstrap, topic, 3, stop, Backoff(0.2, 2), echo=False)
+        assert sink.connect()
+        running = threading.Thread(
+            target=StreamRunner(source, Backoff(0.2, 2)).run, args=(sink, stop)
+        )
+        running.start()
+        try:
+            wait_until(lambda: caplog.text.count("replacing it before") >= 4, 30, "4 replacements")
+            wait_until(
+                lambda: any(c.pongs_received >= 2 for c in binance.stream_connections()),
+                10,
+                "pings answered",
+            )
+            for symbol in SYMBOLS:
+                binance.set_trade_rate(symbol, 0)
+            total = sum(len(binance.trades(s)) for s in SYMBOLS)
+            wait_until(lambda: sink.delivered >= total, 30, "every trade acknowledged")
+        finally:
+            stop.set()
+            running.join(15)
+            lost = sink.close()
+        assert not running.is_alive() and lost == 0
+        assert_tape_once_in_order(broker.bootstrap, topic, binance)
+    assert "reconnecting in" not in caplog.text  # never cut off: replaced before the limit
+    assert "Skipped" not in caplog.text and "Gap" not in caplog.text
+
+
+def test_every_pair_goes_over_connections_of_at_most_1024_streams_within_the_message_rate(
+    broker: TansuBroker, topic: str
+) -> None:
+    pairs = listed_pairs(1100)
+    traded = sorted(pairs)[::500]  # three of them get trades
+    with FakeBinance(prices=pairs) as binance:
+        args = [
+            "--source", "binance-trades", "--symbols", "ALL",
+            "--binance-url", binance.base_url, "--ws-url", binance.ws_url,
+            "--bootstrap-servers", broker.bootstrap, "--topic", topic, *FAST_BACKOFF,
+        ]  # fmt: skip
+        streams = {f"{symbol.lower()}@aggTrade" for symbol in pairs}
+        with Script("producer", args) as producer:
+            producer.wait_for_output("1100 symbols over 2 connections")
+
+            def subscribed() -> bool:
+                held = [s for c in binance.stream_connections() for s in c.streams]
+                return len(held) == len(streams) and set(held) == streams
+
+            producer.wait_until(subscribed, 30, "every stream subscribed")
+            connections = binance.stream_connections()
+            for symbol in traded:
+                binance.add_trades(symbol, 5)
+            wait_for(broker.bootstrap, topic, dict.fromkeys(traded, 5), producer)
+            output = stop_cleanly(producer)
+        assert_tape_once_in_order(broker.bootstrap, topic, binance)
+    assert len(connections) == 2
+    for connection in connections:
+        assert connection.combined and len(connection.streams) == 550
+        assert len(connection.path) < 8192 and connection.messages_received <= 5
+    assert "reconnecting in" not in output and "Too many requests" not in output

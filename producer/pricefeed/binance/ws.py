@@ -97,6 +97,9 @@ class StreamConnection:
                 ping_timeout=PING_TIMEOUT,
                 close_timeout=CLOSE_TIMEOUT,
                 max_size=2**20,
+                # One connection, reconnected by its caller (which catches up through REST
+                # first), not websockets' own reconnecting iterator that connect() becomes.
+                legacy=True,
             )
         except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as error:
             raise StreamUnavailable(f"{error.__class__.__name__}: {error}") from None

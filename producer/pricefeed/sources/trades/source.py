@@ -54,6 +54,7 @@ log = logging.getLogger("producer")
 REPLACE_AFTER_SECONDS = 23.5 * 3600
 DRAIN_AT_MOST = 5000  # frames handled per read: a read stays short, the sink is tended
 NAMED_AT_MOST = 20  # symbols whose start is logged one by one
+REPORT_EVERY_SECONDS = 10.0  # a `Trades:` line, as often as the ticker's polls
 
 
 class TradeLog(Protocol):
@@ -98,6 +99,9 @@ class TradeStreamSource:
         self.joins: dict[str, SymbolJoin] = {}
         self.skipped = 0  # input refused, never published
         self.gaps = 0
+        self.handed = 0  # trades handed to the sink since the start
+        self._since_report = 0
+        self._report_due: float | None = None
 
     @property
     def label(self) -> str:
@@ -110,6 +114,25 @@ class TradeStreamSource:
         for join in self.joins.values():
             join.reconnected()
         return TradeConnection(self)
+
+    def count(self, handed: int, now: float) -> None:
+        """Note trades handed to the sink; every REPORT_EVERY_SECONDS say how many."""
+        self.handed += handed
+        self._since_report += handed
+        if self._report_due is None:
+            self._report_due = now + REPORT_EVERY_SECONDS
+        if now < self._report_due:
+            return
+        log.info(
+            "Trades: %d handed to Kafka in the last %.0f s, %d since the start; %d skipped, "
+            "%d gaps",
+            self._since_report,
+            now - self._report_due + REPORT_EVERY_SECONDS,
+            self.handed,
+            self.skipped,
+            self.gaps,
+        )
+        self._since_report, self._report_due = 0, now + REPORT_EVERY_SECONDS
 
     def refuse(self, reason: str) -> None:
         self.skipped += 1
@@ -213,9 +236,9 @@ class TradeConnection:
         events: list[PriceEvent] = []
         self._replace_old()
         self._drain(0.0, events)
-        if self._fill(events) or events:
-            return events
-        self._drain(timeout, events)
+        if not self._fill(events) and not events:
+            self._drain(timeout, events)
+        self.source.count(len(events), self.clock())
         return events
 
     def close(self) -> None:
@@ -338,6 +361,8 @@ class TradeConnection:
         self.filled[join.symbol] = self.filled.get(join.symbol, 0) + count
         if not join.filling:
             filled = self.filled.pop(join.symbol)
+            if not filled and len(self.symbols) > NAMED_AT_MOST:
+                return  # every pair: only those that had something to fetch
             log.info(
                 "%s follows the live stream: %d trade%s fetched from REST, up to aggregate "
                 "trade %s",
