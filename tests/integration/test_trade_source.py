@@ -188,7 +188,10 @@ def test_holes_and_placeholders_are_said_never_published_and_rest_faults_waited_
         binance.add_trades("BTCUSDT", 30)
         binance.add_trades("ETHUSDT", 30)
         binance.fail_next(
-            Fault.rate_limited(retry_after=1), Fault.server_error(503), path=AGG_TRADES_PATH
+            Fault.rate_limited(retry_after=1),
+            Fault.server_error(503),
+            Fault.invalid_json(),
+            path=AGG_TRADES_PATH,
         )
         since = binance.trades("BTCUSDT")[0].time_ms
         args = trade_args(binance, broker.bootstrap, topic, "--since", str(since))
@@ -204,6 +207,7 @@ def test_holes_and_placeholders_are_said_never_published_and_rest_faults_waited_
 
     assert "Binance rate limit: HTTP 429" in output and "Retry-After 1 s" in output
     assert "HTTP 503" in output
+    assert "Binance sent an invalid aggTrades answer (body is not JSON: " in output
     assert (
         f"Skipped trade input: BTCUSDT aggregate trade {placeholder.agg_id} is an invalid "
         "placeholder (f = l = -1) (1 skipped so far)"

@@ -351,10 +351,14 @@ class TradeConnection:
         return True
 
     def _rest_failed(self, symbol: str, error: BinanceError) -> None:
-        delay = self.source.backoff.next_delay() if error.retry_after is None else error.retry_after
-        log.log(
-            error.level, "%s", error.explain(f"fetching {symbol}'s trades again in {delay:.1f} s")
-        )
+        """Wait before the next page: Retry-After if Binance gave one, else the backoff (an
+        invalid body too: asking again at once would hammer a broken answer)."""
+        delay = error.retry_after or self.source.backoff.next_delay()
+        then = f"fetching {symbol}'s trades again in {delay:.1f} s"
+        if isinstance(error, InvalidResponse):
+            log.warning("Binance sent an invalid aggTrades answer (%s); %s", error, then)
+        else:
+            log.log(error.level, "%s", error.explain(then))
         self.rest_ready_at = self.clock() + delay
 
     def _note_fill(self, join: SymbolJoin, count: int) -> None:
