@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from btcpipe.contract import PriceEvent
 from pricefeed.sources.trades.frames import TradeRow
 from pricefeed.sources.trades.join import (
+    SHORT_PAGES_BEFORE_GAP,
     FromId,
     FromTime,
     Gap,
@@ -73,24 +74,45 @@ def test_ids_rest_skips_are_a_gap_with_its_window() -> None:
     join = SymbolJoin("BTCUSDT", last=9)
     join.live(row(400))
     step = join.page([*rows(10, 11), *rows(15, 20)], full=False)
-    assert ids(step.events) == [10, 11, *range(15, 21), 400]
+    assert ids(step.events) == [10, 11, *range(15, 21)]
     before, after = START + 11_000, START + 15_000
-    assert step.gaps == [
-        Gap("BTCUSDT", 12, 14, before, after),
-        Gap("BTCUSDT", 21, 399, START + 20_000, START + 400_000),
-    ]
+    assert step.gaps == [Gap("BTCUSDT", 12, 14, before, after)]  # REST skipped them: at once
     assert step.gaps[0].describe() == (
         "BTCUSDT: aggregate trade ids 12-14 served neither live nor by REST, in the window "
         "of 2026-01-01T00:00:00Z"
     )
+    for _ in range(SHORT_PAGES_BEFORE_GAP - 1):
+        step = join.page([], full=False)
+    assert ids(step.events) == [400]
+    assert step.gaps == [Gap("BTCUSDT", 21, 399, START + 20_000, START + 400_000)]
     assert (
-        step.gaps[1]
+        step.gaps[0]
         .describe()
         .endswith("between the windows of 2026-01-01T00:00:00Z and 2026-01-01T00:05:00Z")
     )
     assert Gap("X", 5, 5, None, None).describe() == (
         "X: aggregate trade id 5 served neither live nor by REST, in an unknown window"
     )
+
+
+def test_rest_stopping_short_of_the_stream_is_asked_again_before_a_gap_is_said() -> None:
+    join = SymbolJoin("BTCUSDT", last=9, filling=False)
+    join.live(row(15))  # 10-14 missed
+    assert ids(join.page(rows(10, 11), full=False).events) == [10, 11]  # REST lags
+    assert join.waits_for_rest and join.next_request() == FromId(12)
+    assert ids(join.page(rows(12, 14), full=False).events) == [12, 13, 14, 15]  # it caught up
+    assert not join.filling and not join.waits_for_rest
+    join.live(row(20))  # 16-19 missed, and REST never serves them
+    for _ in range(SHORT_PAGES_BEFORE_GAP - 1):
+        step = join.page([], full=False)
+        assert step.events == [] and step.gaps == [] and join.waits_for_rest
+    step = join.page([], full=False)
+    assert ids(step.events) == [20] and step.gaps == [Gap("BTCUSDT", 16, 19, *times(15, 20))]
+    assert not join.filling and join.short_pages == 0
+
+
+def times(before: int, after: int) -> tuple[int, int]:
+    return START + before * 1000, START + after * 1000
 
 
 def test_refused_rows_use_up_their_id_and_are_no_gap() -> None:

@@ -19,6 +19,9 @@ from btcpipe.contract import PriceEvent
 from pricefeed.sources.trades.frames import TradeRow
 
 WINDOW_MS = 5 * 60 * 1000  # the consumer's windows, for saying where a gap falls
+# REST may lag the stream by a moment: a short page that stops before the held trades is
+# asked again before the ids between are called a gap (REST skipping ids is one at once).
+SHORT_PAGES_BEFORE_GAP = 3
 
 
 def window_start(time_ms: int) -> int:
@@ -81,11 +84,18 @@ class SymbolJoin:
     since_ms: int | None = None
     filling: bool = True
     held: dict[int, TradeRow] = field(default_factory=dict)
+    short_pages: int = 0  # short pages in a row that stopped before the held trades
     _last_time: int | None = None
+
+    @property
+    def waits_for_rest(self) -> bool:
+        """Whether REST's last page stopped before the held trades: ask again a bit later."""
+        return self.filling and self.short_pages > 0
 
     def reconnected(self) -> None:
         """A new connection: what the old one held is fetched again, from REST."""
         self.held.clear()
+        self.short_pages = 0
         self.filling = self.last is not None or self.since_ms is not None
 
     def next_request(self) -> FromId | FromTime | None:
@@ -113,7 +123,8 @@ class SymbolJoin:
     def page(self, rows: list[TradeRow], full: bool) -> Step:
         """REST's answer to next_request(), in id order; `full`: as many rows as asked for
         (there may be more). A short page is all REST has: what it did not serve up to the
-        held trades is a gap, and the held trades follow."""
+        held trades is a gap once SHORT_PAGES_BEFORE_GAP pages in a row stopped there, and
+        the held trades follow."""
         step = Step([], [], [])
         for row in sorted(rows, key=lambda r: r.agg_id):
             if self.last is not None and row.agg_id <= self.last:
@@ -121,8 +132,14 @@ class SymbolJoin:
             if self.last is not None and row.agg_id > self.last + 1:
                 step.gaps.append(self._gap(row.agg_id - 1, row.time_ms))
             self._take(row, step)
-        joined = self._join_held(step, force=not full)
-        self.filling = full and not joined
+        if full:
+            self.short_pages = 0
+            self.filling = not self._join_held(step, force=False)
+            return step
+        lagging = self.last is not None and self.short_pages + 1 < SHORT_PAGES_BEFORE_GAP
+        self._join_held(step, force=not lagging)
+        self.filling = bool(self.held)
+        self.short_pages = self.short_pages + 1 if self.filling else 0
         return step
 
     def _join_held(self, step: Step, force: bool) -> bool:

@@ -55,6 +55,7 @@ REPLACE_AFTER_SECONDS = 23.5 * 3600
 DRAIN_AT_MOST = 5000  # frames handled per read: a read stays short, the sink is tended
 NAMED_AT_MOST = 20  # symbols whose start is logged one by one
 REPORT_EVERY_SECONDS = 10.0  # a `Trades:` line, as often as the ticker's polls
+REST_LAG_WAIT_SECONDS = 1.0  # before asking again when REST stopped short of the stream
 
 
 class TradeLog(Protocol):
@@ -340,6 +341,8 @@ class TradeConnection:
         self._apply(step, events)
         self.source.backoff.reset()
         self._note_fill(join, len(step.events))
+        if join.waits_for_rest:
+            self.rest_ready_at = self.clock() + REST_LAG_WAIT_SECONDS
         pause = weight_pause(self.source.client.used_weight, time.time())
         if pause:
             log.info(
