@@ -2,13 +2,14 @@
 end of the partition each symbol's key goes to (where the producer's sink put it). It knows no
 source: it is asked for streams by symbol and answers their highest `seq` found.
 
-It looks back from the end in growing steps until each stream is found or the partition's
-start is reached. Its end is the high watermark of a fetch, not ListOffsets' answer, which
-some brokers give short (the last batch's base offset + 1)."""
+It looks back from the end in growing steps until each stream is found, the partition's
+start is reached, or LOOK_BACK_AT_MOST records were looked at (a stream not found by then is
+left out: a long-lived topic full of other events must not hold up every start). Its end is
+the high watermark of a fetch, not ListOffsets' answer, which some brokers give short (the
+last batch's base offset + 1)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 
@@ -20,17 +21,12 @@ from btcpipe.clock import wall_clock_ms
 from btcpipe.contract import ContractError, decode_message
 
 FIRST_STEP = 2000  # records looked at first, from the end; each next step back doubles
+LOOK_BACK_AT_MOST = 1_000_000  # records of one partition
 POLL_MS = 200
 
 
 class TopicUnreadable(Exception):
-    """Kafka did not answer in time or failed: the caller retries (sources.base.RetryReason)."""
-
-    retry_after: float | None = None
-    level = logging.WARNING
-
-    def explain(self, then: str) -> str:
-        return f"Cannot read the topic's last trades: {self}; {then}"
+    """Kafka did not answer in time, or failed: the outcome may change, so the caller retries."""
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -47,7 +43,6 @@ class TopicTail:
     def last_seqs(self, streams: Mapping[str, str]) -> dict[str, int]:
         """symbol -> the highest seq of its stream (`streams[symbol]`) in the newest stretch
         of its partition that holds any; symbols without one are left out."""
-        deadline = time.monotonic() + self.timeout
         try:
             consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -67,7 +62,7 @@ class TopicTail:
             found: dict[str, int] = {}
             for partition, wanted in sorted(by_partition.items()):
                 tp = TopicPartition(self.topic, partition)
-                found.update(_look_back(consumer, tp, wanted, deadline))
+                found.update(_look_back(consumer, tp, wanted, self.timeout))
             return found
         except KafkaError as error:
             raise TopicUnreadable(f"{error.__class__.__name__}: {error}") from None
@@ -76,10 +71,10 @@ class TopicTail:
 
 
 def _look_back(
-    consumer: KafkaConsumer, tp: TopicPartition, wanted: dict[str, str], deadline: float
+    consumer: KafkaConsumer, tp: TopicPartition, wanted: dict[str, str], timeout: float
 ) -> dict[str, int]:
     """From the end of one partition back, stretch by stretch, until every stream of `wanted`
-    (stream -> symbol) is found."""
+    (stream -> symbol) is found; each stretch is read within `timeout` seconds."""
     consumer.assign([tp])
     start_of_log = consumer.beginning_offsets([tp])[tp]
     listed_end = consumer.end_offsets([tp])[tp]
@@ -87,11 +82,13 @@ def _look_back(
     upper: int | None = None  # None: to the high watermark
     step = FIRST_STEP
     begin = max(start_of_log, listed_end - step)
+    keys = {symbol.encode() for symbol in wanted.values()}
     while True:
-        stretch = _read(consumer, tp, begin, upper, wanted, deadline)
+        stretch = _read(consumer, tp, begin, upper, wanted, keys, time.monotonic() + timeout)
         for stream, seq in stretch.items():
             found.setdefault(wanted[stream], seq)  # the newer stretch wins
-        if len(found) == len(wanted) or begin <= start_of_log:
+        looked_at = listed_end - begin
+        if len(found) == len(wanted) or begin <= start_of_log or looked_at >= LOOK_BACK_AT_MOST:
             return found
         upper, step = begin, step * 2
         begin = max(start_of_log, begin - step)
@@ -103,6 +100,7 @@ def _read(
     begin: int,
     upper: int | None,
     wanted: dict[str, str],
+    keys: set[bytes],
     deadline: float,
 ) -> dict[str, int]:
     """The highest seq per wanted stream among the records at offsets [begin, upper) (upper
@@ -115,7 +113,7 @@ def _read(
         batches = consumer.poll(timeout_ms=POLL_MS)
         now_ms = wall_clock_ms()
         for record in batches.get(tp, []):
-            if upper is not None and record.offset >= upper:
+            if (upper is not None and record.offset >= upper) or record.key not in keys:
                 continue
             try:
                 event = decode_message(record.value, now_ms)

@@ -19,8 +19,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from btcpipe.backoff import Backoff
 from btcpipe.clock import wall_clock_ms
+from btcpipe.contract import make_event
 from pricefeed.binance.rest import BinanceClient
 from pricefeed.kafka_sink import KafkaSink
+from pricefeed.kafka_tail import TopicTail, partition_of
 from pricefeed.sources.registry import TradeLog
 from pricefeed.sources.streaming import StreamRunner
 from pricefeed.sources.trades.source import TradeStreamSource
@@ -341,3 +343,38 @@ def test_every_pair_goes_over_connections_of_at_most_1024_streams_within_the_mes
         assert connection.combined and len(connection.streams) == 550
         assert len(connection.path) < 8192 and connection.messages_received <= 5
     assert "reconnecting in" not in output and "Too many requests" not in output
+
+
+def test_the_topics_tail_gives_each_symbols_last_trade_behind_other_events(
+    broker: TansuBroker, topic: str
+) -> None:
+    """Where a restart resumes: the last trade of each symbol's aggtrades stream, found behind
+    more events of other streams in its partition than the first look back covers."""
+    assert TopicTail(broker.bootstrap, topic).last_seqs({"BTCUSDT": "aggtrades/BTCUSDT"}) == {}
+    now = wall_clock_ms()
+    trades = [
+        make_event(
+            "BTCUSDT", "1.5", now - 60_000, "binance", "aggtrades/BTCUSDT", seq,
+            quantity="0.1", first_trade_id=seq, last_trade_id=seq,
+        )
+        for seq in range(1, 3001)
+    ]  # fmt: skip
+    samples = [
+        make_event(symbol, "2.5", now - 30_000, "binance", f"binance/{symbol}/run", seq)
+        for seq in range(1, 2501)
+        for symbol in ("BTCUSDT", "ETHUSDT")
+    ]
+    stop = threading.Event()
+    sink = KafkaSink(broker.bootstrap, topic, 1, stop, Backoff(0.2, 2), echo=False)
+    assert sink.connect()
+    try:
+        sink.publish(trades)
+        sink.publish(samples)  # 5,000 newer events in the one partition
+        sink.flush(30)
+        assert sink.backlog() == 0
+    finally:
+        sink.close()
+    streams = {"BTCUSDT": "aggtrades/BTCUSDT", "ETHUSDT": "aggtrades/ETHUSDT"}
+    assert TopicTail(broker.bootstrap, topic).last_seqs(streams) == {"BTCUSDT": 3000}
+    assert partition_of(b"BTCUSDT", 1) == 0
+    assert {partition_of(f"S{i}".encode(), 3) for i in range(30)} == {0, 1, 2}

@@ -146,7 +146,7 @@ class TradeStreamSource:
         try:
             last = self.trade_log.last_seqs(streams)
         except self.trade_log.unavailable as error:
-            raise StreamInterrupted(f"{error}") from error
+            raise StreamInterrupted(f"Cannot read the topic's last trades: {error}") from error
         since = self.since_ms if self.since_ms is not None else window_start(wall_clock_ms())
         joins = {}
         for symbol in symbols:
