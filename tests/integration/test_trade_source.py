@@ -312,6 +312,55 @@ def test_a_connection_is_replaced_before_its_age_limit_and_answers_the_servers_p
     assert "Skipped" not in caplog.text and "Gap" not in caplog.text
 
 
+def test_a_silent_connection_is_cut_reconnected_and_what_it_held_back_fetched(
+    broker: TansuBroker, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process, our pings shortened: a stalled connection (no event, ping or pong) is
+    given up after a ping goes unanswered, and the trades it held back come from REST."""
+    with FakeBinance(prices={}) as binance, caplog.at_level(logging.INFO, "producer"):
+        for symbol in SYMBOLS:
+            binance.set_trade_rate(symbol, 20)
+        source = TradeStreamSource(
+            BinanceClient(binance.base_url, 5.0),
+            binance.ws_url,
+            TradeLog(broker.bootstrap, topic),
+            SYMBOLS,
+            wall_clock_ms() - 1000,
+            5.0,
+            Backoff(0.2, 2),
+            keepalive=0.5,
+        )
+        stop = threading.Event()
+        sink = KafkaSink(broker.bootstrap, topic, 3, stop, Backoff(0.2, 2), echo=False)
+        assert sink.connect()
+        running = threading.Thread(
+            target=StreamRunner(source, Backoff(0.2, 2)).run, args=(sink, stop)
+        )
+        running.start()
+        try:
+            wait_until(lambda: "follows the live stream" in caplog.text, 15, "the first fill")
+            assert binance.stall_streams(30) == 1
+            wait_until(lambda: "keepalive ping timeout" in caplog.text, 15, "the stall noticed")
+            wait_until(
+                lambda: caplog.text.count("Connected to Binance's trade streams") == 2,
+                15,
+                "a new connection",
+            )
+            grow(binance, 20)
+            for symbol in SYMBOLS:
+                binance.set_trade_rate(symbol, 0)
+            total = sum(len(binance.trades(s)) for s in SYMBOLS)
+            wait_until(lambda: sink.delivered >= total, 30, "every trade acknowledged")
+        finally:
+            stop.set()
+            running.join(15)
+            lost = sink.close()
+        assert not running.is_alive() and lost == 0
+        assert_tape_once_in_order(broker.bootstrap, topic, binance)
+    assert caplog.text.count("reconnecting in") == 1
+    assert "Skipped" not in caplog.text and "Gap" not in caplog.text
+
+
 def test_every_pair_goes_over_connections_of_at_most_1024_streams_within_the_message_rate(
     broker: TansuBroker, topic: str
 ) -> None:

@@ -27,8 +27,12 @@ MAX_STREAMS = 1024  # per connection, Binance's limit
 URL_BUDGET = 6000  # characters of the streams in a URL: servers cap a request line (8 KiB)
 SUBSCRIBE_BATCH = 200  # streams per SUBSCRIBE message
 SUBSCRIBE_EVERY_SECONDS = 0.5  # at most 2 messages a second of the 5 allowed
-PING_INTERVAL = PING_TIMEOUT = 20.0  # a connection silent this long after a ping is dead
+KEEPALIVE = 20.0  # seconds between our pings, and how long a pong may take: then it is dead
 CLOSE_TIMEOUT = 2.0
+# The library logs a connection's failure (a keepalive ping timeout) as an error with its
+# traceback; the end of a connection is said once, by its reader (Closed), so it stays quiet.
+LIBRARY_LOG = logging.getLogger("pricefeed.binance.ws.library")
+LIBRARY_LOG.setLevel(logging.CRITICAL)
 
 
 class Closed(NamedTuple):
@@ -83,6 +87,7 @@ class StreamConnection:
         streams: Sequence[str],
         inbox: queue.Queue[tuple[int, Message]],
         timeout: float,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         self.number = number
         self.streams = list(streams)
@@ -93,10 +98,11 @@ class StreamConnection:
             self.websocket: ClientConnection = connect(
                 url,
                 open_timeout=timeout,
-                ping_interval=PING_INTERVAL,
-                ping_timeout=PING_TIMEOUT,
+                ping_interval=keepalive,
+                ping_timeout=keepalive,
                 close_timeout=CLOSE_TIMEOUT,
                 max_size=2**20,
+                logger=LIBRARY_LOG,
                 # One connection, reconnected by its caller (which catches up through REST
                 # first), not websockets' own reconnecting iterator that connect() becomes.
                 legacy=True,

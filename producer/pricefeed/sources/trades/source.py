@@ -28,7 +28,14 @@ from pricefeed.binance.rest import (
     InvalidResponse,
     weight_pause,
 )
-from pricefeed.binance.ws import Closed, Message, StreamConnection, StreamUnavailable, stream_groups
+from pricefeed.binance.ws import (
+    KEEPALIVE,
+    Closed,
+    Message,
+    StreamConnection,
+    StreamUnavailable,
+    stream_groups,
+)
 from pricefeed.sources.base import SourceError, StreamInterrupted
 from pricefeed.sources.trades.frames import (
     LiveTrade,
@@ -88,6 +95,7 @@ class TradeStreamSource:
         timeout: float,
         backoff: Backoff,
         replace_after: float = REPLACE_AFTER_SECONDS,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         self.client = client
         self.ws_url = ws_url
@@ -97,6 +105,7 @@ class TradeStreamSource:
         self.timeout = timeout
         self.backoff = backoff
         self.replace_after = replace_after
+        self.keepalive = keepalive  # our pings: a connection silent past two of these is cut
         self.joins: dict[str, SymbolJoin] = {}
         self.skipped = 0  # input refused, never published
         self.gaps = 0
@@ -216,8 +225,9 @@ class TradeConnection:
             self.close()
             raise
         log.info(
-            "Connected to Binance's trade streams: %d symbols over %d connection%s",
+            "Connected to Binance's trade streams: %d symbol%s over %d connection%s",
             len(self.symbols),
+            "" if len(self.symbols) == 1 else "s",
             len(self.open),
             "" if len(self.open) == 1 else "s",
         )
@@ -226,7 +236,12 @@ class TradeConnection:
         number = next(self.numbers)
         try:
             connection = StreamConnection(
-                number, self.source.ws_url, streams, self.inbox, self.source.timeout
+                number,
+                self.source.ws_url,
+                streams,
+                self.inbox,
+                self.source.timeout,
+                self.source.keepalive,
             )
         except StreamUnavailable as error:
             raise StreamInterrupted.because(error) from error
