@@ -31,10 +31,17 @@ def test_symbols_all_in_any_case_means_every_pair_binance_lists() -> None:
     assert load_settings([OFFLINE, "--symbols", "ALL"]).symbols == ALL_SYMBOLS
     replay = load_settings([OFFLINE, "--source", "replay", "a.csv"], {"SYMBOLS": "ALL"})
     assert replay.source == "replay"  # which does not use SYMBOLS
+    trades = load_settings([OFFLINE, "--source", "binance-trades", "--symbols", "all"])
+    assert trades.symbols == ALL_SYMBOLS  # Binance's trade streams of every pair
 
 
 @pytest.mark.parametrize(
-    "args", [["--symbols", "ALL,BTCUSDT"], ["--symbols", "ALL", "--source", "simulated"]]
+    "args",
+    [
+        ["--symbols", "ALL,BTCUSDT"],
+        ["--symbols", "ALL", "--source", "simulated"],
+        ["--symbols", "BTCUSDT,ALL", "--source", "binance-trades"],
+    ],
 )
 def test_symbols_all_stands_alone_with_binance(args: list[str]) -> None:
     with pytest.raises(ConfigError, match="SYMBOLS=ALL"):
