@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import threading
 from collections import Counter, defaultdict
@@ -21,6 +22,7 @@ from btcpipe.backoff import Backoff
 from btcpipe.clock import wall_clock_ms
 from btcpipe.contract import make_event
 from pricefeed.binance.rest import BinanceClient
+from pricefeed.binance.ws import Message, StreamConnection
 from pricefeed.kafka_sink import KafkaSink
 from pricefeed.kafka_tail import TopicTail, partition_of
 from pricefeed.sources.registry import TradeLog
@@ -427,3 +429,20 @@ def test_the_topics_tail_gives_each_symbols_last_trade_behind_other_events(
     assert TopicTail(broker.bootstrap, topic).last_seqs(streams) == {"BTCUSDT": 3000}
     assert partition_of(b"BTCUSDT", 1) == 0
     assert {partition_of(f"S{i}".encode(), 3) for i in range(30)} == {0, 1, 2}
+
+
+def test_a_full_inbox_holds_the_socket_back_and_closing_frees_its_reader() -> None:
+    """The WebSocket edge on its own: while nobody reads (Kafka away), what arrives waits in
+    the socket, not in memory; closing the connection then ends its reader thread."""
+    inbox: queue.Queue[tuple[int, Message]] = queue.Queue(3)
+    with FakeBinance(prices={}) as binance:
+        binance.add_tape("BTCUSDT")
+        connection = StreamConnection(1, binance.ws_url, ["btcusdt@aggTrade"], inbox, 5.0)
+        try:
+            binance.add_trades("BTCUSDT", 50)
+            wait_until(inbox.full, 10, "a full inbox")
+            assert inbox.qsize() == 3
+        finally:
+            connection.close()
+        assert not connection.reader_alive()
+    assert [number for number, _ in [inbox.get_nowait() for _ in range(3)]] == [1, 1, 1]

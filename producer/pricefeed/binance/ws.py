@@ -78,7 +78,9 @@ def combined_url(base_url: str, streams: Sequence[str]) -> str:
 
 class StreamConnection:
     """One open WebSocket connection of `streams`; what it receives goes to `inbox` as
-    (number, message), its end as (number, Closed)."""
+    (number, message), its end as (number, Closed). A bounded inbox that is full (its reader
+    is held up: Kafka away, say) holds the reader back, and so the socket: memory stays
+    bounded, and a connection Binance gives up on is caught up through REST later."""
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ class StreamConnection:
         except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as error:
             raise StreamUnavailable(f"{error.__class__.__name__}: {error}") from None
         self.opened = time.monotonic()
+        self._closing = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"binance-ws-{number}", daemon=True)
         self._reader.start()
         self._subscribe(self.streams[fits:])
@@ -128,15 +131,30 @@ class StreamConnection:
     def _read(self) -> None:
         try:
             for message in self.websocket:
-                self.inbox.put((self.number, message))
+                if not self._put(message):
+                    return  # closed by us while the inbox was full
             reason = _closing(self.websocket)
         except ConnectionClosed as error:
             reason = str(error)
         except OSError as error:  # a broken socket the library did not wrap
             reason = f"{error.__class__.__name__}: {error}"
-        self.inbox.put((self.number, Closed(reason)))
+        self._put(Closed(reason))
+
+    def _put(self, message: Message) -> bool:
+        """Into the inbox, waiting while it is full; False if closed meanwhile."""
+        while not self._closing.is_set():
+            try:
+                self.inbox.put((self.number, message), timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader_alive(self) -> bool:
+        return self._reader.is_alive()
 
     def close(self) -> None:
+        self._closing.set()
         self.websocket.close()
         self._reader.join(CLOSE_TIMEOUT + 1)
 

@@ -60,6 +60,7 @@ log = logging.getLogger("producer")
 # break), so that no trade falls between two connections.
 REPLACE_AFTER_SECONDS = 23.5 * 3600
 DRAIN_AT_MOST = 5000  # frames handled per read: a read stays short, the sink is tended
+UNREAD_AT_MOST = 50_000  # frames waiting to be read (Kafka away): then the sockets wait
 NAMED_AT_MOST = 20  # symbols whose start is logged one by one
 REPORT_EVERY_SECONDS = 10.0  # a `Trades:` line, as often as the ticker's polls
 REST_LAG_WAIT_SECONDS = 1.0  # before asking again when REST stopped short of the stream
@@ -210,7 +211,7 @@ class TradeConnection:
     def __init__(self, source: TradeStreamSource, clock: Callable[[], float] = time.monotonic):
         self.source = source
         self.clock = clock
-        self.inbox: queue.Queue[tuple[int, Message]] = queue.Queue()
+        self.inbox: queue.Queue[tuple[int, Message]] = queue.Queue(UNREAD_AT_MOST)
         self.order = LiveOrder()
         self.open: dict[int, StreamConnection] = {}
         self.retired: set[int] = set()  # replaced by us: their end is no interruption
