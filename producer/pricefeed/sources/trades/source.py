@@ -196,12 +196,9 @@ def _log_starts(joins: Mapping[str, SymbolJoin], since: int) -> None:
     elif resumed:
         log.info("%d symbols resume after the last of their trades on the topic", len(resumed))
     if fresh:
-        log.info(
-            "%s start%s at the first trade at or after %s",
-            ", ".join(fresh) if len(fresh) <= NAMED_AT_MOST else f"{len(fresh)} symbols",
-            "s" if len(fresh) == 1 and len(joins) <= NAMED_AT_MOST else "",
-            utc_text(since),
-        )
+        named = ", ".join(fresh) if len(fresh) <= NAMED_AT_MOST else f"{len(fresh)} symbols"
+        verb = "starts" if len(fresh) == 1 else "start"
+        log.info("%s %s at the first trade at or after %s", named, verb, utc_text(since))
 
 
 class TradeConnection:
