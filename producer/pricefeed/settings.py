@@ -20,17 +20,19 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, cast
 from urllib.parse import urlparse
 
 from btcpipe import settings as shared
-from btcpipe.contract import ContractError, check_symbol
+from btcpipe.contract import EARLIEST_EVENT_MS, ContractError, check_symbol
 from btcpipe.settings import ConfigError, Invalid, Option
 
 DEFAULT_REPLAY_STATE_DIR = Path("~/.cache/btc-pipeline/replay").expanduser()
 MAX_SECONDS = 86_400.0  # one day: longer waits are typos, and would overflow timed waits
 MAX_PARTITIONS = 2**31 - 1  # Kafka's int32
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 ALL_SYMBOLS = ("ALL",)  # SYMBOLS=ALL: every pair Binance lists (no such symbol exists)
 
 
@@ -44,6 +46,8 @@ class Settings:
     poll_interval: float = 10.0
     poll_jitter: float = 0.0
     binance_base_url: str = "https://api.binance.com"
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    trades_since: int | None = None  # None: the start of the current 5-minute window
     http_timeout: float = 5.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -90,6 +94,37 @@ def http_url(text: str) -> str:
     if url.scheme not in ("http", "https") or not url.hostname or url.port == 0:
         raise Invalid("an http(s) URL like https://api.binance.com, with a port 1-65535")
     return text.strip()
+
+
+def ws_url(text: str) -> str:
+    rule = "a ws(s) URL like wss://stream.binance.com:9443, with a port 1-65535"
+    url = urlparse(text.strip())
+    try:
+        url.port  # noqa: B018 - raises ValueError for a port outside 0-65535
+    except ValueError:
+        raise Invalid(rule) from None
+    if url.scheme not in ("ws", "wss") or not url.hostname or url.port == 0:
+        raise Invalid(rule)
+    return text.strip().rstrip("/")
+
+
+def utc_time_ms(text: str) -> int:
+    """An ISO 8601 UTC time (2026-01-01T00:00:00Z) or epoch milliseconds, as epoch ms."""
+    rule = "an ISO 8601 UTC time like 2026-01-01T00:00:00Z, or epoch milliseconds"
+    text = text.strip()
+    if text.isdigit():
+        value = int(text)
+    else:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise Invalid(rule) from None
+        if when.utcoffset() != timedelta(0):
+            raise Invalid(rule)
+        value = int(when.timestamp() * 1000)
+    if not EARLIEST_EVENT_MS <= value <= MAX_EPOCH_MS:
+        raise Invalid(rule + " from 2009 on")
+    return value
 
 
 def replay_speed(text: str) -> float | None:
@@ -180,6 +215,20 @@ OPTIONS = [
         "--binance-url", "BINANCE_BASE_URL", "binance_base_url", "Binance REST base URL", http_url
     ),
     Option(
+        "--ws-url",
+        "BINANCE_WS_URL",
+        "binance_ws_url",
+        "Binance WebSocket market streams base URL",
+        ws_url,
+    ),
+    Option(
+        "--since",
+        "TRADES_SINCE",
+        "trades_since",
+        "first start: from the first trade at or after this UTC time (ISO 8601 or epoch ms)",
+        utc_time_ms,
+    ),
+    Option(
         "--timeout",
         "HTTP_TIMEOUT_SECONDS",
         "http_timeout",
@@ -238,12 +287,14 @@ OPTIONS = [
     ),
     shared.LOG_LEVEL,
 ]
+EVERY_PAIR_SOURCES = ("binance", "binance-trades")  # SYMBOLS=ALL: Binance's listing
 RESUME_FLAG = "--resume"  # a switch, with no environment variable: not an Option
 SHOWN_DEFAULTS = {
     "replay_speed": "max",
     "replay_symbol": "from the file name",
     "seed": "random",
     "replay_state_dir": "~/.cache/btc-pipeline/replay",
+    "trades_since": "the start of the current 5-minute window",
 }
 
 
@@ -364,8 +415,8 @@ def _refuse_unused_flags(args: argparse.Namespace, chosen: str, sources: Sources
 def _check_together(s: Settings, sources: Sources) -> None:
     """Rules between settings, once each is valid on its own."""
     used = sources[s.source].options
-    # Only the Binance ticker can ask for every pair there is.
-    every_pair_elsewhere = "symbols" in used and s.source != "binance"
+    # Only Binance's own sources can ask for every pair there is.
+    every_pair_elsewhere = "symbols" in used and s.source not in EVERY_PAIR_SOURCES
     if "ALL" in s.symbols and (len(s.symbols) > 1 or every_pair_elsewhere):
         raise ConfigError("SYMBOLS=ALL (every pair Binance lists) stands alone, with Binance.")
     missing = codec_library_missing(s.compression)
@@ -395,4 +446,6 @@ def _host_names(s: Settings, used: frozenset[str]) -> list[tuple[str, str]]:
     names = shared.kafka_host_names(s.bootstrap_servers)
     if "binance_base_url" in used:
         names.append((urlparse(s.binance_base_url).hostname or "", "BINANCE_BASE_URL"))
+    if "binance_ws_url" in used:
+        names.append((urlparse(s.binance_ws_url).hostname or "", "BINANCE_WS_URL"))
     return names

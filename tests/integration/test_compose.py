@@ -696,6 +696,7 @@ def test_services_wait_for_healthy_dependencies(services: dict[str, Any]) -> Non
     expected = {
         "grafana": {"postgres"},
         "producer": {"kafka"},
+        "producer-trades": {"kafka"},
         "consumer": {"kafka", "postgres"},
     }
     for name, service in services.items():
@@ -705,6 +706,18 @@ def test_services_wait_for_healthy_dependencies(services: dict[str, Any]) -> Non
         for dependency, options in depends.items():
             assert options["condition"] == "service_healthy", f"{name} -> {dependency}"
             assert "healthcheck" in services[dependency]
+
+
+def test_the_trade_producer_is_the_producer_with_the_trade_source_in_a_profile(
+    services: dict[str, Any],
+) -> None:
+    """`docker compose --profile trades up` adds it beside the poller; a plain `up` does not."""
+    producer, trades = services["producer"], services["producer-trades"]
+    assert trades["profiles"] == ["trades"] and "profiles" not in producer
+    assert trades["environment"] == {**producer["environment"], "PRODUCER_SOURCE": "binance-trades"}
+    assert {k: v for k, v in trades.items() if k not in ("profiles", "environment")} == {
+        k: v for k, v in producer.items() if k != "environment"
+    }
 
 
 def test_long_running_services_restart(services: dict[str, Any]) -> None:

@@ -608,6 +608,8 @@ ENVIRONMENT_VARIABLES = [
     "POLL_INTERVAL_SECONDS",
     "POLL_JITTER_SECONDS",
     "BINANCE_BASE_URL",
+    "BINANCE_WS_URL",
+    "TRADES_SINCE",
     "HTTP_TIMEOUT_SECONDS",
     "BACKOFF_BASE_SECONDS",
     "BACKOFF_MAX_SECONDS",
@@ -639,6 +641,13 @@ def test_help_lists_every_environment_variable() -> None:
         (["--source", "simulated", "--replay-symbol", "BTCUSDT"], {}, "REPLAY_SYMBOL"),
         (["--speed", "2"], {}, "--speed (REPLAY_SPEED) is only used with --source replay"),
         (["--resume"], {}, "--resume is only used with --source replay, not binance"),
+        (["--since", "2026-01-01T00:00:00Z"], {}, "--since (TRADES_SINCE) is only used with"),
+        (
+            ["--source", "binance-trades", "--ws-url", "wss://nothing.invalid"],
+            {},
+            "BINANCE_WS_URL",
+        ),
+        (["--source", "binance-trades", "--since", "soon"], {}, "TRADES_SINCE"),
     ],
     ids=[
         "symbol",
@@ -653,6 +662,9 @@ def test_help_lists_every_environment_variable() -> None:
         "replay-symbol-live",
         "speed-live",
         "resume-live",
+        "since-ticker",
+        "ws-dns",
+        "since-text",
     ],
 )
 def test_bad_config_stops_with_one_sentence_and_exit_2(

@@ -131,4 +131,4 @@ def test_the_producer_table_says_which_source_uses_each_setting() -> None:
     assert "| `SIMULATION_SEED` | `--seed` | `random` | simulated |" in table
     assert "| `REPLAY_SPEED` | `--speed` | `max` | replay |" in table
     assert "|  | `--resume` | `off` | replay |" in table
-    assert "| `SYMBOLS` | `--symbols` | `BTCUSDT` | binance, simulated |" in table
+    assert "| `SYMBOLS` | `--symbols` | `BTCUSDT` | binance, binance-trades, simulated |" in table

@@ -31,10 +31,17 @@ def test_symbols_all_in_any_case_means_every_pair_binance_lists() -> None:
     assert load_settings([OFFLINE, "--symbols", "ALL"]).symbols == ALL_SYMBOLS
     replay = load_settings([OFFLINE, "--source", "replay", "a.csv"], {"SYMBOLS": "ALL"})
     assert replay.source == "replay"  # which does not use SYMBOLS
+    trades = load_settings([OFFLINE, "--source", "binance-trades", "--symbols", "all"])
+    assert trades.symbols == ALL_SYMBOLS  # Binance's trade streams of every pair
 
 
 @pytest.mark.parametrize(
-    "args", [["--symbols", "ALL,BTCUSDT"], ["--symbols", "ALL", "--source", "simulated"]]
+    "args",
+    [
+        ["--symbols", "ALL,BTCUSDT"],
+        ["--symbols", "ALL", "--source", "simulated"],
+        ["--symbols", "BTCUSDT,ALL", "--source", "binance-trades"],
+    ],
 )
 def test_symbols_all_stands_alone_with_binance(args: list[str]) -> None:
     with pytest.raises(ConfigError, match="SYMBOLS=ALL"):
@@ -83,6 +90,24 @@ PRECEDENCE = [
         "binance_base_url",
         "http://e.test",
         "http://f.test",
+    ),
+    (
+        "--ws-url",
+        "BINANCE_WS_URL",
+        "ws://e.test:9443",
+        "wss://f.test",
+        "binance_ws_url",
+        "ws://e.test:9443",
+        "wss://f.test",
+    ),
+    (
+        "--since",
+        "TRADES_SINCE",
+        "2026-01-01T00:00:00Z",
+        "1767225600039",
+        "trades_since",
+        1_767_225_600_000,
+        1_767_225_600_039,
     ),
     ("--timeout", "HTTP_TIMEOUT_SECONDS", "3", "4", "http_timeout", 3.0, 4.0),
     ("--backoff-base", "BACKOFF_BASE_SECONDS", "0.3", "0.4", "backoff_base", 0.3, 0.4),
@@ -168,7 +193,11 @@ def test_empty_environment_variable_means_default() -> None:
 SECONDS = "a finite number of seconds greater than 0 and at most 86400"
 # (environment, the variable the message must name, what the message must say is allowed)
 BAD_VALUES = [
-    ({"PRODUCER_SOURCE": "websocket"}, "PRODUCER_SOURCE", "binance, simulated or replay"),
+    (
+        {"PRODUCER_SOURCE": "websocket"},
+        "PRODUCER_SOURCE",
+        "binance, binance-trades, simulated or replay",
+    ),
     ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "localhost:abc"}, "KAFKA_BOOTSTRAP_SERVERS", "host:port"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "KAFKA_BOOTSTRAP_SERVERS", "port 1-65535"),
@@ -207,6 +236,15 @@ BAD_VALUES = [
     ({"BINANCE_BASE_URL": "ftp://api.binance.com"}, "BINANCE_BASE_URL", "http(s) URL"),
     ({"BINANCE_BASE_URL": "http://127.0.0.1:99999"}, "BINANCE_BASE_URL", "port 1-65535"),
     ({"BINANCE_BASE_URL": "http://127.0.0.1:0"}, "BINANCE_BASE_URL", "port 1-65535"),
+    ({"BINANCE_WS_URL": "https://stream.binance.com"}, "BINANCE_WS_URL", "ws(s) URL"),
+    ({"BINANCE_WS_URL": "stream.binance.com:9443"}, "BINANCE_WS_URL", "ws(s) URL"),
+    ({"BINANCE_WS_URL": "wss://127.0.0.1:0"}, "BINANCE_WS_URL", "port 1-65535"),
+    ({"BINANCE_WS_URL": "wss://127.0.0.1:70000"}, "BINANCE_WS_URL", "port 1-65535"),
+    ({"TRADES_SINCE": "yesterday"}, "TRADES_SINCE", "ISO 8601 UTC time"),
+    ({"TRADES_SINCE": "2026-01-01T00:00:00"}, "TRADES_SINCE", "ISO 8601 UTC time"),
+    ({"TRADES_SINCE": "2026-01-01T01:00:00+01:00"}, "TRADES_SINCE", "ISO 8601 UTC time"),
+    ({"TRADES_SINCE": "1230767999999"}, "TRADES_SINCE", "from 2009 on"),
+    ({"TRADES_SINCE": "-5"}, "TRADES_SINCE", "epoch milliseconds"),
     ({"HTTP_TIMEOUT_SECONDS": "0"}, "HTTP_TIMEOUT_SECONDS", SECONDS),
     ({"HTTP_TIMEOUT_SECONDS": "inf"}, "HTTP_TIMEOUT_SECONDS", SECONDS),
     ({"BACKOFF_BASE_SECONDS": "0"}, "BACKOFF_BASE_SECONDS", SECONDS),
@@ -267,6 +305,13 @@ def test_a_bad_value_is_quoted_back_with_the_flag_and_the_rule() -> None:
 
 # The edges of every range are accepted: the rules refuse no value that works.
 ACCEPTED = [
+    ({"TRADES_SINCE": "1230768000000"}, "trades_since", 1_230_768_000_000),
+    ({"TRADES_SINCE": " 2026-01-01T00:00:00.5+00:00 "}, "trades_since", 1_767_225_600_500),
+    (
+        {"BINANCE_WS_URL": "wss://stream.binance.com:443/"},
+        "binance_ws_url",
+        "wss://stream.binance.com:443",
+    ),
     ({"PRODUCER_SOURCE": " Simulated "}, "source", "simulated"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "a:1, b.example:65535"}, "bootstrap_servers", None),
     ({"KAFKA_BOOTSTRAP_SERVERS": "[::1]:9092,10.0.0.1:9092"}, "bootstrap_servers", None),
@@ -380,6 +425,8 @@ FLAG_VALUES = {
     "--interval": "5",
     "--jitter": "1",
     "--binance-url": "http://e.test",
+    "--ws-url": "wss://e.test",
+    "--since": "2026-01-01T00:05:00+00:00",
     "--timeout": "2",
     "--backoff-base": "0.5",
     "--backoff-max": "9",
@@ -406,9 +453,9 @@ def test_every_flag_of_another_source_is_refused_alike_and_its_own_are_taken() -
             with pytest.raises(ConfigError) as error:
                 load_settings(args)
             users = [n for n, r in SOURCES.items() if option.field in r.options]
+            named = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} or {users[-1]}"
             assert str(error.value) == (
-                f"{option.flag} ({option.env}) is only used with --source "
-                f"{' or '.join(users)}, not {name}."
+                f"{option.flag} ({option.env}) is only used with --source {named}, not {name}."
             )
 
 

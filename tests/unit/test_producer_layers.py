@@ -95,7 +95,8 @@ def test_sources_see_neither_kafka_nor_the_settings(module: str) -> None:
     forbidden = [
         name
         for name in import_graph()[module]
-        if name.startswith("pricefeed.kafka_sink") or name == "pricefeed.settings"
+        if name.startswith(("pricefeed.kafka_sink", "pricefeed.kafka_tail"))
+        or name == "pricefeed.settings"
     ]
     assert not forbidden, f"{module} imports {forbidden}"
 
@@ -115,7 +116,9 @@ def test_the_seam_and_the_runners_know_no_concrete_source_and_no_binance(module:
     assert not forbidden, f"{module} imports {forbidden}"
 
 
-@pytest.mark.parametrize("edge", ["pricefeed.binance", "pricefeed.kafka_sink"])
+@pytest.mark.parametrize(
+    "edge", ["pricefeed.binance", "pricefeed.kafka_sink", "pricefeed.kafka_tail"]
+)
 def test_the_edges_import_no_source(edge: str) -> None:
     graph = import_graph()
     allowed = {"pricefeed.sources.base"} if edge == "pricefeed.kafka_sink" else set()
@@ -129,6 +132,15 @@ def test_only_the_app_wires_kafka_in_and_nothing_imports_the_app() -> None:
     kafka_users = importers_of("pricefeed.kafka_sink", graph)
     assert kafka_users - set(inside("pricefeed.kafka_sink", graph)) == {"pricefeed.app"}
     assert importers_of("pricefeed.app", graph) == set()
+    # The topic's tail (where a trade source resumes) is handed to it by the registry.
+    assert importers_of("pricefeed.kafka_tail", graph) == {"pricefeed.sources.registry"}
+
+
+def test_the_trade_sources_core_does_no_io() -> None:
+    """Reading frames and joining REST with the stream import no edge: pure, unit-tested."""
+    graph = import_graph()
+    for module in ("pricefeed.sources.trades.frames", "pricefeed.sources.trades.join"):
+        assert {n for n in graph[module] if not n.startswith("pricefeed.sources.trades")} == set()
 
 
 def names(graph: Graph) -> Iterable[str]:

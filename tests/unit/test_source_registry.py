@@ -12,22 +12,37 @@ from btcpipe import contract
 from pricefeed.settings import ALL_SYMBOLS, OPTIONS, Settings, build_parser, sources_help
 from pricefeed.sources.base import SourceError
 from pricefeed.sources.polling import FixedRatePoller
-from pricefeed.sources.registry import EVERY_SOURCE, SOURCE_NAMES, SOURCES, open_source
+from pricefeed.sources.registry import (
+    EVERY_SOURCE,
+    SOURCE_NAMES,
+    SOURCES,
+    emitted_source,
+    open_source,
+)
 from pricefeed.sources.replay.source import ReplaySource
 from pricefeed.sources.simulated import SimulatedSource
+from pricefeed.sources.streaming import StreamRunner
 from pricefeed.sources.ticker import TickerSource
+from pricefeed.sources.trades.source import TradeStreamSource
 
 FIELDS = {f.name for f in fields(Settings)}
 
 
 def test_every_runnable_source_is_one_the_contract_admits() -> None:
-    assert set(SOURCE_NAMES) == set(contract.SOURCES)
+    assert {emitted_source(name) for name in SOURCE_NAMES} == set(contract.SOURCES)
+    assert emitted_source("binance-trades") == "binance"  # the exchange's own trades
+
+
+HELP = (
+    "binance, binance-trades (every aggregate trade, over WebSocket), simulated (seeded "
+    "random walk) or replay"
+)
 
 
 def test_help_names_every_registered_source() -> None:
-    assert sources_help(SOURCES) == "binance, simulated (seeded random walk) or replay"
+    assert sources_help(SOURCES) == HELP
     help_text = " ".join(build_parser(SOURCES).format_help().split())
-    assert "--source PRODUCER_SOURCE binance, simulated (seeded random walk) or replay" in help_text
+    assert f"--source PRODUCER_SOURCE {HELP}" in help_text
 
 
 @pytest.mark.parametrize(
@@ -42,6 +57,32 @@ def test_a_poll_source_runs_on_the_fixed_rate_clock(name: str, runs: type, echoe
     assert source.source.sequencer.source == name  # the start line and the events say it
     assert source.echoes_each_event is echoes
     assert (source.timing.interval, source.stall_warning_after) == (4, 8)  # two silent ticks
+
+
+def test_the_trade_source_streams_from_the_settings_urls_and_reconnects() -> None:
+    settings = Settings(
+        source="binance-trades",
+        symbols=("BTCUSDT", "ETHUSDT"),
+        binance_base_url="http://rest.test",
+        binance_ws_url="ws://ws.test:9443",
+        trades_since=1_767_225_600_000,
+        http_timeout=3.0,
+        topic="trades",
+    )
+    runner = open_source(settings)
+    assert isinstance(runner, StreamRunner)
+    source = runner.source
+    assert isinstance(source, TradeStreamSource)
+    assert (source.symbols, source.since_ms, source.ws_url) == (
+        ("BTCUSDT", "ETHUSDT"), 1_767_225_600_000, "ws://ws.test:9443"
+    )  # fmt: skip
+    assert (source.client.base_url, source.client.timeout, source.timeout) == (
+        "http://rest.test", 3.0, 3.0
+    )  # fmt: skip
+    assert runner.echoes_each_event is False  # a Trades: line every 10 s instead
+    every_pair = open_source(Settings(source="binance-trades", symbols=ALL_SYMBOLS))
+    assert isinstance(every_pair, StreamRunner)
+    assert "every pair Binance lists" in every_pair.source.label
 
 
 def test_many_symbols_are_summarised_per_tick_not_echoed_per_price() -> None:

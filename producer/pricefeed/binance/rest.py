@@ -1,5 +1,6 @@
-"""The Binance REST edge: one GET of /api/v3/ticker/price for all symbols, what can go wrong,
-and how each failure is said and retried. It knows no source: a poll source raises its
+"""The Binance REST edge: one GET of /api/v3/ticker/price for all symbols, pages of
+/api/v3/aggTrades, the weight Binance says was used, what can go wrong, and how each failure
+is said and retried. It knows no source: a poll source raises its
 failures on as PollFailed, a stream source (catching up through REST) as StreamInterrupted
 (sources.base.Retryable.because)."""
 
@@ -20,6 +21,10 @@ RESTRICTED_FIX = (
 INVALID_SYMBOL = -1121  # Binance's code for a symbol it does not list (any more)
 # A 418 says until when in epoch milliseconds: "IP banned until 1620286253180."
 BANNED_UNTIL = re.compile(r"(banned until )(\d{12,16})\b")
+AGG_TRADES_LIMIT = 1000  # rows a page, Binance's maximum
+# Binance allows an IP 6,000 weight a minute; past this share, wait for the next minute (other
+# clients may share the IP, and a 429 costs more than the wait).
+WEIGHT_BUDGET_1M = 4800
 
 
 class BinanceError(Exception):
@@ -140,6 +145,13 @@ def readable_times(msg: str) -> str:
     return BANNED_UNTIL.sub(iso, msg)
 
 
+def _used_weight(response: requests.Response) -> int | None:
+    try:
+        return int(response.headers["X-MBX-USED-WEIGHT-1M"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _retry_after(response: requests.Response) -> float | None:
     try:
         return max(0.0, float(response.headers["Retry-After"]))
@@ -147,30 +159,62 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+def agg_trades_params(
+    symbol: str, from_id: int | None, start_time_ms: int | None, limit: int = AGG_TRADES_LIMIT
+) -> dict[str, str]:
+    """A page of aggregate trades: from an id (inclusive), or the first ones at or after a
+    time (Binance refuses both together); oldest first either way."""
+    params = {"symbol": symbol, "limit": str(limit)}
+    if from_id is not None:
+        params["fromId"] = str(from_id)
+    elif start_time_ms is not None:
+        params["startTime"] = str(start_time_ms)
+    return params
+
+
+def weight_pause(used: int | None, now: float, budget: int = WEIGHT_BUDGET_1M) -> float:
+    """Seconds to wait before the next request: to the next minute once this minute's weight
+    (X-MBX-USED-WEIGHT-1M) reached `budget`, else 0."""
+    if used is None or used < budget:
+        return 0.0
+    return 60.0 - now % 60.0
+
+
 class BinanceClient:
     def __init__(self, base_url: str, timeout: float, session: requests.Session | None = None):
-        self.url = base_url.rstrip("/") + "/api/v3/ticker/price"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/api/v3/ticker/price"
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = "btc-price-pipeline/1.0"
+        self.used_weight: int | None = None  # X-MBX-USED-WEIGHT-1M of the last answer
 
     def ticker_prices(self, symbols: Sequence[str] | None) -> list[tuple[str, object]]:
         """Fetch the latest prices (symbols None: of every pair Binance lists); raise a
         BinanceError subclass when there are none."""
+        return parse_ticker_prices(self._get_json(self.url, ticker_price_params(symbols)))
+
+    def agg_trades(
+        self, symbol: str, from_id: int | None = None, start_time_ms: int | None = None
+    ) -> object:
+        """One page (AGG_TRADES_LIMIT rows) of `symbol`'s aggregate trades, as sent (the
+        caller reads the rows); raise a BinanceError subclass when there is none."""
+        params = agg_trades_params(symbol, from_id, start_time_ms)
+        return self._get_json(self.base_url + "/api/v3/aggTrades", params)
+
+    def _get_json(self, url: str, params: dict[str, str]) -> object:
         try:
-            response = self.session.get(
-                self.url, params=ticker_price_params(symbols), timeout=self.timeout
-            )
+            response = self.session.get(url, params=params, timeout=self.timeout)
         except requests.Timeout:
             raise Unavailable(f"no answer within {self.timeout:g} s") from None
         except requests.RequestException as exc:
             raise Unavailable(f"request failed: {exc.__class__.__name__}: {exc}") from None
+        self.used_weight = _used_weight(response)
         self._raise_for_status(response)
         try:
-            payload = response.json()
+            return response.json()
         except ValueError:
             raise InvalidResponse(f"body is not JSON: {response.text[:120]!r}") from None
-        return parse_ticker_prices(payload)
 
     @staticmethod
     def _raise_for_status(response: requests.Response) -> None:

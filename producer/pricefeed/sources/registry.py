@@ -11,14 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from btcpipe.backoff import Backoff
 from pricefeed.binance.rest import BinanceClient
+from pricefeed.kafka_tail import TopicTail, TopicUnreadable
 from pricefeed.settings import ALL_SYMBOLS, Settings
 from pricefeed.sources.base import Source
 from pricefeed.sources.polling import FixedRatePoller, PollTiming
 from pricefeed.sources.replay.ledger import ReplayLedger
 from pricefeed.sources.replay.source import ReplaySource, open_replay
 from pricefeed.sources.simulated import SimulatedSource
+from pricefeed.sources.streaming import StreamRunner
 from pricefeed.sources.ticker import TickerSource
+from pricefeed.sources.trades.source import TradeStreamSource
 
 EVERY_SOURCE = frozenset(
     {
@@ -48,6 +52,27 @@ def binance_ticker(settings: Settings) -> Source:
     return FixedRatePoller(TickerSource(client, symbols), poll_timing(settings))
 
 
+class TradeLog(TopicTail):
+    """The topic's tail as the trade source reads it (sources.trades.source.TradeLog)."""
+
+    unavailable = TopicUnreadable
+
+
+def binance_trades(settings: Settings) -> Source:
+    client = BinanceClient(settings.binance_base_url, settings.http_timeout)
+    symbols = None if settings.symbols == ALL_SYMBOLS else settings.symbols  # None: every pair
+    source = TradeStreamSource(
+        client,
+        settings.binance_ws_url,
+        TradeLog(settings.bootstrap_servers, settings.topic),
+        symbols,
+        settings.trades_since,
+        settings.http_timeout,
+        Backoff(settings.backoff_base, settings.backoff_max),
+    )
+    return StreamRunner(source, Backoff(settings.backoff_base, settings.backoff_max))
+
+
 def simulated_walk(settings: Settings) -> Source:
     return FixedRatePoller(SimulatedSource(settings.symbols, settings.seed), poll_timing(settings))
 
@@ -64,11 +89,19 @@ class Registered:
     build: Callable[[Settings], Source]  # may raise SourceError: the producer stops with exit 2
     options: frozenset[str]  # every Settings field it uses, EVERY_SOURCE among them
     note: str = ""  # a few words for --help
+    emits: str = ""  # the contract's `source` of its events; "": its own name
 
 
 SOURCES: dict[str, Registered] = {
     "binance": Registered(
         binance_ticker, EVERY_SOURCE | POLLED | {"symbols", "binance_base_url", "http_timeout"}
+    ),
+    "binance-trades": Registered(
+        binance_trades,
+        EVERY_SOURCE
+        | {"symbols", "binance_base_url", "binance_ws_url", "http_timeout", "trades_since"},
+        "every aggregate trade, over WebSocket",
+        emits="binance",
     ),
     "simulated": Registered(
         simulated_walk, EVERY_SOURCE | POLLED | {"symbols", "seed"}, "seeded random walk"
@@ -80,6 +113,11 @@ SOURCES: dict[str, Registered] = {
     ),
 }
 SOURCE_NAMES = tuple(SOURCES)
+
+
+def emitted_source(name: str) -> str:
+    """The contract's `source` value of the events `--source name` publishes."""
+    return SOURCES[name].emits or name
 
 
 def open_source(settings: Settings) -> Source:
