@@ -14,12 +14,13 @@ from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
 
-from tests.harness import FakeBinance
+from tests.harness import AggTrade, FakeBinance, wait_until
 from tests.harness.fake_binance import RecordedRequest
 from tests.harness.scripts import Script
 from tests.pipeline import read_all_records
 
 BTC, ETH = "43250.75000000", "2300.10000000"  # the fake Binance's prices
+TRADE_SYMBOLS = ("BTCUSDT", "ETHUSDT")  # the trade source's runs: one tape each
 CONTRACT_KEYS = {"symbol", "price", "event_time", "source", "stream", "seq"}
 FAST_BACKOFF = ["--backoff-base", "0.2", "--backoff-max", "2"]
 PRODUCED = re.compile(r"Produced: (\{.*\})$", re.MULTILINE)
@@ -109,3 +110,46 @@ def stop_cleanly(script: Script, signum: int = signal.SIGTERM) -> str:
     output = script.output()
     assert "Traceback" not in output, output[-3000:]
     return output
+
+
+# -- the trade source (--source binance-trades) -----------------------------------------
+
+
+def trade_args(binance: FakeBinance, bootstrap: str, topic: str, *extra: str) -> list[str]:
+    return [
+        "--source", "binance-trades", "--symbols", ",".join(TRADE_SYMBOLS),
+        "--binance-url", binance.base_url, "--ws-url", binance.ws_url,
+        "--bootstrap-servers", bootstrap, "--topic", topic, *FAST_BACKOFF, *extra,
+    ]  # fmt: skip
+
+
+def expected(trades: Sequence[AggTrade], symbol: str) -> list[dict[str, Any]]:
+    """The messages a tape's trades make, in id order; placeholders are no trades."""
+    return [
+        {
+            "symbol": symbol,
+            "price": trade.price,
+            "event_time": trade.time_ms,
+            "source": "binance",
+            "stream": f"aggtrades/{symbol}",
+            "seq": trade.agg_id,
+            "quantity": trade.quantity,
+            "first_trade_id": trade.first_id,
+            "last_trade_id": trade.last_id,
+        }
+        for trade in trades
+        if not trade.is_placeholder
+    ]
+
+
+def grow(binance: FakeBinance, by: int) -> None:
+    """Wait until every tape has `by` more trades (its walk appending)."""
+    goal = {symbol: len(binance.trades(symbol)) + by for symbol in TRADE_SYMBOLS}
+    wait_until(
+        lambda: all(len(binance.trades(s)) >= goal[s] for s in TRADE_SYMBOLS), 30, f"{by} trades"
+    )
+
+
+def tape_sizes(binance: FakeBinance) -> dict[str, int]:
+    """How many trades each tape holds (rates stopped), placeholders left out."""
+    return {s: len(expected(binance.trades(s), s)) for s in binance.tape_symbols()}

@@ -11,7 +11,7 @@ import queue
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,46 +28,19 @@ from pricefeed.kafka_tail import TopicTail, partition_of
 from pricefeed.sources.registry import TradeLog
 from pricefeed.sources.streaming import StreamRunner
 from pricefeed.sources.trades.source import TradeStreamSource
-from tests.harness import AggTrade, FakeBinance, Fault, TansuBroker, wait_until
+from tests.harness import FakeBinance, Fault, TansuBroker, wait_until
 from tests.harness.fake_binance import listed_pairs
 from tests.harness.market_data import AGG_TRADES_PATH
 from tests.harness.scripts import Script
 from tests.pipeline import read_all_records
-from tests.producer_runs import FAST_BACKOFF, stop_cleanly
+from tests.producer_runs import FAST_BACKOFF, expected, grow, stop_cleanly, tape_sizes, trade_args
+from tests.producer_runs import TRADE_SYMBOLS as SYMBOLS
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT")
 TRADE_KEYS = {
     "symbol", "price", "event_time", "source", "stream", "seq",
     "quantity", "first_trade_id", "last_trade_id",
 }  # fmt: skip
 FOLLOWS = re.compile(r"(\w+) follows the live stream: (\d+) trades? fetched from REST")
-
-
-def trade_args(binance: FakeBinance, bootstrap: str, topic: str, *extra: str) -> list[str]:
-    return [
-        "--source", "binance-trades", "--symbols", ",".join(SYMBOLS),
-        "--binance-url", binance.base_url, "--ws-url", binance.ws_url,
-        "--bootstrap-servers", bootstrap, "--topic", topic, *FAST_BACKOFF, *extra,
-    ]  # fmt: skip
-
-
-def expected(trades: Sequence[AggTrade], symbol: str) -> list[dict[str, Any]]:
-    """The messages a tape's trades make, in id order; placeholders are no trades."""
-    return [
-        {
-            "symbol": symbol,
-            "price": trade.price,
-            "event_time": trade.time_ms,
-            "source": "binance",
-            "stream": f"aggtrades/{symbol}",
-            "seq": trade.agg_id,
-            "quantity": trade.quantity,
-            "first_trade_id": trade.first_id,
-            "last_trade_id": trade.last_id,
-        }
-        for trade in trades
-        if not trade.is_placeholder
-    ]
 
 
 def published(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
@@ -114,21 +87,10 @@ def wait_for(bootstrap: str, topic: str, goal: Mapping[str, int], script: Script
         counting.close()
 
 
-def tape_sizes(binance: FakeBinance) -> dict[str, int]:
-    """How many trades each tape holds (rates stopped), placeholders left out."""
-    return {s: len(expected(binance.trades(s), s)) for s in binance.tape_symbols()}
-
-
 def assert_tape_once_in_order(bootstrap: str, topic: str, binance: FakeBinance) -> None:
     on_topic = published(bootstrap, topic)
     for symbol in binance.tape_symbols():
         assert on_topic[symbol] == expected(binance.trades(symbol), symbol), symbol
-
-
-def grow(binance: FakeBinance, by: int) -> None:
-    """Wait until every tape has `by` more trades (its walk appending)."""
-    goal = {symbol: len(binance.trades(symbol)) + by for symbol in SYMBOLS}
-    wait_until(lambda: all(len(binance.trades(s)) >= goal[s] for s in SYMBOLS), 30, f"{by} trades")
 
 
 def test_every_trade_once_in_order_through_cuts_a_shutdown_and_a_kill(

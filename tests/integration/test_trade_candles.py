@@ -1,0 +1,97 @@
+"""The whole trade path with the real scripts: `producer.py --source binance-trades` following
+the fake Binance's trade streams (cut twice, a shutdown notice), `consumer.py` writing the
+windows. Every window of trades must equal the candle the fake's REST klines computes from the
+same tape by Binance's rules: open, high, low, close, volume, quote volume and trade count,
+also for trades sharing a millisecond, whatever order they travelled in."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import requests
+
+from btcpipe.clock import wall_clock_ms
+from tests.harness import FakeBinance, PostgresServer, TansuBroker
+from tests.harness.market_data import KLINES_PATH
+from tests.harness.scripts import Script
+from tests.pipeline import consumer_env, query, start_consumer
+from tests.producer_runs import TRADE_SYMBOLS, grow, stop_cleanly, tape_sizes, trade_args
+
+WINDOW_MS = 300_000
+
+
+def exchange_candles(binance: FakeBinance, symbol: str) -> dict[int, tuple]:
+    """The 5m klines the fake's REST answers, by open time, for intervals with trades."""
+    answer = requests.get(
+        binance.base_url + KLINES_PATH,
+        params={"symbol": symbol, "interval": "5m", "limit": "1000"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return {
+        row[0]: (
+            Decimal(row[1]),
+            Decimal(row[2]),
+            Decimal(row[3]),
+            Decimal(row[4]),
+            Decimal(row[5]),
+            Decimal(row[7]),
+            row[8],
+        )
+        for row in answer.json()
+        if row[8] > 0
+    }
+
+
+def stored_candles(dsn: str, symbol: str) -> dict[int, tuple]:
+    rows = query(
+        dsn,
+        "SELECT (extract(epoch FROM five_min_start) * 1000)::bigint, open_value, max_value, "
+        "min_value, close_value, volume, quote_volume, trade_count FROM five_min_bitcoin_event "
+        "WHERE feed = 'trades' AND symbol = %s",
+        (symbol,),
+    )
+    return {row[0]: row[1:] for row in rows}
+
+
+def trades_stored(dsn: str) -> int:
+    rows = query(
+        dsn,
+        "SELECT coalesce(sum(event_count), 0) FROM five_min_bitcoin_event WHERE feed = 'trades'",
+    )
+    return int(rows[0][0])
+
+
+def test_live_trade_windows_equal_the_exchange_s_own_candles(
+    broker: TansuBroker, postgres: PostgresServer, database: str, topic: str
+) -> None:
+    dsn = postgres.dsn(database)
+    since = wall_clock_ms() - 1000  # before the first trade: the whole tape
+    with FakeBinance(prices={}) as binance:
+        for symbol in TRADE_SYMBOLS:
+            binance.add_trades(symbol, 1500)  # a burst: many trades share each millisecond
+            binance.set_trade_rate(symbol, 20)
+        args = trade_args(binance, broker.bootstrap, topic, "--since", str(since))
+        with Script("producer", args) as producer:
+            producer.wait_for_output("follows the live stream", count=2)
+            with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
+                for connects in (2, 3):
+                    grow(binance, 20)
+                    binance.cut_streams()
+                    producer.wait_for_output("Connected to Binance's trade streams", count=connects)
+                grow(binance, 20)
+                assert binance.send_shutdown_notice(close_after=1) == 1
+                producer.wait_for_output("announced a server shutdown")
+                grow(binance, 40)
+                for symbol in TRADE_SYMBOLS:
+                    binance.set_trade_rate(symbol, 0)
+                total = sum(tape_sizes(binance).values())
+                consumer.wait_until(lambda: trades_stored(dsn) == total, 90, f"{total} trades")
+                assert consumer.stop() == 0
+            stop_cleanly(producer)
+        for symbol in TRADE_SYMBOLS:
+            exchange = exchange_candles(binance, symbol)
+            assert exchange, symbol
+            assert stored_candles(dsn, symbol) == exchange, symbol
+    complete = query(dsn, "SELECT bool_and(complete) FROM five_min_bitcoin_event")
+    assert complete == [(True,)]
