@@ -85,6 +85,8 @@ from tests.harness.scripts import Script  # noqa: E402
 SYMBOL = "BTCUSDT"
 TRADE_SYMBOLS = ("BTCUSDT", "ETHUSDT")  # the trade source's (g) and (h): the events split
 CONNECTED = "Connected to Binance's trade streams"
+LIVE_SECONDS = 8.0  # the live row's measuring period
+LOOK_POLLS = 40  # short polls a topic count waits for its fetch, then it says what it has
 PEERS_REQUIREMENTS = "bench/requirements-peers.txt"
 
 
@@ -112,6 +114,12 @@ def main() -> None:
         nargs="*",
         default=[],
         choices=["quix", "backfill", "pairs", "trades", "trade-source"],
+    )
+    parser.add_argument(
+        "--live-rate",
+        type=float,
+        default=10_000,
+        help="trades a second the fake Binance pushes live for the trade source's live row",
     )
     parser.add_argument(
         "--trade-pairs", type=int, default=2700, help="pairs for the trade source's SYMBOLS=ALL"
@@ -377,6 +385,7 @@ class Bench:
             args = trade_source_args(binance, since, ",".join(TRADE_SYMBOLS))
             self.trade_source_producers(tapes, args)
             self.trade_source_end_to_end(tapes, args)
+        self.trade_source_live()
         self.trade_source_all_pairs()
 
     def trade_source_producers(self, tapes: Mapping[str, list[TapeRow]], args: list[str]) -> None:
@@ -432,6 +441,47 @@ class Bench:
             f"    from producer.py's launch; from its stream connection "
             f"{n / (done - connected):,.0f} trades/s; peak RSS producer.py "
             f"{producer_rss:.0f} MB, consumer.py {consumer_rss:.0f} MB; flushing every {flush:g} s"
+        )
+
+    def trade_source_live(self) -> None:
+        """Trades pushed over the WebSocket as they are made, at `--live-rate`: how much of
+        it reaches the topic, and the CPU each process used meanwhile. The fake Binance runs
+        in this process: its share says whether it, rather than the source, set the pace."""
+        rate, seconds = self.args.live_rate, LIVE_SECONDS
+        topic = self.topic("bench_trades_live")
+        print(f"(g) live: {rate:,.0f} trades/s over the WebSocket for {seconds:g} s...", flush=True)
+        with FakeBinance(prices={}) as binance:
+            for symbol in TRADE_SYMBOLS:
+                binance.add_tape(symbol)
+            since = time.time_ns() // 1_000_000
+            args = trade_source_args(binance, since, ",".join(TRADE_SYMBOLS))
+            producer = self.script("producer", args, self.kafka_env(topic))
+            producer.wait_for("follows the live stream", count=len(TRADE_SYMBOLS))
+            with TopicCount(self.broker.bootstrap, topic) as on_topic:
+                for symbol in TRADE_SYMBOLS:
+                    binance.set_trade_rate(symbol, rate / len(TRADE_SYMBOLS))
+                producer.wait_until(lambda: on_topic() >= rate, 60, "a second of live trades")
+                first = (
+                    time.perf_counter(),
+                    on_topic(),
+                    cpu_seconds(producer),
+                    time.process_time(),
+                )
+                made = sum(len(binance.trades(symbol)) for symbol in TRADE_SYMBOLS)
+                time.sleep(seconds)  # the measuring period, not a synchronisation
+                last = (time.perf_counter(), on_topic(), cpu_seconds(producer), time.process_time())
+                made = sum(len(binance.trades(symbol)) for symbol in TRADE_SYMBOLS) - made
+            producer.finish()
+            producer.expect_success()
+            expect_no_gaps(producer)
+        elapsed = last[0] - first[0]
+        self.report.rates(
+            f"(g) live at {rate:,.0f}/s: onto the topic", last[1] - first[1], [elapsed]
+        )
+        self.report.line(
+            f"    the fake made {made / elapsed:,.0f} trades/s; CPU: producer.py "
+            f"{(last[2] - first[2]) / elapsed:.2f}, the bench with the fake "
+            f"{(last[3] - first[3]) / elapsed:.2f} (1: a core)"
         )
 
     def trade_source_all_pairs(self) -> None:
@@ -623,6 +673,12 @@ def trade_source_args(binance: FakeBinance, since_ms: int, symbols: str) -> list
     ]
 
 
+def cpu_seconds(script: MeasuredScript) -> float:
+    """The CPU time a running script used so far (user + system)."""
+    fields = Path(f"/proc/{script.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def expect_no_gaps(script: MeasuredScript) -> None:
     output = script.output()
     if "Gap in the trades" in output or "Skipped" in output:
@@ -632,7 +688,9 @@ def expect_no_gaps(script: MeasuredScript) -> None:
 class TopicCount:
     """Messages on a topic from the high watermarks that fetches return (Tansu's ListOffsets
     answers the last batch's base offset + 1: less than it holds). Each look seeks to that
-    offset, so a fetch returns the last batch only, not the topic."""
+    offset, so a fetch returns the last batch only, not the topic, and polls until a fetch
+    landed: seeking again before would drop the fetch in flight (a busy broker never answers
+    within one short poll). A mark may be older than the seek: it says less, never more."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -642,9 +700,19 @@ class TopicCount:
 
     def __call__(self) -> int:
         self.consumer.seek_to_end(*self.partitions)
-        self.consumer.poll(timeout_ms=50)
-        marks = [self.consumer.highwater(tp) for tp in self.partitions]
-        return sum(mark or 0 for mark in marks)
+        for _ in range(LOOK_POLLS):
+            self.consumer.poll(timeout_ms=50)
+            if self._fetched():
+                break
+        return sum(self.consumer.highwater(tp) or 0 for tp in self.partitions)
+
+    def _fetched(self) -> bool:
+        """Every partition fetched up to its mark (the seek's position is below it until then)."""
+        for tp in self.partitions:
+            mark = self.consumer.highwater(tp)
+            if mark is None or self.consumer.position(tp) < mark:
+                return False
+        return True
 
     def __enter__(self) -> TopicCount:
         return self
