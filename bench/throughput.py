@@ -691,32 +691,37 @@ def expect_no_gaps(script: MeasuredScript) -> None:
 
 class TopicCount:
     """Messages on a topic from the high watermarks that fetches return (Tansu's ListOffsets
-    answers the last batch's base offset + 1: less than it holds). Each look seeks to that
-    offset, so a fetch returns the last batch only, not the topic, and polls until a fetch
-    landed: seeking again before would drop the fetch in flight (a busy broker never answers
-    within one short poll). A mark may be older than the seek: it says less, never more."""
+    answers the last batch's base offset + 1: less than it holds). Each look seeks to the
+    last message it knew of and polls until a fetch from there landed: a fetch returns the
+    batches from there on, decoded only as far as one poll takes, and the mark."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         found = wait_until(lambda: self.consumer.partitions_for_topic(topic), 30, topic)
         self.partitions = [TopicPartition(topic, p) for p in sorted(found)]
         self.consumer.assign(self.partitions)
+        self.marks = dict.fromkeys(self.partitions, 0)
 
     def __call__(self) -> int:
-        self.consumer.seek_to_end(*self.partitions)
+        for tp, mark in self.marks.items():
+            self.consumer.seek(tp, max(0, mark - 1))
         for _ in range(LOOK_POLLS):
             self.consumer.poll(timeout_ms=50)
             if self._fetched():
                 break
-        return sum(self.consumer.highwater(tp) or 0 for tp in self.partitions)
+        return sum(self.marks.values())
 
     def _fetched(self) -> bool:
-        """Every partition fetched up to its mark (the seek's position is below it until then)."""
-        for tp in self.partitions:
-            mark = self.consumer.highwater(tp)
-            if mark is None or self.consumer.position(tp) < mark:
-                return False
-        return True
+        """Whether every partition was fetched since the seek (its position moved past the
+        message sought, or it is empty); the marks of those that were are kept."""
+        fetched = True
+        for tp, mark in self.marks.items():
+            high = self.consumer.highwater(tp)
+            if high is not None and (self.consumer.position(tp) or 0) > max(0, mark - 1):
+                self.marks[tp] = max(mark, high)
+            elif not (high == 0 and mark == 0):
+                fetched = False
+        return fetched
 
     def __enter__(self) -> TopicCount:
         return self
