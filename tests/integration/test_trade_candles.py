@@ -7,13 +7,14 @@ also for trades sharing a millisecond, whatever order they travelled in."""
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import requests
 
 from btcpipe.clock import wall_clock_ms
 from tests.harness import FakeBinance, PostgresServer, TansuBroker
 from tests.harness.market_data import KLINES_PATH
-from tests.harness.scripts import Script
+from tests.harness.scripts import Script, run_script
 from tests.pipeline import consumer_env, query, start_consumer
 from tests.producer_runs import TRADE_SYMBOLS, grow, stop_cleanly, tape_sizes, trade_args
 
@@ -54,6 +55,10 @@ def stored_candles(dsn: str, symbol: str) -> dict[int, tuple]:
     return {row[0]: row[1:] for row in rows}
 
 
+def repeats(dsn: str) -> int:
+    return int(query(dsn, "SELECT coalesce(sum(duplicate_events), 0) FROM pipeline_metrics")[0][0])
+
+
 def trades_stored(dsn: str) -> int:
     rows = query(
         dsn,
@@ -63,7 +68,7 @@ def trades_stored(dsn: str) -> int:
 
 
 def test_live_trade_windows_equal_the_exchange_s_own_candles(
-    broker: TansuBroker, postgres: PostgresServer, database: str, topic: str
+    broker: TansuBroker, postgres: PostgresServer, database: str, topic: str, tmp_path: Path
 ) -> None:
     dsn = postgres.dsn(database)
     since = wall_clock_ms() - 1000  # before the first trade: the whole tape
@@ -95,3 +100,35 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
             assert stored_candles(dsn, symbol) == exchange, symbol
     complete = query(dsn, "SELECT bool_and(complete) FROM five_min_bitcoin_event")
     assert complete == [(True,)]
+    # The same trades again from a public-data file that overlaps the live run (its second
+    # half and beyond its end: nothing new): counted once, the candles unchanged.
+    tape = binance.trades("BTCUSDT")
+    file = tmp_path / "BTCUSDT-aggTrades-2026-12-02.csv"
+    file.write_text(
+        "".join(
+            f"{t.agg_id},{t.price},{t.quantity},{t.first_id},{t.last_id},{t.time_us},"
+            f"{t.buyer_is_maker},{t.best_match}\n"
+            for t in tape[len(tape) // 2 :]
+        )
+    )
+    before = {symbol: stored_candles(dsn, symbol) for symbol in TRADE_SYMBOLS}
+    replay = run_script(
+        "producer",
+        [
+            "--source",
+            "replay",
+            "--bootstrap-servers",
+            broker.bootstrap,
+            "--topic",
+            topic,
+            str(file),
+        ],
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    with start_consumer(consumer_env(broker, postgres, database, topic), "c2") as again:
+        again.wait_until(
+            lambda: repeats(dsn) == len(tape) - len(tape) // 2, 60, "the file's rows as repeats"
+        )
+        assert again.stop() == 0
+    assert {symbol: stored_candles(dsn, symbol) for symbol in TRADE_SYMBOLS} == before
