@@ -1,8 +1,9 @@
 """The whole trade path with the real scripts: `producer.py --source binance-trades` following
-the fake Binance's trade streams (cut twice, a shutdown notice), `consumer.py` writing the
-windows. Every window of trades must equal the candle the fake's REST klines computes from the
-same tape by Binance's rules: open, high, low, close, volume, quote volume and trade count,
-also for trades sharing a millisecond, whatever order they travelled in."""
+the fake Binance's trade streams (cut twice, a shutdown notice), a ticker poller beside it for
+the same pairs, `consumer.py` writing the windows. Every window of trades must equal the candle
+the fake's REST klines computes from the same tape by Binance's rules: open, high, low, close,
+volume, quote volume and trade count, also for trades sharing a millisecond, whatever order
+they travelled in."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from tests.harness import FakeBinance, PostgresServer, TansuBroker
 from tests.harness.market_data import KLINES_PATH
 from tests.harness.scripts import Script, run_script
 from tests.pipeline import consumer_env, query, start_consumer
-from tests.producer_runs import TRADE_SYMBOLS, grow, stop_cleanly, tape_sizes, trade_args
+from tests.producer_runs import (
+    TRADE_SYMBOLS,
+    grow,
+    producer_args,
+    stop_cleanly,
+    tape_sizes,
+    trade_args,
+)
 
 WINDOW_MS = 300_000
 
@@ -77,8 +85,10 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
             binance.add_trades(symbol, 1500)  # a burst: many trades share each millisecond
             binance.set_trade_rate(symbol, 20)
         args = trade_args(binance, broker.bootstrap, topic, "--since", str(since))
-        with Script("producer", args) as producer:
+        poll = producer_args(binance, broker.bootstrap, topic, symbols=TRADE_SYMBOLS)
+        with Script("producer", args) as producer, Script("producer", poll) as poller:
             producer.wait_for_output("follows the live stream", count=2)
+            poller.wait_for_output("Produced: ")  # the ticker poll beside, the same pairs
             with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
                 for connects in (2, 3):
                     grow(binance, 20)
@@ -94,10 +104,16 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
                 consumer.wait_until(lambda: trades_stored(dsn) == total, 90, f"{total} trades")
                 assert consumer.stop() == 0
             stop_cleanly(producer)
+            stop_cleanly(poller)
         for symbol in TRADE_SYMBOLS:
             exchange = exchange_candles(binance, symbol)
             assert exchange, symbol
             assert stored_candles(dsn, symbol) == exchange, symbol
+    # The poller's samples have rows of their own, which the dashboards' candle passes over.
+    feeds = query(dsn, "SELECT DISTINCT feed FROM five_min_bitcoin_event ORDER BY 1")
+    assert feeds == [("samples",), ("trades",)]
+    shown = query(dsn, "SELECT DISTINCT feed FROM five_min_candles")
+    assert shown == [("trades",)]
     complete = query(dsn, "SELECT bool_and(complete) FROM five_min_bitcoin_event")
     assert complete == [(True,)]
     # The same trades again from a public-data file that overlaps the live run (its second
