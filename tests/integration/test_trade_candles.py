@@ -148,3 +148,57 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
         )
         assert again.stop() == 0
     assert {symbol: stored_candles(dsn, symbol) for symbol in TRADE_SYMBOLS} == before
+
+
+def test_trade_candles_stay_exact_through_a_frozen_broker_and_a_stopped_and_frozen_postgres(
+    postgres: PostgresServer, topic: str
+) -> None:
+    """Trades flowing while the broker hangs past the producer's delivery timeout (it re-sends
+    what was not acknowledged, with a new session), then PostgreSQL is stopped and started,
+    then hangs: every window of trades still equals the exchange's candle."""
+    since = wall_clock_ms() - 1000
+    with (
+        TansuBroker() as broker,
+        PostgresServer() as own_postgres,
+        FakeBinance(prices={}) as binance,
+    ):
+        database = own_postgres.create_database("trade_faults")
+        dsn = own_postgres.dsn(database)
+        for symbol in TRADE_SYMBOLS:
+            binance.add_trades(symbol, 300)
+            binance.set_trade_rate(symbol, 20)
+        args = trade_args(
+            binance, broker.bootstrap, topic, "--since", str(since), "--delivery-timeout-ms", "4000"
+        )
+        with Script("producer", args) as producer:
+            producer.wait_for_output("follows the live stream", count=2)
+            env = consumer_env(broker, own_postgres, database, topic)
+            with start_consumer(env) as consumer:
+                consumer.wait_for_output("Resuming from stored offsets", timeout=60)
+                consumer.wait_until(lambda: trades_stored(dsn) > 0, 60, "trades stored")
+                broker.freeze()
+                try:
+                    producer.wait_for_output("Kafka did not acknowledge in time", timeout=40)
+                finally:
+                    broker.thaw()
+                producer.wait_for_output("again, in order", timeout=40)
+                grow(binance, 40)
+                own_postgres.stop()
+                consumer.wait_for_output("PostgreSQL unavailable", timeout=30)
+                own_postgres.start()
+                consumer.wait_for_output("PostgreSQL is back", timeout=60)
+                own_postgres.freeze()
+                try:
+                    consumer.wait_for_output("did not answer within", timeout=40)
+                finally:
+                    own_postgres.thaw()
+                grow(binance, 40)
+                for symbol in TRADE_SYMBOLS:
+                    binance.set_trade_rate(symbol, 0)
+                total = sum(tape_sizes(binance).values())
+                consumer.wait_until(lambda: trades_stored(dsn) == total, 120, f"{total} trades")
+                assert consumer.stop() == 0
+            stop_cleanly(producer)
+        for symbol in TRADE_SYMBOLS:
+            assert stored_candles(dsn, symbol) == exchange_candles(binance, symbol), symbol
+        assert query(dsn, "SELECT bool_and(complete) FROM five_min_bitcoin_event") == [(True,)]
