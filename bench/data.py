@@ -103,7 +103,8 @@ def check_tables(dsn: str, truth: dict[tuple[str, int], Window]) -> None:
             "SELECT symbol, (extract(epoch FROM five_min_start) * 1000)::bigint, event_count, "
             "price_sum, min_value, max_value, open_value, "
             "(extract(epoch FROM first_event_at) * 1000)::bigint, close_value, "
-            "(extract(epoch FROM last_event_at) * 1000)::bigint FROM five_min_bitcoin_event"
+            "(extract(epoch FROM last_event_at) * 1000)::bigint FROM five_min_bitcoin_event "
+            "WHERE feed = 'trades'"
         )
         stored = {(row[0], row[1]): Window(*row[2:]) for row in cur.fetchall()}
     conn.close()
@@ -116,8 +117,9 @@ def check_tables(dsn: str, truth: dict[tuple[str, int], Window]) -> None:
 
 
 def trade_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
-    """(key, value, timestamp) of every line as a trade stream publishes it: the exchange's
-    identity (aggtrades/<SYMBOL>, the aggregate id), the quantity and raw trade ids."""
+    """(key, value, timestamp) of every line as producer.py replays it: a trade under the
+    exchange's identity (aggtrades/<SYMBOL>, the aggregate id), the quantity and raw trade
+    ids."""
     messages = []
     with path.open() as lines:
         for line in lines:

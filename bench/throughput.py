@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
@@ -69,7 +68,7 @@ from bench.data import (  # noqa: E402
     trade_messages,
     write_agg_trades,
 )
-from btcpipe.contract import agg_trade_stream, replay_stream  # noqa: E402
+from btcpipe.contract import agg_trade_stream  # noqa: E402
 from pricefeed.kafka_sink.clients import (  # noqa: E402
     CLIENT_SETTINGS,
     DEFAULT_COMPRESSION,
@@ -261,7 +260,8 @@ class Bench:
                 marker, visible_after = live_event_latency(self.broker.bootstrap, topic, stored)
                 markers.append(marker)
             rss = max(rss, consumer.finish())
-            check_tables(dsn, file_windows(self.file, SYMBOL, markers))
+            # The live markers are price samples: rows of their own, beside the file's trades.
+            check_tables(dsn, file_windows(self.file, SYMBOL))
         a = self.report.rates("(a) bare kafka-python consumer, poll + json.loads", n, bare)
         b = self.report.rates("(b) consumer.py into PostgreSQL (checked exact)", n, ours)
         self.report.ratios("(b)/(a)", b, a)
@@ -574,24 +574,9 @@ def load() -> str:
 
 
 def replay_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
-    """(key, value, timestamp) of every line, byte for byte what producer.py sends: with the
-    identity of the line (the file's stream, the line number)."""
-    key, messages = SYMBOL.encode(), []
-    stream = replay_stream(SYMBOL, hashlib.sha256(path.read_bytes()).hexdigest())
-    with path.open() as lines:
-        for line_number, line in enumerate(lines, start=1):
-            fields = line.split(",")
-            event_ms = int(fields[5]) // 1000
-            body = {
-                "symbol": SYMBOL,
-                "price": fields[1],
-                "event_time": event_ms,
-                "source": "replay",
-                "stream": stream,
-                "seq": line_number,
-            }
-            messages.append((key, orjson.dumps(body), event_ms))
-    return messages
+    """(key, value, timestamp) of every line, byte for byte what producer.py sends: each an
+    aggregate trade under the exchange's identity (aggtrades/<SYMBOL>, its id)."""
+    return trade_messages(path)
 
 
 def send_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int]]) -> None:

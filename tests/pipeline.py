@@ -233,18 +233,52 @@ def tie_heavy_stream(rng: random.Random, count: int, windows: int = 3) -> list[E
 
 
 def truth_from_csv(path: Path) -> list[Event]:
-    """The events a replay of this file must produce, read independently of the producer:
-    klines at their close (column 6) with their close price (column 4); trades at their time
-    (column 5) with their price (column 1). Times in µs (>= 1e15) become ms. Identity: the
-    file's stream (SHA-256 of its bytes) and the line number."""
+    """The events a replay of this file must produce, read independently of the producer.
+    Times in µs (>= 1e15) become ms.
+    - aggTrades (8 columns): trades at their time (column 5), price 1, quantity 2, raw ids 3
+      and 4, under stream aggtrades/<symbol> numbered by the aggregate id (column 0); rows
+      with raw ids -1 (Binance's placeholders) are no trades;
+    - trades (7 columns): one raw trade each, trades/<symbol> numbered by its id;
+    - klines (12 columns) of 1s, 1m or 5m: candles at their close (column 6), the whole
+      kline, klines/<symbol>/<interval> numbered by the open time (column 0);
+    - klines of other intervals: price samples at the close with the close price (column
+      4), in the file's stream (SHA-256 of its bytes) numbered by the line."""
     symbol = path.name.split("-")[0]
     stream = f"replay/{symbol}/{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}"
+
+    def ms(raw: str) -> int:
+        return int(raw) // 1000 if int(raw) >= 10**15 else int(raw)
+
     events = []
     with path.open(newline="") as rows:
         for line, row in enumerate(csv.reader(rows), start=1):
-            price, raw_time = (row[4], row[6]) if len(row) == 12 else (row[1], row[5])
-            time_ms = int(raw_time) // 1000 if int(raw_time) >= 10**15 else int(raw_time)
-            events.append(Event(symbol, price, time_ms, "replay", stream, line))
+            if len(row) == 8:
+                if row[3] == row[4] == "-1":
+                    continue
+                events.append(
+                    Event(symbol, row[1], ms(row[5]), "replay", f"aggtrades/{symbol}",
+                          int(row[0]), row[2], int(row[3]), int(row[4]))
+                )  # fmt: skip
+            elif len(row) == 7:
+                events.append(
+                    Event(symbol, row[1], ms(row[4]), "replay", f"trades/{symbol}",
+                          int(row[0]), row[2], int(row[0]), int(row[0]))
+                )  # fmt: skip
+            else:
+                open_ms, close_ms = ms(row[0]), ms(row[6])
+                interval = {1000: "1s", 60_000: "1m", WINDOW_MS: "5m"}.get(close_ms - open_ms + 1)
+                if interval is None:
+                    events.append(Event(symbol, row[4], close_ms, "replay", stream, line))
+                    continue
+                kline = {
+                    "interval": interval, "open_time": open_ms, "open": row[1], "high": row[2],
+                    "low": row[3], "close": row[4], "volume": row[5], "quote_volume": row[7],
+                    "trade_count": int(row[8]),
+                }  # fmt: skip
+                events.append(
+                    Event(symbol, row[4], close_ms, "replay", f"klines/{symbol}/{interval}",
+                          open_ms, kline=kline)
+                )  # fmt: skip
     return events
 
 

@@ -227,19 +227,31 @@ def polls(last: datetime, span: timedelta, offset: timedelta = timedelta(0)) -> 
     return [newest - k * (POLL // MILLISECOND) for k in range(span // POLL + 1)][::-1]
 
 
-def write_klines_file(folder: Path, events: Sequence[Event]) -> Path:
+def write_klines_file(folder: Path, events: Sequence[Event]) -> tuple[Path, list[Event]]:
     """A Binance spot 1-minute klines CSV of one symbol (12 columns, no header, times in µs as
-    since 2025): close price in column 4, close time in column 6."""
+    since 2025), one candle per event closing at its time at its price, and the candles as
+    producer.py replays them (the exchange's identity: klines/<symbol>/1m, the open time)."""
     symbol = events[0].symbol
     path = folder / f"{symbol}-1m-{from_ms(events[0].event_time):%Y-%m-%d}.csv"
+    candles = []
     with path.open("w") as out:
         for e in events:
-            open_us, close_us = (e.event_time - 59_999) * 1000, e.event_time * 1000 + 999
+            open_ms = e.event_time - 59_999
+            quote = f"{Decimal(e.price) * Decimal('1.5')}"
             out.write(
-                f"{open_us},{e.price},{e.price},{e.price},{e.price},1.50000000,{close_us},"
-                f"{Decimal(e.price) * Decimal('1.5')},42,0.75000000,0.75,0\n"
+                f"{open_ms * 1000},{e.price},{e.price},{e.price},{e.price},1.50000000,"
+                f"{e.event_time * 1000 + 999},{quote},42,0.75000000,0.75,0\n"
             )
-    return path
+            kline = {
+                "interval": "1m", "open_time": open_ms, "open": e.price, "high": e.price,
+                "low": e.price, "close": e.price, "volume": "1.50000000",
+                "quote_volume": quote, "trade_count": 42,
+            }  # fmt: skip
+            candles.append(
+                Event(symbol, e.price, e.event_time, REPLAY, f"klines/{symbol}/1m", open_ms,
+                      kline=kline)
+            )  # fmt: skip
+    return path, candles
 
 
 @dataclass
@@ -291,7 +303,8 @@ class Pipeline:
         by_symbol: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             by_symbol[event.symbol].append(event)
-        files = [write_klines_file(folder, batch) for batch in by_symbol.values()]
+        written = [write_klines_file(folder, batch) for batch in by_symbol.values()]
+        files = [path for path, _ in written]
         result = run_script(
             "producer",
             [
@@ -302,7 +315,7 @@ class Pipeline:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"Replay done: {len(events)} events" in result.stdout, result.stdout
-        self._published([event for batch in by_symbol.values() for event in batch])
+        self._published([candle for _, candles in written for candle in candles])
 
     def consumer(self, instance: str, flush_interval: float) -> Script:
         env = consumer_env(

@@ -64,6 +64,18 @@ def test_replayed_history_lands_in_its_windows_exactly_and_is_not_lag(
         "FROM pipeline_metrics",
     )[0]
     assert (replayed, live, lag) == (len(events), 0, None)
+    # The real aggTrades sample: its windows' volume and trade count are its rows' sums.
+    rows = [line.split(",") for line in files[2].read_text().splitlines()]
+    stored = query(
+        dsn,
+        "SELECT sum(volume), sum(trade_count), bool_and(complete) FROM five_min_bitcoin_event "
+        "WHERE feed = 'trades'",
+    )[0]
+    assert stored == (
+        sum((Decimal(row[2]) for row in rows), Decimal(0)),
+        sum(int(row[4]) - int(row[3]) + 1 for row in rows),
+        True,
+    )
 
 
 def test_a_file_of_another_layout_stops_the_replay_with_one_sentence(tmp_path):
@@ -217,9 +229,12 @@ def test_generated_sample_files_read_like_binance_files(tmp_path, day):
     write_agg_trades(trades, day, rng, Decimal("43000"))
     for path in (klines, trades):
         replayed = [
-            Event(e.symbol, e.price, e.event_time, e.source, e.stream, e.seq)
+            Event(
+                e.symbol, e.price, e.event_time, e.source, e.stream, e.seq, e.quantity,
+                e.first_trade_id, e.last_trade_id, None if e.kline is None else e.kline._asdict(),
+            )
             for e in read_events(path)
-        ]
+        ]  # fmt: skip
         assert replayed == truth_from_csv(path)
     first_close = truth_from_csv(klines)[0].event_time
     assert first_close == int(day.timestamp() * 1000) + 59_999

@@ -1,21 +1,30 @@
 """The whole trade path with the real scripts: `producer.py --source binance-trades` following
-the fake Binance's trade streams (cut twice, a shutdown notice), `consumer.py` writing the
-windows. Every window of trades must equal the candle the fake's REST klines computes from the
-same tape by Binance's rules: open, high, low, close, volume, quote volume and trade count,
-also for trades sharing a millisecond, whatever order they travelled in."""
+the fake Binance's trade streams (cut twice, a shutdown notice), a ticker poller beside it for
+the same pairs, `consumer.py` writing the windows. Every window of trades must equal the candle
+the fake's REST klines computes from the same tape by Binance's rules: open, high, low, close,
+volume, quote volume and trade count, also for trades sharing a millisecond, whatever order
+they travelled in."""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import requests
 
 from btcpipe.clock import wall_clock_ms
 from tests.harness import FakeBinance, PostgresServer, TansuBroker
 from tests.harness.market_data import KLINES_PATH
-from tests.harness.scripts import Script
+from tests.harness.scripts import Script, run_script
 from tests.pipeline import consumer_env, query, start_consumer
-from tests.producer_runs import TRADE_SYMBOLS, grow, stop_cleanly, tape_sizes, trade_args
+from tests.producer_runs import (
+    TRADE_SYMBOLS,
+    grow,
+    producer_args,
+    stop_cleanly,
+    tape_sizes,
+    trade_args,
+)
 
 WINDOW_MS = 300_000
 
@@ -54,6 +63,10 @@ def stored_candles(dsn: str, symbol: str) -> dict[int, tuple]:
     return {row[0]: row[1:] for row in rows}
 
 
+def repeats(dsn: str) -> int:
+    return int(query(dsn, "SELECT coalesce(sum(duplicate_events), 0) FROM pipeline_metrics")[0][0])
+
+
 def trades_stored(dsn: str) -> int:
     rows = query(
         dsn,
@@ -63,7 +76,7 @@ def trades_stored(dsn: str) -> int:
 
 
 def test_live_trade_windows_equal_the_exchange_s_own_candles(
-    broker: TansuBroker, postgres: PostgresServer, database: str, topic: str
+    broker: TansuBroker, postgres: PostgresServer, database: str, topic: str, tmp_path: Path
 ) -> None:
     dsn = postgres.dsn(database)
     since = wall_clock_ms() - 1000  # before the first trade: the whole tape
@@ -72,8 +85,10 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
             binance.add_trades(symbol, 1500)  # a burst: many trades share each millisecond
             binance.set_trade_rate(symbol, 20)
         args = trade_args(binance, broker.bootstrap, topic, "--since", str(since))
-        with Script("producer", args) as producer:
+        poll = producer_args(binance, broker.bootstrap, topic, symbols=TRADE_SYMBOLS)
+        with Script("producer", args) as producer, Script("producer", poll) as poller:
             producer.wait_for_output("follows the live stream", count=2)
+            poller.wait_for_output("Produced: ")  # the ticker poll beside, the same pairs
             with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
                 for connects in (2, 3):
                     grow(binance, 20)
@@ -89,9 +104,101 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
                 consumer.wait_until(lambda: trades_stored(dsn) == total, 90, f"{total} trades")
                 assert consumer.stop() == 0
             stop_cleanly(producer)
+            stop_cleanly(poller)
         for symbol in TRADE_SYMBOLS:
             exchange = exchange_candles(binance, symbol)
             assert exchange, symbol
             assert stored_candles(dsn, symbol) == exchange, symbol
+    # The poller's samples have rows of their own, which the dashboards' candle passes over.
+    feeds = query(dsn, "SELECT DISTINCT feed FROM five_min_bitcoin_event ORDER BY 1")
+    assert feeds == [("samples",), ("trades",)]
+    shown = query(dsn, "SELECT DISTINCT feed FROM five_min_candles")
+    assert shown == [("trades",)]
     complete = query(dsn, "SELECT bool_and(complete) FROM five_min_bitcoin_event")
     assert complete == [(True,)]
+    # The same trades again from a public-data file that overlaps the live run (its second
+    # half and beyond its end: nothing new): counted once, the candles unchanged.
+    tape = binance.trades("BTCUSDT")
+    file = tmp_path / "BTCUSDT-aggTrades-2026-12-02.csv"
+    file.write_text(
+        "".join(
+            f"{t.agg_id},{t.price},{t.quantity},{t.first_id},{t.last_id},{t.time_us},"
+            f"{t.buyer_is_maker},{t.best_match}\n"
+            for t in tape[len(tape) // 2 :]
+        )
+    )
+    before = {symbol: stored_candles(dsn, symbol) for symbol in TRADE_SYMBOLS}
+    replay = run_script(
+        "producer",
+        [
+            "--source",
+            "replay",
+            "--bootstrap-servers",
+            broker.bootstrap,
+            "--topic",
+            topic,
+            str(file),
+        ],
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    with start_consumer(consumer_env(broker, postgres, database, topic), "c2") as again:
+        again.wait_until(
+            lambda: repeats(dsn) == len(tape) - len(tape) // 2, 60, "the file's rows as repeats"
+        )
+        assert again.stop() == 0
+    assert {symbol: stored_candles(dsn, symbol) for symbol in TRADE_SYMBOLS} == before
+
+
+def test_trade_candles_stay_exact_through_a_frozen_broker_and_a_stopped_and_frozen_postgres(
+    postgres: PostgresServer, topic: str
+) -> None:
+    """Trades flowing while the broker hangs past the producer's delivery timeout (it re-sends
+    what was not acknowledged, with a new session), then PostgreSQL is stopped and started,
+    then hangs: every window of trades still equals the exchange's candle."""
+    since = wall_clock_ms() - 1000
+    with (
+        TansuBroker() as broker,
+        PostgresServer() as own_postgres,
+        FakeBinance(prices={}) as binance,
+    ):
+        database = own_postgres.create_database("trade_faults")
+        dsn = own_postgres.dsn(database)
+        for symbol in TRADE_SYMBOLS:
+            binance.add_trades(symbol, 300)
+            binance.set_trade_rate(symbol, 20)
+        args = trade_args(
+            binance, broker.bootstrap, topic, "--since", str(since), "--delivery-timeout-ms", "4000"
+        )
+        with Script("producer", args) as producer:
+            producer.wait_for_output("follows the live stream", count=2)
+            env = consumer_env(broker, own_postgres, database, topic)
+            with start_consumer(env) as consumer:
+                consumer.wait_for_output("Resuming from stored offsets", timeout=60)
+                consumer.wait_until(lambda: trades_stored(dsn) > 0, 60, "trades stored")
+                broker.freeze()
+                try:
+                    producer.wait_for_output("Kafka did not acknowledge in time", timeout=40)
+                finally:
+                    broker.thaw()
+                producer.wait_for_output("again, in order", timeout=40)
+                grow(binance, 40)
+                own_postgres.stop()
+                consumer.wait_for_output("PostgreSQL unavailable", timeout=30)
+                own_postgres.start()
+                consumer.wait_for_output("PostgreSQL is back", timeout=60)
+                own_postgres.freeze()
+                try:
+                    consumer.wait_for_output("did not answer within", timeout=40)
+                finally:
+                    own_postgres.thaw()
+                grow(binance, 40)
+                for symbol in TRADE_SYMBOLS:
+                    binance.set_trade_rate(symbol, 0)
+                total = sum(tape_sizes(binance).values())
+                consumer.wait_until(lambda: trades_stored(dsn) == total, 120, f"{total} trades")
+                assert consumer.stop() == 0
+            stop_cleanly(producer)
+        for symbol in TRADE_SYMBOLS:
+            assert stored_candles(dsn, symbol) == exchange_candles(binance, symbol), symbol
+        assert query(dsn, "SELECT bool_and(complete) FROM five_min_bitcoin_event") == [(True,)]

@@ -11,7 +11,8 @@ import queue
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -229,6 +230,37 @@ def test_a_symbol_binance_does_not_list_stops_it_at_start(broker: TansuBroker, t
     assert "Traceback" not in output
 
 
+@contextmanager
+def running_source(
+    binance: FakeBinance, bootstrap: str, topic: str, **options: float
+) -> Iterator[KafkaSink]:
+    """The trade source of SYMBOLS run in this process into a real KafkaSink, from before the
+    first trade, with short backoffs and `options` (TradeStreamSource's); stopped after,
+    having lost nothing."""
+    source = TradeStreamSource(
+        BinanceClient(binance.base_url, 5.0),
+        binance.ws_url,
+        TradeLog(bootstrap, topic),
+        SYMBOLS,
+        wall_clock_ms() - 1000,
+        5.0,
+        Backoff(0.2, 2),
+        **options,
+    )
+    stop = threading.Event()
+    sink = KafkaSink(bootstrap, topic, 3, stop, Backoff(0.2, 2), echo=False)
+    assert sink.connect()
+    running = threading.Thread(target=StreamRunner(source, Backoff(0.2, 2)).run, args=(sink, stop))
+    running.start()
+    try:
+        yield sink
+    finally:
+        stop.set()
+        running.join(15)
+        lost = sink.close()
+    assert not running.is_alive() and lost == 0
+
+
 def test_a_connection_is_replaced_before_its_age_limit_and_answers_the_servers_pings(
     broker: TansuBroker, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -238,24 +270,7 @@ def test_a_connection_is_replaced_before_its_age_limit_and_answers_the_servers_p
     with fake as binance, caplog.at_level(logging.INFO, "producer"):
         for symbol in SYMBOLS:
             binance.set_trade_rate(symbol, 20)
-        source = TradeStreamSource(
-            BinanceClient(binance.base_url, 5.0),
-            binance.ws_url,
-            TradeLog(broker.bootstrap, topic),
-            SYMBOLS,
-            wall_clock_ms() - 1000,
-            5.0,
-            Backoff(0.2, 2),
-            replace_after=1.5,
-        )
-        stop = threading.Event()
-        sink = KafkaSink(broker.bootstrap, topic, 3, stop, Backoff(0.2, 2), echo=False)
-        assert sink.connect()
-        running = threading.Thread(
-            target=StreamRunner(source, Backoff(0.2, 2)).run, args=(sink, stop)
-        )
-        running.start()
-        try:
+        with running_source(binance, broker.bootstrap, topic, replace_after=1.5) as sink:
             wait_until(lambda: caplog.text.count("replacing it before") >= 4, 30, "4 replacements")
             wait_until(
                 lambda: any(c.pongs_received >= 2 for c in binance.stream_connections()),
@@ -266,11 +281,6 @@ def test_a_connection_is_replaced_before_its_age_limit_and_answers_the_servers_p
                 binance.set_trade_rate(symbol, 0)
             total = sum(len(binance.trades(s)) for s in SYMBOLS)
             wait_until(lambda: sink.delivered >= total, 30, "every trade acknowledged")
-        finally:
-            stop.set()
-            running.join(15)
-            lost = sink.close()
-        assert not running.is_alive() and lost == 0
         assert_tape_once_in_order(broker.bootstrap, topic, binance)
     assert "reconnecting in" not in caplog.text  # never cut off: replaced before the limit
     assert "Skipped" not in caplog.text and "Gap" not in caplog.text
@@ -284,24 +294,7 @@ def test_a_silent_connection_is_cut_reconnected_and_what_it_held_back_fetched(
     with FakeBinance(prices={}) as binance, caplog.at_level(logging.INFO, "producer"):
         for symbol in SYMBOLS:
             binance.set_trade_rate(symbol, 20)
-        source = TradeStreamSource(
-            BinanceClient(binance.base_url, 5.0),
-            binance.ws_url,
-            TradeLog(broker.bootstrap, topic),
-            SYMBOLS,
-            wall_clock_ms() - 1000,
-            5.0,
-            Backoff(0.2, 2),
-            keepalive=1.0,
-        )
-        stop = threading.Event()
-        sink = KafkaSink(broker.bootstrap, topic, 3, stop, Backoff(0.2, 2), echo=False)
-        assert sink.connect()
-        running = threading.Thread(
-            target=StreamRunner(source, Backoff(0.2, 2)).run, args=(sink, stop)
-        )
-        running.start()
-        try:
+        with running_source(binance, broker.bootstrap, topic, keepalive=1.0) as sink:
             wait_until(lambda: "follows the live stream" in caplog.text, 15, "the first fill")
             assert binance.stall_streams(30) == 1
             wait_until(lambda: "keepalive ping timeout" in caplog.text, 15, "the stall noticed")
@@ -315,11 +308,6 @@ def test_a_silent_connection_is_cut_reconnected_and_what_it_held_back_fetched(
                 binance.set_trade_rate(symbol, 0)
             total = sum(len(binance.trades(s)) for s in SYMBOLS)
             wait_until(lambda: sink.delivered >= total, 30, "every trade acknowledged")
-        finally:
-            stop.set()
-            running.join(15)
-            lost = sink.close()
-        assert not running.is_alive() and lost == 0
         assert_tape_once_in_order(broker.bootstrap, topic, binance)
     assert caplog.text.count("reconnecting in") >= 1
     assert "Skipped" not in caplog.text and "Gap" not in caplog.text

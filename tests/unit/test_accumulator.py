@@ -157,7 +157,7 @@ def test_late_is_judged_within_each_stream() -> None:
 
 def test_repeats_of_counted_identities_are_skipped() -> None:
     """A producer's re-send repeats a run of its stream in order; a re-run replay repeats the
-    whole file. Either way seq <= the stream's mark: skipped, counted as duplicates."""
+    whole file. Either way the seqs were counted already: skipped, counted as duplicates."""
     acc = Accumulator()
     a = [in_stream("binance/BTCUSDT/r1", seq, 1, "binance") for seq in range(1, 6)]
     b = [in_stream("replay/BTCUSDT/f", seq, 2) for seq in (2, 3, 5)]  # lines: gaps are fine

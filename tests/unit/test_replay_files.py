@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import zipfile
 from itertools import pairwise
 from pathlib import Path
@@ -13,6 +14,7 @@ from btcpipe.clock import wall_clock_ms
 from btcpipe.contract import MAX_FUTURE_MS, PriceEvent
 from pricefeed.sources.replay.files import (
     MAX_KEPT_ERRORS,
+    PLACEHOLDER_ROW,
     ReplayFileError,
     ReplayStats,
     count_lines,
@@ -32,18 +34,33 @@ AGG_TRADES_HEADER = (
 )
 
 
-def kline(close_time: int | str, close: str = "7186.68000000", open_time: int = 0) -> str:
+def kline(close_time: int | str, close: str = "7186.68000000", open_time: int | None = None) -> str:
+    """A 1-minute candle closing then (its open a minute before, unless given), whose high and
+    low hold any close a test gives it."""
+    if open_time is None and str(close_time).isdigit():
+        closes = int(close_time)
+        micro = closes >= 10**15  # µs files: the open is whole milliseconds
+        open_time = ((closes // 1000 - 59_999) * 1000) if micro else closes - 59_999
+    elif open_time is None:
+        open_time = 0
     return (
-        f"{open_time},7195.24000000,7196.25000000,7183.14000000,{close},51.64281200,"
+        f"{open_time},7195.24000000,99999999.00000000,0.00000001,{close},51.64281200,"
         f"{close_time},371233.51835535,493,19.59823000,140888.41428273,0"
     )
 
 
-def agg_trade(timestamp: int | str, price: str = "87648.21000000", trade_id: int = 1) -> str:
+_ids = itertools.count(1)  # ids grow along a file, as in Binance's
+
+
+def agg_trade(
+    timestamp: int | str, price: str = "87648.21000000", trade_id: int | None = None
+) -> str:
+    trade_id = next(_ids) if trade_id is None else trade_id
     return f"{trade_id},{price},0.08185000,5723703861,5723703861,{timestamp},True,True"
 
 
-def trade(time: int | str, price: str = "87648.21000000", trade_id: int = 1) -> str:
+def trade(time: int | str, price: str = "87648.21000000", trade_id: int | None = None) -> str:
+    trade_id = next(_ids) if trade_id is None else trade_id
     return f"{trade_id},{price},0.00100000,87.64821000,{time},False,True"
 
 
@@ -96,8 +113,20 @@ def test_real_files_give_every_event_with_exact_times_and_prices(
 
     assert detect_layout(path) == layout
     assert len(events) == count
-    assert stats == ReplayStats(events=count, skipped=0, first_errors=[])
+    assert (stats.events, stats.skipped, stats.first_errors) == (count, 0, [])
+    assert stats.line == count  # the last line handed out
     assert times_and_prices(events[:1] + events[-1:]) == [first, last]
+    # 1m candles and aggregate trades are the exchange's own, under its identities; 1h
+    # klines tile no 5-minute window: price samples of the file.
+    feeds = {(event.feed, event.stream.rsplit("/", 1)[0]) for event in events}
+    assert (
+        feeds
+        == {
+            "BTCUSDT-1m-2020-01-01.csv": {("klines", "klines/BTCUSDT")},
+            "BTCUSDT-1h-2026-05-08.csv": {("samples", "replay/BTCUSDT")},
+            "BTCUSDT-aggTrades-2026-01-01.head5000.csv": {("trades", "aggtrades")},
+        }[name]
+    )
     assert {(event.symbol, event.source) for event in events} == {("BTCUSDT", "replay")}
     times = [event.event_time for event in events]
     assert times == sorted(times)  # file order, and these files are in time order
@@ -479,10 +508,12 @@ def with_field(line: str, column: int, value: str) -> str:
     return ",".join(fields)
 
 
-def good_line(name: str, time: int) -> str:
+def good_line(name: str, time: int, number: int = 1) -> str:
+    """The `number`th good line of a layout: candles a minute apart, trades with growing ids."""
     kind = name.split("-")[1]
-    make = {"1m": kline, "aggTrades": agg_trade, "trades": trade}[kind]
-    return make(time)
+    if kind == "1m":
+        return kline(time + (number - 1) * 60_000 * (1000 if time >= 10**15 else 1))
+    return {"aggTrades": agg_trade, "trades": trade}[kind](time, trade_id=number)
 
 
 BAD_FIELDS = [
@@ -523,11 +554,13 @@ def test_a_bad_value_in_any_column_skips_and_counts_the_line(
     tmp_path: Path, name: str, column: int, value: str, column_name: str, kind: str, time: int
 ) -> None:
     """In milliseconds (the checked path) and microseconds (a replay's hot path) alike."""
-    good = good_line(name, time)
-    path = write(tmp_path, name, good, with_field(good, column, value), good)
+    first, bad, third = (good_line(name, time, number) for number in (1, 2, 3))
+    path = write(tmp_path, name, first, with_field(bad, column, value), third)
     stats = ReplayStats()
     events = list(read_events(path, stats=stats))
-    assert [event.seq for event in events] == [1, 3]
+    (tmp_path / "control").mkdir()
+    control = write(tmp_path / "control", name, first, third)
+    assert events == list(read_events(control, symbol="BTCUSDT"))  # lines 1 and 3
     assert stats.skipped == 1
     assert stats.first_errors == [
         f"line 2: column {column} ({column_name}) is not a {kind}: {value!r}"
@@ -535,15 +568,17 @@ def test_a_bad_value_in_any_column_skips_and_counts_the_line(
 
 
 def test_the_values_the_files_hold_pass_every_column_check(tmp_path: Path) -> None:
-    """Placeholder ids (-1), lower-case booleans, a zero volume and an integer price."""
+    """Placeholder ids (-1), lower-case booleans and an integer price pass the columns' checks;
+    a placeholder row (Binance's repair left some: price 0, quantity 0, f = l = -1) is no
+    trade, skipped and counted as such."""
     lines = [
-        "1,87648.21,0.0818,-1,-1,1577836859999,true,false",
-        "2,87648,0,5723703861,5723703862,1577836859999,FALSE,TRUE",
+        "1,0,0,-1,-1,1577836859999,true,false",
+        "2,87648,0.5,5723703861,5723703862,1577836859999,FALSE,TRUE",
     ]
     path = write(tmp_path, "BTCUSDT-aggTrades-2020-01-01.csv", *lines)
     stats = ReplayStats()
-    assert [event.price for event in read_events(path, stats=stats)] == ["87648.21", "87648"]
-    assert stats.skipped == 0
+    assert [event.price for event in read_events(path, stats=stats)] == ["87648"]
+    assert stats.first_errors == [f"line 1: {PLACEHOLDER_ROW}"]
 
 
 def test_summary_is_none_without_skipped_lines() -> None:
@@ -654,9 +689,15 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_events_of_a_file_are_its_content_digest_and_line_numbers(tmp_path: Path) -> None:
-    lines = ["open_time,x", kline(1577836859999, "7186.68"), "bad", kline(1577836919999, "7")]
+    hour = 3_599_999  # 1h klines tile no 5-minute window: price samples of the file
+    lines = [
+        "open_time,x",
+        kline(1577836859999, "7186.68", open_time=1577836859999 - hour),
+        "bad",
+        kline(1577840459999, "7", open_time=1577840459999 - hour),
+    ]
     text = "\n".join(lines) + "\n"
-    path = tmp_path / "BTCUSDT-1m-2020-01-01.csv"
+    path = tmp_path / "BTCUSDT-1h-2020-01-01.csv"
     path.write_text(text)
     digest = hashlib.sha256(text.encode()).hexdigest()
     events = list(read_events(path))
@@ -666,10 +707,48 @@ def test_events_of_a_file_are_its_content_digest_and_line_numbers(tmp_path: Path
     ]
     # The same content under another name or zipped: the same identities, so a re-run of
     # either is counted once. Other content: another stream.
-    renamed = tmp_path / "copy" / "BTCUSDT-1m-2020-01-01.csv"
+    renamed = tmp_path / "copy" / "BTCUSDT-1h-2020-01-01.csv"
     renamed.parent.mkdir()
     renamed.write_text(text)
-    zipped = make_zip(tmp_path / "BTCUSDT-1m-2020-01-01.zip", {path.name: text})
+    zipped = make_zip(tmp_path / "BTCUSDT-1h-2020-01-01.zip", {path.name: text})
     assert list(read_events(renamed)) == events == list(read_events(zipped))
-    path.write_text(text + kline(1577836979999, "8") + "\n")
+    path.write_text(text + kline(1577844059999, "8", open_time=1577844059999 - hour) + "\n")
     assert {e.stream for e in read_events(path)}.isdisjoint({e.stream for e in events})
+
+
+def test_trades_and_candles_of_overlapping_files_carry_the_exchange_s_identities(
+    tmp_path: Path,
+) -> None:
+    """Two files that share some rows without being byte-identical: the rows they share are
+    the same events (same stream and seq), so the consumer counts each once."""
+    rows = [agg_trade(1577836859999 + k, trade_id=100 + k) for k in range(6)]
+    early = write(tmp_path, "BTCUSDT-aggTrades-2020-01-01.csv", *rows[:4])
+    (tmp_path / "other").mkdir()
+    late = write(tmp_path / "other", "BTCUSDT-aggTrades-2020-01-01.csv", *rows[2:])
+    a, b = list(read_events(early)), list(read_events(late))
+    assert [e.seq for e in a] == [100, 101, 102, 103] and [e.seq for e in b] == [102, 103, 104, 105]
+    assert a[2:] == b[:2]  # the shared rows: equal events, trade fields included
+    assert {(e.stream, e.feed, e.quantity) for e in a} == {
+        ("aggtrades/BTCUSDT", "trades", "0.08185000")
+    }
+    candles = [kline(1577836859999 + k * 60_000, "7186.68000000") for k in range(5)]
+    one = list(read_events(write(tmp_path, "BTCUSDT-1m-2020-01-01.csv", *candles[:3])))
+    two = list(read_events(write(tmp_path / "other", "BTCUSDT-1m-2020-01-01.csv", *candles[1:])))
+    assert one[1:] == two[:2]
+    assert one[0].stream == "klines/BTCUSDT/1m" and one[0].seq == 1577836800000
+    assert one[0].kline is not None and one[0].kline.trade_count == 493
+
+
+def test_ids_that_do_not_grow_along_a_file_are_skipped(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "BTCUSDT-trades-2020-01-01.csv",
+        trade(1577836859999, trade_id=7),
+        trade(1577836859999, trade_id=7),
+        trade(1577836859999, trade_id=5),
+        trade(1577836859999, trade_id=8),
+    )
+    stats = ReplayStats()
+    assert [e.seq for e in read_events(path, stats=stats)] == [7, 8]
+    assert [error.split(":")[0] for error in stats.first_errors] == ["line 2", "line 3"]
+    assert "trades/BTCUSDT 5 does not follow 7" in stats.first_errors[1]

@@ -3,11 +3,11 @@
 Supported spot layouts (CSV, comma separated, usually no header, or the `.zip` Binance serves
 with one CSV of the same base name inside, streamed without extracting):
 
-| layout    | columns | one event per           | price column | time column    |
-| --------- | ------- | ----------------------- | ------------ | -------------- |
-| klines    | 12      | kline, at its close     | 4 (close)    | 6 (close time) |
-| aggTrades | 8       | aggregate trade         | 1            | 5 (timestamp)  |
-| trades    | 7       | trade                   | 1            | 4 (time)       |
+| layout    | columns | one event per                    | price column | time column    |
+| --------- | ------- | -------------------------------- | ------------ | -------------- |
+| klines    | 12      | kline, at its close              | 4 (close)    | 6 (close time) |
+| aggTrades | 8       | aggregate trade (a trade event)  | 1            | 5 (timestamp)  |
+| trades    | 7       | trade (a trade event)            | 1            | 4 (time)       |
 
 Every column is checked (`Layout.fields`): decimals, integer ids and counts, integer times,
 true/false booleans; only Binance's "ignore" column of klines is not.
@@ -21,9 +21,20 @@ Rules:
 - Times: see `to_epoch_ms`; the unit is decided per value by magnitude.
   A line more than 5 minutes ahead of the clock is skipped: the consumer would refuse it.
 - Symbol: the explicit argument, else the file name's prefix (`BTCUSDT-1m-2020-01-01.csv`).
-- Identity: every event of a file belongs to the stream `replay/<symbol>/<digest>`, where the
-  digest is the SHA-256 of the CSV's bytes (for a zip, of the CSV inside), and its `seq` is
-  its line number. A re-run of the same content, under any name, repeats the same identities.
+- What an event is, and its identity: the exchange's own wherever the line is a trade or a
+  candle, so that the same trade or candle from any file (or from the live trade stream)
+  is counted once, however files overlap:
+  - an aggTrades line is a trade event of stream `aggtrades/<symbol>`, `seq` = its aggregate
+    trade id, with its quantity and first and last raw trade ids; Binance's invalid
+    placeholder rows (price 0, quantity 0, `f = l = -1`) are no trades: skipped, counted;
+  - a trades line is a trade event of `trades/<symbol>`, `seq` = its trade id (one raw trade);
+  - a klines line of an interval that tiles 5-minute windows (1s, 1m, 5m) is a candle event
+    of `klines/<symbol>/<interval>`, `seq` = its open time (the candle travels whole: open,
+    high, low, close, volumes, trade count);
+  - a klines line of any other interval (1h, 1d...) is a price sample at its close, of the
+    stream `replay/<symbol>/<digest>` (the SHA-256 of the CSV's bytes; for a zip, of the CSV
+    inside), `seq` its line number: a re-run of the same content repeats the same identities.
+  Ids and open times must grow along a file: a line whose `seq` does not is skipped.
 - Prices are passed on as the exact strings in the file; the contract checks them.
 - Blank lines are ignored. Any other bad line (a wrong column count, any bad field) is
   skipped and counted in `ReplayStats`, with
@@ -53,13 +64,17 @@ from btcpipe.contract import (
     MAX_FUTURE_MS,
     ContractError,
     PriceEvent,
+    agg_trade_stream,
     check_event_time,
     check_identity,
     check_price,
     check_symbol,
+    kline_stream,
+    make_event,
     replay_stream,
+    trade_stream,
 )
-from btcpipe.contract.rules import PRICE_PATTERN
+from btcpipe.contract.rules import KLINE_INTERVALS_MS, PRICE_PATTERN
 from pricefeed.sources.base import SourceError
 
 SOURCE = "replay"
@@ -194,6 +209,7 @@ class ReplayStats:
     events: int = 0
     skipped: int = 0
     first_errors: list[str] = field(default_factory=list)
+    line: int = 0  # the line of the event last handed out (what a replay notes as sent)
 
     def skip(self, line_number: int, reason: str) -> None:
         self.skipped += 1
@@ -292,6 +308,47 @@ def count_lines(path: Path | str) -> int:
 # --- internals ---------------------------------------------------------------------------------
 
 
+CANDLE_INTERVALS = {length: name for name, length in KLINE_INTERVALS_MS.items()}
+PLACEHOLDER_ROW = "an invalid placeholder row (f = l = -1: no raw trade): not a trade"
+
+
+def exchange_event(
+    layout: Layout, symbol: str, fields: list[str], now_ms: int
+) -> PriceEvent | None:
+    """A line as the exchange's own trade or candle, under the exchange's identity; None for a
+    kline of an interval that does not tile 5-minute windows (a price sample of the file).
+    Raises ValueError (ContractError is one) naming what is wrong."""
+    if layout is AGG_TRADES:
+        agg_id, price, quantity, first, last, time = fields[:6]
+        if first == last == "-1":
+            raise ValueError(PLACEHOLDER_ROW)
+        return make_event(
+            symbol, price, to_epoch_ms(time), SOURCE, agg_trade_stream(symbol), int(agg_id),
+            now_ms, quantity=quantity, first_trade_id=int(first), last_trade_id=int(last),
+        )  # fmt: skip
+    if layout is TRADES:
+        trade_id, price, quantity, _, time = fields[:5]
+        raw = int(trade_id)
+        return make_event(
+            symbol, price, to_epoch_ms(time), SOURCE, trade_stream(symbol), raw, now_ms,
+            quantity=quantity, first_trade_id=raw, last_trade_id=raw,
+        )  # fmt: skip
+    close_ms = to_epoch_ms(fields[6])  # the event's own time first: its error says most
+    open_ms = to_epoch_ms(fields[0])
+    interval = CANDLE_INTERVALS.get(close_ms - open_ms + 1)
+    if interval is None:
+        return None
+    kline: dict[str, object] = {
+        "interval": interval, "open_time": open_ms, "open": fields[1], "high": fields[2],
+        "low": fields[3], "close": fields[4], "volume": fields[5], "quote_volume": fields[7],
+        "trade_count": int(fields[8]),
+    }  # fmt: skip
+    return make_event(
+        symbol, fields[4], close_ms, SOURCE, kline_stream(symbol, interval), open_ms, now_ms,
+        kline=kline,
+    )  # fmt: skip
+
+
 def _stream_events(
     path: Path, symbol: str, layout: Layout, stats: ReplayStats, stream: str
 ) -> Generator[PriceEvent, None, None]:
@@ -302,6 +359,10 @@ def _stream_events(
     header_allowed = True
     plain_price = PRICE_PATTERN.fullmatch
     well_formed = layout.line_pattern.fullmatch
+    # Trades and candles are the exchange's (exchange_event); the hot path below is for price
+    # samples: klines of other intervals, known once the first line has said its interval.
+    samples = False
+    last_seq = 0  # of the exchange's events: their ids and open times grow along a file
     # The contract's bound on the future, as the consumer will apply it: from the clock at the
     # start of the file, which only moves on while the file is sent (so never too lenient).
     now_ms = wall_clock_ms()
@@ -310,10 +371,11 @@ def _stream_events(
         try:
             for line_number, line in enumerate(lines, start=1):
                 fields = line.split(",")
-                # The hot path of a replay: a well-formed line of a recent file (µs times)
-                # becomes an event with the checks of `to_epoch_ms` and `check_price` inlined
-                # (the time and price columns are never the last one, which holds the newline).
-                if len(fields) == columns and not header_allowed and well_formed(line):
+                # The hot path of a replay of samples: a well-formed line of a recent file (µs
+                # times) becomes an event with the checks of `to_epoch_ms` and `check_price`
+                # inlined (the time and price columns are never the last one, which holds
+                # the newline).
+                if samples and len(fields) == columns and well_formed(line):
                     raw_time, price = fields[time_column], fields[price_column]
                     if raw_time.isascii() and raw_time.isdigit():
                         time_us = int(raw_time)
@@ -324,6 +386,7 @@ def _stream_events(
                         ):
                             events_in_file += 1
                             stats.events += 1
+                            stats.line = line_number
                             yield PriceEvent(
                                 symbol, price, time_us // 1000, SOURCE, stream, line_number
                             )
@@ -343,23 +406,34 @@ def _stream_events(
                     stats.skip(line_number, bad)
                     continue
                 try:
-                    time_ms = check_event_time(to_epoch_ms(fields[time_column]), now_ms)
-                    # make_event's other checks hold already: the symbol and the stream were
-                    # checked once, the source is ours, the line number positive (a replay's
-                    # hot path).
-                    event = PriceEvent(
-                        symbol,
-                        check_price(fields[price_column]),
-                        time_ms,
-                        SOURCE,
-                        stream,
-                        line_number,
-                    )
+                    event = None if samples else exchange_event(layout, symbol, fields, now_ms)
+                    if event is None:
+                        samples = True
+                        time_ms = check_event_time(to_epoch_ms(fields[time_column]), now_ms)
+                        # make_event's other checks hold already: the symbol and the stream
+                        # were checked once, the source is ours, the line number positive (a
+                        # replay's hot path).
+                        event = PriceEvent(
+                            symbol,
+                            check_price(fields[price_column]),
+                            time_ms,
+                            SOURCE,
+                            stream,
+                            line_number,
+                        )
+                    elif event.seq <= last_seq:
+                        raise ValueError(
+                            f"{event.stream} {event.seq} does not follow {last_seq}: ids and "
+                            "open times must grow along a file"
+                        )
+                    else:
+                        last_seq = event.seq
                 except ValueError as error:  # ContractError is one
                     stats.skip(line_number, str(error))
                     continue
                 events_in_file += 1
                 stats.events += 1
+                stats.line = line_number
                 yield event
         except (OSError, EOFError, zipfile.BadZipFile) as error:
             # A zip's CRC is only checked while reading: a corrupt download fails here.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from btcpipe.contract import PriceEvent
+from btcpipe.contract import PriceEvent, replay_stream
 from pricefeed.sources.base import STALL_WARNING_SECONDS, Sink, SourceError, StopSignal
 from pricefeed.sources.replay.files import (
     FileContent,
@@ -169,15 +169,16 @@ def run_replay(
     # At a real-time pace, each event is handed over at once; at full speed, in chunks.
     size = CHUNK if speed is None else 1
     for path, stream in zip(replay.paths, streams, strict=True):
-        events = resume_point(path, stream, ledger, resume, progress)
+        read = stats[path]
+        events = resume_point(path, stream, ledger, resume, progress, replay.contents[path], read)
         if speed is not None:
             events = paced(events, speed, stop)
-        noted = None  # (stream, line) to note once Kafka has acknowledged it
+        noted = None  # (the file's key, line) to note once Kafka has acknowledged it
         while chunk := list(islice(events, size)):
             sink.publish(chunk)
             sink.wait_for_room()
             sent += len(chunk)
-            noted = (chunk[-1].stream, chunk[-1].seq)
+            noted = (file_key(chunk[-1].symbol, replay.contents[path]), read.line)
             if progress.update(sent, time.monotonic()):
                 note_delivered(ledger, sink, noted, path)
             if stop.is_set():
@@ -193,12 +194,20 @@ def run_replay(
     progress.finish(time.monotonic())
 
 
+def file_key(symbol: str, content: FileContent) -> str:
+    """What the ledger knows a file by: its content (the stream its price samples travel in;
+    trades and candles travel in the exchange's own streams)."""
+    return replay_stream(symbol, content.digest)
+
+
 def resume_point(
     path: Path,
     events: Iterator[PriceEvent],
     ledger: ReplayLedger,
     resume: bool,
     progress: Progress,
+    content: FileContent,
+    read: ReplayStats,
 ) -> Iterator[PriceEvent]:
     """The file's events, from where an earlier run's acknowledged lines end if `resume`;
     says either way what it knows was sent before."""
@@ -206,7 +215,7 @@ def resume_point(
     if first is None:
         return iter(())
     events = itertools.chain([first], events)
-    before = ledger.delivered(first.stream)
+    before = ledger.delivered(file_key(first.symbol, content))
     if before is None:
         log.info("Replaying %s as stream %s", path.name, first.stream)
         return events
@@ -226,14 +235,16 @@ def resume_point(
         path.name,
         before.at,
     )
-    return _skip_through(events, before.line, progress)
+    return _skip_through(events, before.line, progress, read)
 
 
 def _skip_through(
-    events: Iterator[PriceEvent], line: int, progress: Progress
+    events: Iterator[PriceEvent], line: int, progress: Progress, read: ReplayStats
 ) -> Iterator[PriceEvent]:
+    """The events after `line`: `read.line` is the line of each as it comes (the file's
+    reader sets it as it hands the event out)."""
     for event in events:
-        if event.seq <= line:
+        if read.line <= line:
             progress.skipped += 1
         else:
             yield event
