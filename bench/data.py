@@ -8,13 +8,15 @@
 - `trade_messages`, `file_trade_totals`, `check_trade_totals`: the same file as the
   exchange's aggregate trades (contract trades), and the volume and raw trade count of each
   window, against the trades rows.
+- `tape_windows`, `tape_trade_totals`: the same truths of trades given as fields (a fake
+  exchange's tapes: aggregate id, price, quantity, raw trade ids, time in ms), per symbol.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 from pathlib import Path
@@ -164,3 +166,29 @@ def check_trade_totals(dsn: str, truth: dict[tuple[str, int], tuple[Decimal, int
     conn.close()
     assert stored == truth, "trade windows differ from the file's volumes and trade counts"
     assert complete, "a window of the file's contiguous trade ids is marked incomplete"
+
+
+# aggregate id, price, quantity, first and last raw trade id, time in ms
+TapeRow = tuple[int, str, str, int, int, int]
+
+
+def tape_windows(tapes: Mapping[str, Sequence[TapeRow]]) -> dict[tuple[str, int], Window]:
+    """The windows of every symbol's trades, in id order (the tape's order)."""
+    windows: dict[tuple[str, int], Window] = {}
+    for symbol, rows in tapes.items():
+        windows.update(windows_of(symbol, ((row[1], row[5]) for row in rows)))
+    return windows
+
+
+def tape_trade_totals(
+    tapes: Mapping[str, Sequence[TapeRow]],
+) -> dict[tuple[str, int], tuple[Decimal, int]]:
+    """Per symbol and window: the sum of the quantities and of the raw trades."""
+    totals: dict[tuple[str, int], list] = defaultdict(lambda: [Decimal(0), 0])
+    with localcontext(Context(prec=100)):
+        for symbol, rows in tapes.items():
+            for _, _, quantity, first, last, event_ms in rows:
+                total = totals[(symbol, event_ms - event_ms % WINDOW_MS)]
+                total[0] += Decimal(quantity)
+                total[1] += last - first + 1
+    return {key: (volume, count) for key, (volume, count) in totals.items()}

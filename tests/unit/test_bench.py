@@ -9,9 +9,13 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from bench.data import agg_trades, file_windows, write_agg_trades
-from bench.throughput import replay_messages
+from bench.data import agg_trades, file_windows, tape_trade_totals, write_agg_trades
+from bench.throughput import replay_messages, tape_messages, tape_rows
+from btcpipe.clock import wall_clock_ms
 from pricefeed.sources.replay.files import detect_layout, read_events
+from pricefeed.sources.trades.frames import TradeRow, trade_row
+from tests.harness.trade_generator import RandomWalk, append_steps
+from tests.harness.trade_tape import Tape
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +29,22 @@ def test_bare_producer_messages_are_what_producer_py_sends(tmp_path: Path) -> No
     prices = [price for price, _ in agg_trades(path)]
     repeated = sum(a == b for a, b in itertools.pairwise(prices)) / len(prices)
     assert 0.3 < repeated < 0.5  # like Binance's own aggTrades
+
+
+def test_bare_trade_messages_are_what_the_trade_source_sends() -> None:
+    tape, now_ms = Tape("ETHUSDT", "2300.10000000"), wall_clock_ms()
+    start_ms = now_ms - now_ms % 300_000 - 299_000  # a second into the window before
+    append_steps(tape, RandomWalk(0, "ETHUSDT", "2300.10000000"), 3000, start_ms * 1000)
+    sent = []
+    for trade in tape.trades():
+        row = trade_row("ETHUSDT", trade.binance_row(), now_ms)
+        assert isinstance(row, TradeRow) and row.event is not None
+        sent.append((row.event.key(), row.event.to_json_bytes(), row.event.event_time))
+    rows = tape_rows(tape.trades())
+    assert tape_messages({"ETHUSDT": rows}) == sent
+    ((volume, count),) = tape_trade_totals({"ETHUSDT": rows}).values()  # one burst, one window
+    assert volume == sum(Decimal(t.quantity) for t in tape.trades())
+    assert count == tape.trades()[-1].last_id - tape.trades()[0].first_id + 1
 
 
 def test_file_windows_follow_the_window_rules(tmp_path: Path) -> None:
