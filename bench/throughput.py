@@ -8,15 +8,13 @@ One run, one Kafka-protocol broker (Tansu), one PostgreSQL, this machine:
     --source replay`.
  2. Consumer, on the topic (e) filled: (a) a bare kafka-python consumer, poll + json.loads
     (same fetch settings), (b) `consumer.py` until every event is in PostgreSQL (then checked
-    exact), (c) Quix Streams doing the same windows with no sink (optional peer).
+    exact: the file's lines are trades, so their windows' volume and trade count too), (c)
+    Quix Streams doing the same windows with no sink (optional peer).
  3. Backfill end to end: `producer.py --source replay` and `consumer.py` at the same time,
     from the file to visible in PostgreSQL, checked exact.
  4. Many symbols: `SYMBOLS=ALL` against a fake Binance listing 3,000 pairs: the producer's
     tick duration and the consumer's flush duration.
- 5. Trades: `consumer.py` on a topic of aggregate trades (contract trades: quantity and raw
-    trade ids, exchange identities), until every trade is in its window's trades row with
-    volume and trade count, checked against the Decimal truth.
- 6. The trade source (`producer.py --source binance-trades`) against the fake Binance's
+ 5. The trade source (`producer.py --source binance-trades`) against the fake Binance's
     tapes, pre-filled before it starts and caught up through REST aggTrades pages (the
     WebSocket connections open, and stay quiet): (g) into Kafka until the topic holds every
     trade, next to the bare idempotent producer sending the same messages; (h) end to end
@@ -114,7 +112,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["quix", "backfill", "pairs", "trades", "trade-source"],
+        choices=["quix", "backfill", "pairs", "trade-source"],
     )
     parser.add_argument(
         "--live-rate",
@@ -147,8 +145,6 @@ def main() -> None:
             bench.backfill()
         if "pairs" not in args.skip:
             bench.many_pairs()
-        if "trades" not in args.skip:
-            bench.trades()
         if "trade-source" not in args.skip:
             bench.trade_source()
     report.line(f"machine: load {load()} at the end")
@@ -262,6 +258,7 @@ class Bench:
             rss = max(rss, consumer.finish())
             # The live markers are price samples: rows of their own, beside the file's trades.
             check_tables(dsn, file_windows(self.file, SYMBOL))
+            check_trade_totals(dsn, file_trade_totals(self.file, SYMBOL))
         a = self.report.rates("(a) bare kafka-python consumer, poll + json.loads", n, bare)
         b = self.report.rates("(b) consumer.py into PostgreSQL (checked exact)", n, ours)
         self.report.ratios("(b)/(a)", b, a)
@@ -350,28 +347,7 @@ class Bench:
             f"{spread(flushes)} ms; cadence {interval:g} s (default 10 s)"
         )
 
-    # -- 5. trades -----------------------------------------------------------------------------
-
-    def trades(self) -> None:
-        """The file's lines as the exchange's aggregate trades (what a trade stream
-        publishes), read by consumer.py into their windows' trades rows."""
-        n, topic = self.args.events, self.topic("bench_trades")
-        print(f"(f) consumer.py on {n:,} aggregate trades...", flush=True)
-        send_all(self.broker.bootstrap, topic, trade_messages(self.file))
-        dsn, env = self.database("bench_trades", topic, self.args.flush_interval)
-        consumer = self.script("consumer", [], env)
-        consumer.wait_for("Resuming from stored offsets")
-        started = time.perf_counter()
-        with StoredCount(dsn) as stored:
-            consumer.wait_until(lambda: stored() >= n, 3600, "the trades in PostgreSQL")
-        seconds = time.perf_counter() - started
-        rss = consumer.finish()
-        check_tables(dsn, file_windows(self.file, SYMBOL))
-        check_trade_totals(dsn, file_trade_totals(self.file, SYMBOL))
-        self.report.rates("(f) consumer.py on trades into PostgreSQL (checked exact)", n, [seconds])
-        self.report.line(f"    consumer.py peak RSS {rss:.0f} MB")
-
-    # -- 6. the trade source -----------------------------------------------------------------
+    # -- 5. the trade source -----------------------------------------------------------------
 
     def trade_source(self) -> None:
         """One fake Binance whose tapes hold `--events` trades (split over TRADE_SYMBOLS,
@@ -577,16 +553,6 @@ def replay_messages(path: Path) -> list[tuple[bytes, bytes, int]]:
     """(key, value, timestamp) of every line, byte for byte what producer.py sends: each an
     aggregate trade under the exchange's identity (aggtrades/<SYMBOL>, its id)."""
     return trade_messages(path)
-
-
-def send_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int]]) -> None:
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **CLIENT_SETTINGS
-    )
-    for key, value, timestamp in messages:
-        producer.send(topic, key=key, value=value, timestamp_ms=timestamp)
-    producer.flush()
-    producer.close()
 
 
 def bare_producer_seconds(bootstrap: str, topic: str, path: Path) -> float:

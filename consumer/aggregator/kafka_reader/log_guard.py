@@ -76,11 +76,11 @@ class LogGuard:
         should. A partition that does not is checked, moved where its log says, and its
         records dropped unless they start there."""
         read_up_to = self.accumulator.pending.next_offsets
-        suspects = self._suspects(records, read_up_to)
+        now_id = self._current_topic_id()
+        suspects = self._suspects(records, read_up_to, now_id)
         if not suspects:
             self.read_since_idle_check.update(tp.partition for tp in records)
             return records
-        now_id = self._current_topic_id()
         then = dict.fromkeys(suspects, self.positions.topic_id)
         decisions = {d.partition: d for d in self._decide(suspects, then, now_id)}
         self.positions.topic_id = now_id
@@ -97,8 +97,11 @@ class LogGuard:
         self.read_since_idle_check.update(tp.partition for tp in kept)
         return kept
 
-    def _suspects(self, records: Records, read_up_to: dict[int, int]) -> dict[int, int]:
-        """Partition -> position of those that may not stand where they should."""
+    def _suspects(
+        self, records: Records, read_up_to: dict[int, int], now_id: str | None
+    ) -> dict[int, int]:
+        """Partition -> position of those that may not stand where they should (`now_id`:
+        the topic's id in the client's metadata now)."""
         assert self.consumer is not None
         positions = self.positions
         suspects: dict[int, int] = {}
@@ -106,7 +109,6 @@ class LogGuard:
             expected = positions.expected(tp.partition, read_up_to)
             if batch and expected is not None and batch[0].offset != expected:
                 suspects[tp.partition] = expected
-        now_id = self._current_topic_id()
         id_changed = (
             None not in (self.positions.topic_id, now_id) and self.positions.topic_id != now_id
         )
