@@ -153,3 +153,19 @@ def grow(binance: FakeBinance, by: int) -> None:
 def tape_sizes(binance: FakeBinance) -> dict[str, int]:
     """How many trades each tape holds (rates stopped), placeholders left out."""
     return {s: len(expected(binance.trades(s), s)) for s in binance.tape_symbols()}
+
+
+def cut_twice_then_announce_a_shutdown(
+    binance: FakeBinance, producer: Script, between: int
+) -> None:
+    """Trades `between` each step: two cut connections, each reconnected by `producer` (the
+    trade source), then a serverShutdown notice, its connection replaced before it closes,
+    and trades past that close."""
+    for connects in (2, 3):
+        grow(binance, between)
+        binance.cut_streams()
+        producer.wait_for_output("Connected to Binance's trade streams", count=connects)
+    grow(binance, between)
+    assert binance.send_shutdown_notice(close_after=1) == 1
+    producer.wait_for_output("announced a server shutdown")
+    grow(binance, 40)  # past the old connection's close

@@ -19,6 +19,7 @@ from tests.harness.scripts import Script, run_script
 from tests.pipeline import consumer_env, query, start_consumer
 from tests.producer_runs import (
     TRADE_SYMBOLS,
+    cut_twice_then_announce_a_shutdown,
     grow,
     producer_args,
     stop_cleanly,
@@ -75,6 +76,15 @@ def trades_stored(dsn: str) -> int:
     return int(rows[0][0])
 
 
+def stop_the_tapes_and_wait_for_every_trade(
+    binance: FakeBinance, consumer: Script, dsn: str, timeout: float
+) -> None:
+    for symbol in TRADE_SYMBOLS:
+        binance.set_trade_rate(symbol, 0)
+    total = sum(tape_sizes(binance).values())
+    consumer.wait_until(lambda: trades_stored(dsn) == total, timeout, f"{total} trades")
+
+
 def test_live_trade_windows_equal_the_exchange_s_own_candles(
     broker: TansuBroker, postgres: PostgresServer, database: str, topic: str, tmp_path: Path
 ) -> None:
@@ -90,21 +100,13 @@ def test_live_trade_windows_equal_the_exchange_s_own_candles(
             producer.wait_for_output("follows the live stream", count=2)
             poller.wait_for_output("Produced: ")  # the ticker poll beside, the same pairs
             with start_consumer(consumer_env(broker, postgres, database, topic)) as consumer:
-                for connects in (2, 3):
-                    grow(binance, 20)
-                    binance.cut_streams()
-                    producer.wait_for_output("Connected to Binance's trade streams", count=connects)
+                cut_twice_then_announce_a_shutdown(binance, producer, 20)
+                # The poller stops while trades go on, so that no window holds samples alone.
+                stop_cleanly(poller)
                 grow(binance, 20)
-                assert binance.send_shutdown_notice(close_after=1) == 1
-                producer.wait_for_output("announced a server shutdown")
-                grow(binance, 40)
-                for symbol in TRADE_SYMBOLS:
-                    binance.set_trade_rate(symbol, 0)
-                total = sum(tape_sizes(binance).values())
-                consumer.wait_until(lambda: trades_stored(dsn) == total, 90, f"{total} trades")
+                stop_the_tapes_and_wait_for_every_trade(binance, consumer, dsn, 90)
                 assert consumer.stop() == 0
             stop_cleanly(producer)
-            stop_cleanly(poller)
         for symbol in TRADE_SYMBOLS:
             exchange = exchange_candles(binance, symbol)
             assert exchange, symbol
@@ -193,10 +195,7 @@ def test_trade_candles_stay_exact_through_a_frozen_broker_and_a_stopped_and_froz
                 finally:
                     own_postgres.thaw()
                 grow(binance, 40)
-                for symbol in TRADE_SYMBOLS:
-                    binance.set_trade_rate(symbol, 0)
-                total = sum(tape_sizes(binance).values())
-                consumer.wait_until(lambda: trades_stored(dsn) == total, 120, f"{total} trades")
+                stop_the_tapes_and_wait_for_every_trade(binance, consumer, dsn, 120)
                 assert consumer.stop() == 0
             stop_cleanly(producer)
         for symbol in TRADE_SYMBOLS:

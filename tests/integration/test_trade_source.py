@@ -34,7 +34,15 @@ from tests.harness.fake_binance import listed_pairs
 from tests.harness.market_data import AGG_TRADES_PATH
 from tests.harness.scripts import Script
 from tests.pipeline import read_all_records
-from tests.producer_runs import FAST_BACKOFF, expected, grow, stop_cleanly, tape_sizes, trade_args
+from tests.producer_runs import (
+    FAST_BACKOFF,
+    cut_twice_then_announce_a_shutdown,
+    expected,
+    grow,
+    stop_cleanly,
+    tape_sizes,
+    trade_args,
+)
 from tests.producer_runs import TRADE_SYMBOLS as SYMBOLS
 
 TRADE_KEYS = {
@@ -105,14 +113,7 @@ def test_every_trade_once_in_order_through_cuts_a_shutdown_and_a_kill(
         args = trade_args(binance, broker.bootstrap, topic)
         with Script("producer", [*args, "--since", str(since)]) as first:
             first.wait_for_output("follows the live stream", count=2)
-            for connects in (2, 3):
-                grow(binance, 10)
-                binance.cut_streams()
-                first.wait_for_output("Connected to Binance's trade streams", count=connects)
-            grow(binance, 10)
-            assert binance.send_shutdown_notice(close_after=1) == 1
-            first.wait_for_output("announced a server shutdown")
-            grow(binance, 40)  # past the old connection's close
+            cut_twice_then_announce_a_shutdown(binance, first, 10)
             first.kill()  # SIGKILL: what the sink held is lost, Kafka keeps the rest
             before = first.output()
         grow(binance, 40)  # traded while no producer ran
