@@ -260,6 +260,7 @@ class FakeBinance:
         self._faults: dict[str, list[Fault]] = {path: [] for path in FAULT_PATHS}
         self._weight_minute = -1
         self._weight_used = 0
+        self._weight_load = 0  # used each minute by other clients of the same IP
         self._tapes: dict[str, Tape] = {}
         self._walks: dict[str, RandomWalk] = {}
         self._generator = TradeGenerator(self._now)
@@ -305,6 +306,17 @@ class FakeBinance:
         """Queue faults for the next requests to `path` (one of FAULT_PATHS)."""
         with self._lock:
             self._faults[_fault_path(path)].extend(faults)
+
+    def set_weight_load(self, per_minute: int) -> None:
+        """Other clients of the same IP use `per_minute` request weight each minute (Binance
+        counts weight per IP): this minute has used at least that much already, and each
+        next minute starts from it; 0 ends the load (from the next minute)."""
+        with self._lock:
+            minute = int(self.clock() // 60)
+            if minute != self._weight_minute:
+                self._weight_minute, self._weight_used = minute, 0
+            self._weight_used = max(self._weight_used, per_minute)
+            self._weight_load = per_minute
 
     def queued_faults(self, path: str = TICKER_PATH) -> list[Fault]:
         with self._lock:
@@ -507,7 +519,7 @@ class FakeBinance:
         minute = int(self.clock() // 60)
         with self._lock:
             if minute != self._weight_minute:
-                self._weight_minute, self._weight_used = minute, 0
+                self._weight_minute, self._weight_used = minute, self._weight_load
             self._weight_used += weight
             return self._weight_used
 

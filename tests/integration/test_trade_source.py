@@ -398,3 +398,26 @@ def test_a_full_inbox_holds_the_socket_back_and_closing_frees_its_reader() -> No
             connection.close()
         assert not connection.reader_alive()
     assert [number for number, _ in [inbox.get_nowait() for _ in range(3)]] == [1, 1, 1]
+
+
+def test_no_page_is_asked_for_while_the_minutes_weight_is_spent(
+    broker: TansuBroker, topic: str
+) -> None:
+    """Other clients of the IP spend the minute's weight: the first page's answer says so,
+    and the next page, fetched ahead or not, waits for the next minute (up to a minute)."""
+    with FakeBinance(prices={}) as binance:
+        for symbol in SYMBOLS:
+            binance.add_trades(symbol, 1500)  # two pages each
+        since = min(binance.trades(symbol)[0].time_ms for symbol in SYMBOLS)
+        binance.set_weight_load(4796)  # every aggTrades answer reports 4,800 or more
+        args = trade_args(binance, broker.bootstrap, topic, "--since", str(since))
+        with Script("producer", args) as producer:
+            producer.wait_for_output("used this minute: next page in")
+            binance.set_weight_load(0)  # the next minute is the source's own
+            wait_for(broker.bootstrap, topic, tape_sizes(binance), producer)
+            output = stop_cleanly(producer)
+        assert_tape_once_in_order(broker.bootstrap, topic, binance)
+        pages = binance.requests_to(AGG_TRADES_PATH)
+    assert re.search(r"Binance REST weight 4[89]\d\d used this minute: next page in", output)
+    first_minute = int(pages[0].wall // 60)
+    assert int(pages[1].wall // 60) > first_minute, [(p.wall, p.query) for p in pages]

@@ -5,18 +5,25 @@ values; what one refuses the other refuses with the same reason."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.core.decoding import decode_event
 from btcpipe.contract import (
+    EARLIEST_EVENT_MS,
+    MAX_FUTURE_MS,
     ContractError,
     DecodedKline,
+    PriceEvent,
     agg_trade_stream,
     kline_stream,
     make_event,
+    make_trade,
     trade_stream,
 )
 from tests.pipeline import BASE_TIME_MS
@@ -218,3 +225,85 @@ def test_a_published_candle_decodes_to_its_exact_values() -> None:
         Decimal("371233.51835535"),
         493,
     )
+
+
+# make_trade is make_event's hot path for trades: it must give the same event, or refuse with
+# the same reason, whatever it is given (names accepted before or not, every bound, every type).
+SOME_VALUES: list[object] = [None, True, False, 0.5, 7, "7", [], {}, ""]
+PLAIN_TEXT = st.text(alphabet="0123456789.-e +", max_size=24)
+AMOUNTS = st.one_of(
+    st.sampled_from(["87648.21000000", "0", "0.000", "00.10", "1.", ".5", "1" * 21, "1e3"]),
+    PLAIN_TEXT,
+    st.sampled_from(SOME_VALUES),
+)
+EDGES = [
+    EARLIEST_EVENT_MS - 1,
+    EARLIEST_EVENT_MS,
+    NOW_MS + MAX_FUTURE_MS,
+    NOW_MS + MAX_FUTURE_MS + 1,
+]
+TIMES = st.one_of(st.sampled_from(EDGES), st.integers(), st.sampled_from(SOME_VALUES))
+IDS = st.one_of(
+    st.sampled_from([-1, 0, 1, 2**63 - 1, 2**63]), st.integers(), st.sampled_from(SOME_VALUES)
+)
+NAMES = st.one_of(
+    st.sampled_from(["BTCUSDT", "ETHUSDT", "btcusdt", "A" * 21, "BTC USDT"]),
+    st.text(alphabet="ABCXYZ019-_./:", min_size=1, max_size=30),  # new names, valid or not
+    st.sampled_from(SOME_VALUES),
+)
+STREAMS = st.one_of(
+    st.sampled_from([agg_trade_stream("BTCUSDT"), trade_stream("BTCUSDT"), "bad stream!"]),
+    NAMES,
+)
+
+
+def verdict(build: Callable[[], object]) -> object:
+    try:
+        event = build()
+    except ContractError as refused:
+        return str(refused)
+    assert type(event) is PriceEvent
+    return event
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "symbol": NAMES,
+            "price": AMOUNTS,
+            "event_time": TIMES,
+            "source": st.sampled_from(["binance", "replay", "simulated", "nasdaq", ""]),
+            "stream": STREAMS,
+            "seq": IDS,
+            "quantity": AMOUNTS,
+            "first_trade_id": IDS,
+            "last_trade_id": IDS,
+        },
+    )
+)
+def test_make_trade_decides_as_make_event(changes: dict[str, Any]) -> None:
+    fields = {**TRADE, **changes}
+    symbol, price, time, source, stream, seq = (fields[name] for name in list(TRADE)[:6])
+    quantity, first, last = fields["quantity"], fields["first_trade_id"], fields["last_trade_id"]
+    fast = verdict(
+        lambda: make_trade(symbol, price, time, source, stream, seq, NOW_MS, quantity, first, last)
+    )
+    full = verdict(
+        lambda: make_event(
+            symbol,
+            price,
+            time,
+            source,
+            stream,
+            seq,
+            NOW_MS,
+            quantity=quantity,
+            first_trade_id=first,
+            last_trade_id=last,
+        )
+    )
+    assert fast == full
+    if changes == {}:
+        assert fast == PriceEvent(**fields)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import orjson
 import requests
 
 RESTRICTED_FIX = (
@@ -212,8 +213,8 @@ class BinanceClient:
         self.used_weight = _used_weight(response)
         self._raise_for_status(response)
         try:
-            return response.json()
-        except ValueError:
+            return orjson.loads(response.content)  # a page of 1,000 trades: cheaper than json
+        except orjson.JSONDecodeError:
             raise InvalidResponse(f"body is not JSON: {response.text[:120]!r}") from None
 
     @staticmethod

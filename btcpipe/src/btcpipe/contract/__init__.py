@@ -29,6 +29,7 @@ from btcpipe.contract.events import (
     kline_stream,
     live_stream,
     make_event,
+    make_trade,
     replay_stream,
     trade_stream,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "kline_stream",
     "live_stream",
     "make_event",
+    "make_trade",
     "replay_stream",
     "trade_stream",
 ]

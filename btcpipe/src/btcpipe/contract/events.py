@@ -9,11 +9,19 @@ import orjson
 
 from btcpipe.clock import wall_clock_ms
 from btcpipe.contract.rules import (
+    EARLIEST_EVENT_MS,
     KLINES,
+    MAX_FUTURE_MS,
+    MAX_SEQ,
+    MAX_TRADE_ID,
+    PRICE_PATTERN,
     SAMPLES,
+    SOURCES,
     TRADES,
     ContractError,
     KlineText,
+    accepted_streams,
+    accepted_symbols,
     check_event_time,
     check_identity,
     check_kline,
@@ -74,10 +82,10 @@ class PriceEvent(NamedTuple):  # immutable; a tuple is the cheapest object per m
 def make_event(
     symbol: str,
     price: object,
-    event_time: int,
+    event_time: object,
     source: str,
     stream: str,
-    seq: int,
+    seq: object,
     now_ms: int | None = None,
     *,
     quantity: object = None,
@@ -108,6 +116,57 @@ def make_event(
     if kline is not None:
         return event._replace(kline=check_kline(kline, event.price, event.event_time))
     return event
+
+
+_plain_decimal = PRICE_PATTERN.fullmatch
+_new_tuple = tuple.__new__
+
+
+def make_trade(
+    symbol: str,
+    price: object,
+    event_time: object,
+    source: str,
+    stream: str,
+    seq: object,
+    now_ms: int,
+    quantity: object,
+    first_trade_id: object,
+    last_trade_id: object,
+) -> PriceEvent:
+    """make_event for a trade, deciding as it does (tests hold the two to the same verdicts)
+    at a fraction of its cost: the hot path of the trade source and of trade replays, where
+    nearly every trade is plainly valid and of a symbol and stream accepted before. Anything
+    else goes through make_event, which says what is wrong."""
+    if (
+        type(price) is str
+        and type(quantity) is str
+        and type(event_time) is int
+        and type(seq) is int
+        and type(first_trade_id) is int
+        and type(last_trade_id) is int
+        and EARLIEST_EVENT_MS <= event_time <= now_ms + MAX_FUTURE_MS
+        and 0 < seq <= MAX_SEQ
+        and 0 <= first_trade_id <= last_trade_id <= MAX_TRADE_ID
+        and _plain_decimal(price)
+        and price.strip("0.")
+        and _plain_decimal(quantity)
+        and quantity.strip("0.")
+        and type(symbol) is str
+        and symbol in accepted_symbols
+        and type(stream) is str
+        and stream in accepted_streams
+        and source in SOURCES
+    ):
+        # The tuple a PriceEvent(...) call makes, without its Python-level __new__.
+        return _new_tuple(PriceEvent, (
+            symbol, price, event_time, source, stream, seq, quantity, first_trade_id,
+            last_trade_id, None,
+        ))  # fmt: skip
+    return make_event(
+        symbol, price, event_time, source, stream, seq, now_ms,
+        quantity=quantity, first_trade_id=first_trade_id, last_trade_id=last_trade_id,
+    )  # fmt: skip
 
 
 def live_stream(source: str, symbol: str, run_id: str) -> str:

@@ -71,6 +71,7 @@ from btcpipe.contract import (
     check_symbol,
     kline_stream,
     make_event,
+    make_trade,
     replay_stream,
     trade_stream,
 )
@@ -322,16 +323,16 @@ def exchange_event(
         agg_id, price, quantity, first, last, time = fields[:6]
         if first == last == "-1":
             raise ValueError(PLACEHOLDER_ROW)
-        return make_event(
+        return make_trade(
             symbol, price, to_epoch_ms(time), SOURCE, agg_trade_stream(symbol), int(agg_id),
-            now_ms, quantity=quantity, first_trade_id=int(first), last_trade_id=int(last),
+            now_ms, quantity, int(first), int(last),
         )  # fmt: skip
     if layout is TRADES:
         trade_id, price, quantity, _, time = fields[:5]
         raw = int(trade_id)
-        return make_event(
+        return make_trade(
             symbol, price, to_epoch_ms(time), SOURCE, trade_stream(symbol), raw, now_ms,
-            quantity=quantity, first_trade_id=raw, last_trade_id=raw,
+            quantity, raw, raw,
         )  # fmt: skip
     close_ms = to_epoch_ms(fields[6])  # the event's own time first: its error says most
     open_ms = to_epoch_ms(fields[0])

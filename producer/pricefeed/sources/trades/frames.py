@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import orjson
 
-from btcpipe.contract import ContractError, PriceEvent, agg_trade_stream, make_event
+from btcpipe.contract import ContractError, PriceEvent, agg_trade_stream, make_trade
 
 SOURCE = "binance"  # the contract's source value: the exchange's own trades
 PLACEHOLDER_ID = -1  # f = l = -1: the invalid rows a 2022 repair left in Binance's archive
@@ -72,18 +72,10 @@ def trade_row(symbol: str, fields: Mapping[str, object], now_ms: int) -> TradeRo
         reason = f"{symbol} aggregate trade {agg_id}: trade time {time_ms!r:.40} is not an integer"
         return TradeRow(symbol, agg_id, None, None, reason)
     try:
-        event = make_event(
-            symbol,
-            fields.get("p"),
-            when,
-            SOURCE,
-            agg_trade_stream(symbol),
-            agg_id,
-            now_ms,
-            quantity=fields.get("q"),
-            first_trade_id=first,
-            last_trade_id=last,
-        )
+        event = make_trade(
+            symbol, fields.get("p"), when, SOURCE, agg_trade_stream(symbol), agg_id, now_ms,
+            fields.get("q"), first, last,
+        )  # fmt: skip
     except ContractError as error:
         return TradeRow(symbol, agg_id, when, None, f"{symbol} aggregate trade {agg_id}: {error}")
     return TradeRow(symbol, agg_id, when, event)

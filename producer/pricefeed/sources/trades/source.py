@@ -1,6 +1,7 @@
 """`--source binance-trades`: every aggregate trade of SYMBOLS, live over Binance's combined
 WebSocket streams, with what a connection missed fetched through REST aggTrades, so that each
-trade is published once, in id order per symbol (join.py decides; this module does the I/O).
+trade is published once, in id order per symbol (join.py decides; this module does the I/O,
+pages.py fetches the REST pages, the next one ahead).
 
 Where it starts: after the last trade of each symbol that the topic holds (a restart, even on
 an empty disk), else at the first trade at or after TRADES_SINCE (default: the start of the
@@ -47,12 +48,14 @@ from pricefeed.sources.trades.frames import (
 )
 from pricefeed.sources.trades.join import (
     FromId,
+    FromTime,
     LiveOrder,
     Step,
     SymbolJoin,
     utc_text,
     window_start,
 )
+from pricefeed.sources.trades.pages import PageFetcher
 
 log = logging.getLogger("producer")
 
@@ -99,6 +102,7 @@ class TradeStreamSource:
         keepalive: float = KEEPALIVE,
     ) -> None:
         self.client = client
+        self.pages = PageFetcher(client)  # survives reconnects: one request at a time
         self.ws_url = ws_url
         self.trade_log = trade_log
         self.symbols = None if symbols is None else tuple(symbols)  # None: every listed pair
@@ -326,20 +330,14 @@ class TradeConnection:
 
     def _fill(self, events: list[PriceEvent]) -> bool:
         """One REST page for a symbol that is filling; False when none is due."""
-        now = self.clock()
-        if now < self.rest_ready_at:
+        if self.clock() < self.rest_ready_at:
             return False
-        due = next(
-            ((j, r) for j in self.source.joins.values() if (r := j.next_request()) is not None),
-            None,
-        )
+        due = self._due()
         if due is None:
             return False
         join, request = due
-        from_id = request.agg_id if isinstance(request, FromId) else None
-        start_time = None if isinstance(request, FromId) else request.time_ms
         try:
-            payload = self.source.client.agg_trades(join.symbol, from_id, start_time)
+            payload = self.source.pages.page(join.symbol, request)
             parsed = parse_rest_rows(join.symbol, payload, wall_clock_ms())
             if parsed is None:
                 raise InvalidResponse(f"aggTrades answer is not a list of rows: {payload!r:.120}")
@@ -364,7 +362,16 @@ class TradeConnection:
                 pause,
             )
             self.rest_ready_at = self.clock() + pause
+        elif (ahead := self._due()) is not None and self.clock() >= self.rest_ready_at:
+            self.source.pages.fetch_ahead(ahead[0].symbol, ahead[1])
         return True
+
+    def _due(self) -> tuple[SymbolJoin, FromId | FromTime] | None:
+        """The symbol whose page comes next, and what to ask for."""
+        return next(
+            ((j, r) for j in self.source.joins.values() if (r := j.next_request()) is not None),
+            None,
+        )
 
     def _rest_failed(self, symbol: str, error: BinanceError) -> None:
         """Wait before the next page: Retry-After if Binance gave one, else the backoff (an
