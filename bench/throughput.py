@@ -112,7 +112,8 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["quix", "backfill", "pairs", "trade-source"],
+        choices=["replay", "quix", "backfill", "pairs", "trade-source"],
+        help="sections to leave out (replay: 1 and 2, the replay producer and the consumers)",
     )
     parser.add_argument(
         "--live-rate",
@@ -139,8 +140,9 @@ def main() -> None:
         postgres = stack.enter_context(PostgresServer(durable=True))
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         bench = Bench(broker, postgres, folder, args, report)
-        bench.producers()
-        bench.consumers("quix" not in args.skip)
+        if "replay" not in args.skip:
+            bench.producers()
+            bench.consumers("quix" not in args.skip)
         if "backfill" not in args.skip:
             bench.backfill()
         if "pairs" not in args.skip:
