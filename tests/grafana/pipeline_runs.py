@@ -446,12 +446,11 @@ def trade_feed(rng: random.Random, newest: datetime) -> list[Event]:
               LIVE, e.stream, e.seq, e.quantity, e.first_trade_id, e.last_trade_id)
         for e in trades
     ]  # fmt: skip
+
     # A trade with a neighbour on each side in its own window: a window's first or last trade
     # missing would leave its ids contiguous, the window complete.
-    window_ms = int(WINDOW.total_seconds() * 1000)
-
     def inside(i: int) -> bool:
-        return len({t.event_time // window_ms for t in trades[i - 1 : i + 2]}) == 1
+        return len({t.event_time // WINDOW_MS for t in trades[i - 1 : i + 2]}) == 1
 
     hole = min(
         (i for i in range(1, len(trades) - 1) if inside(i)),

@@ -312,9 +312,7 @@ class FakeBinance:
         counts weight per IP): this minute has used at least that much already, and each
         next minute starts from it; 0 ends the load (from the next minute)."""
         with self._lock:
-            minute = int(self.clock() // 60)
-            if minute != self._weight_minute:
-                self._weight_minute, self._weight_used = minute, 0
+            self._roll_weight_minute()
             self._weight_used = max(self._weight_used, per_minute)
             self._weight_load = per_minute
 
@@ -516,12 +514,16 @@ class FakeBinance:
 
     def _use_weight(self, weight: int) -> int:
         """Add to this minute's weight and return the total, as X-MBX-USED-WEIGHT-1M does."""
-        minute = int(self.clock() // 60)
         with self._lock:
-            if minute != self._weight_minute:
-                self._weight_minute, self._weight_used = minute, self._weight_load
+            self._roll_weight_minute()
             self._weight_used += weight
             return self._weight_used
+
+    def _roll_weight_minute(self) -> None:
+        """A new minute starts from the load of other clients (under self._lock)."""
+        minute = int(self.clock() // 60)
+        if minute != self._weight_minute:
+            self._weight_minute, self._weight_used = minute, self._weight_load
 
     def _next_fault(self, path: str) -> Fault | None:
         with self._lock:
