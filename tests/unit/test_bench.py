@@ -13,7 +13,7 @@ from bench.data import agg_trades, file_windows, tape_trade_totals, write_agg_tr
 from bench.throughput import replay_messages, tape_messages, tape_rows
 from btcpipe.clock import wall_clock_ms
 from pricefeed.sources.replay.files import detect_layout, read_events
-from pricefeed.sources.trades.frames import TradeRow, trade_row
+from pricefeed.sources.trades.frames import parse_rest_rows
 from tests.harness.trade_generator import RandomWalk, append_steps
 from tests.harness.trade_tape import Tape
 
@@ -35,11 +35,11 @@ def test_bare_trade_messages_are_what_the_trade_source_sends() -> None:
     tape, now_ms = Tape("ETHUSDT", "2300.10000000"), wall_clock_ms()
     start_ms = now_ms - now_ms % 300_000 - 299_000  # a second into the window before
     append_steps(tape, RandomWalk(0, "ETHUSDT", "2300.10000000"), 3000, start_ms * 1000)
-    sent = []
-    for trade in tape.trades():
-        row = trade_row("ETHUSDT", trade.binance_row(), now_ms)
-        assert isinstance(row, TradeRow) and row.event is not None
-        sent.append((row.event.key(), row.event.to_json_bytes(), row.event.event_time))
+    parsed = parse_rest_rows("ETHUSDT", [t.binance_row() for t in tape.trades()], now_ms)
+    assert parsed is not None and not parsed[1]
+    events = [row.event for row in parsed[0] if row.event is not None]
+    assert len(events) == len(tape.trades())
+    sent = [(e.key(), e.to_json_bytes(), e.event_time) for e in events]
     rows = tape_rows(tape.trades())
     assert tape_messages({"ETHUSDT": rows}) == sent
     ((volume, count),) = tape_trade_totals({"ETHUSDT": rows}).values()  # one burst, one window

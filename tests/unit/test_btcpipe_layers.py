@@ -1,6 +1,6 @@
 """btcpipe, the package both scripts install, stands on its own: it imports nothing of the
-producer, the consumer or the tests, and of other libraries only orjson (what both images
-install anyway); nothing in it imports in a cycle."""
+producer, the consumer or the tests, and of other libraries only orjson and msgspec (what
+both images install anyway); nothing in it imports in a cycle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.imports import find_cycle, import_graph, restricted, within
 
 SOURCE = Path(__file__).resolve().parents[2] / "btcpipe" / "src"
 GRAPH = import_graph(SOURCE, "btcpipe")
-ALLOWED_LIBRARIES = ("orjson",)
+ALLOWED_LIBRARIES = ("orjson", "msgspec")
 
 
 def test_every_module_of_the_package_is_read() -> None:
@@ -19,7 +19,7 @@ def test_every_module_of_the_package_is_read() -> None:
     assert "btcpipe.contract.rules" in GRAPH["btcpipe.contract.events"]
 
 
-def test_it_imports_only_itself_the_standard_library_and_orjson() -> None:
+def test_it_imports_only_itself_the_standard_library_orjson_and_msgspec() -> None:
     foreign = {
         (module, name)
         for module, imports in GRAPH.items()

@@ -52,13 +52,19 @@ class Refused(NamedTuple):
 Frame = LiveTrade | Shutdown | Reply | Refused
 
 
+_new_tuple = tuple.__new__
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def trade_row(symbol: str, fields: Mapping[str, object], now_ms: int) -> TradeRow | Refused:
+def trade_row(
+    symbol: str, stream: str, fields: Mapping[str, object], now_ms: int
+) -> TradeRow | Refused:
     """An aggregate trade's fields (`a p q f l T`, as REST rows and aggTrade events both
-    carry them) as a row of `symbol`'s stream; Refused without an integer id to place it by."""
+    carry them) as a row of `symbol`'s stream (agg_trade_stream(symbol), which callers make
+    once a page); Refused without an integer id to place it by."""
     agg_id, time_ms = fields.get("a"), fields.get("T")
     if not _is_int(agg_id):
         return Refused(f"{symbol}: aggregate id {agg_id!r:.40} is not an integer")
@@ -73,12 +79,12 @@ def trade_row(symbol: str, fields: Mapping[str, object], now_ms: int) -> TradeRo
         return TradeRow(symbol, agg_id, None, None, reason)
     try:
         event = make_trade(
-            symbol, fields.get("p"), when, SOURCE, agg_trade_stream(symbol), agg_id, now_ms,
-            fields.get("q"), first, last,
+            symbol, fields.get("p"), when, SOURCE, stream, agg_id, now_ms, fields.get("q"),
+            first, last,
         )  # fmt: skip
     except ContractError as error:
         return TradeRow(symbol, agg_id, when, None, f"{symbol} aggregate trade {agg_id}: {error}")
-    return TradeRow(symbol, agg_id, when, event)
+    return _new_tuple(TradeRow, (symbol, agg_id, when, event, None))  # TradeRow(...), cheaper
 
 
 def parse_frame(text: str | bytes, symbols: Container[str], now_ms: int) -> Frame:
@@ -104,7 +110,7 @@ def parse_frame(text: str | bytes, symbols: Container[str], now_ms: int) -> Fram
     symbol = body.get("s")
     if not isinstance(symbol, str) or symbol not in symbols:
         return Refused(f"a trade of {symbol!r:.40}, which was not asked for")
-    row = trade_row(symbol, body, now_ms)
+    row = trade_row(symbol, agg_trade_stream(symbol), body, now_ms)
     return row if isinstance(row, Refused) else LiveTrade(row)
 
 
@@ -115,9 +121,9 @@ def parse_rest_rows(
     not be placed; None when it is not a list of objects (not the documented answer)."""
     if not isinstance(payload, list) or not all(isinstance(item, dict) for item in payload):
         return None
-    rows, refused = [], []
+    rows, refused, stream = [], [], agg_trade_stream(symbol)
     for item in payload:
-        row = trade_row(symbol, item, now_ms)
+        row = trade_row(symbol, stream, item, now_ms)
         if isinstance(row, Refused):
             refused.append(row.reason)
         else:
