@@ -79,6 +79,8 @@ def _look_back(
     start_of_log = consumer.beginning_offsets([tp])[tp]
     listed_end = consumer.end_offsets([tp])[tp]
     found: dict[str, int] = {}
+    if listed_end <= start_of_log:
+        return found  # empty (a short answer is still past the last batch's base offset)
     upper: int | None = None  # None: to the high watermark
     step = FIRST_STEP
     begin = max(start_of_log, listed_end - step)

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from btcpipe.backoff import Backoff
 from btcpipe.clock import wall_clock_ms
-from btcpipe.contract import make_event
+from btcpipe.contract import agg_trade_stream, make_event
 from pricefeed.binance.rest import BinanceClient
 from pricefeed.binance.ws import Message, StreamConnection
 from pricefeed.kafka_sink import KafkaSink
@@ -383,6 +383,33 @@ def test_the_topics_tail_gives_each_symbols_last_trade_behind_other_events(
     assert TopicTail(broker.bootstrap, topic).last_seqs(streams) == {"BTCUSDT": 3000}
     assert partition_of(b"BTCUSDT", 1) == 0
     assert {partition_of(f"S{i}".encode(), 3) for i in range(30)} == {0, 1, 2}
+
+
+def test_the_topics_tail_passes_over_empty_partitions(broker: TansuBroker, topic: str) -> None:
+    """A partition that holds nothing is not read (an empty fetch waits for data to come):
+    a symbol whose partition is empty starts afresh, one whose partition holds a single
+    batch (Tansu's ListOffsets answers its base offset + 1) resumes after its last trade."""
+    other = next(f"S{i}USDT" for i in range(100) if partition_of(f"S{i}USDT".encode(), 3) != 0)
+    symbol = next(f"T{i}USDT" for i in range(100) if partition_of(f"T{i}USDT".encode(), 3) == 0)
+    now = wall_clock_ms()
+    trades = [
+        make_event(
+            symbol, "1.5", now - 60_000, "binance", agg_trade_stream(symbol), seq,
+            quantity="0.1", first_trade_id=seq, last_trade_id=seq,
+        )
+        for seq in range(1, 501)
+    ]  # fmt: skip
+    stop = threading.Event()
+    sink = KafkaSink(broker.bootstrap, topic, 3, stop, Backoff(0.2, 2), echo=False)
+    assert sink.connect()
+    try:
+        sink.publish(trades)
+        sink.flush(30)
+        assert sink.backlog() == 0
+    finally:
+        sink.close()
+    streams = {name: agg_trade_stream(name) for name in (symbol, other)}
+    assert TopicTail(broker.bootstrap, topic).last_seqs(streams) == {symbol: 500}
 
 
 def test_a_full_inbox_holds_the_socket_back_and_closing_frees_its_reader() -> None:
