@@ -63,9 +63,8 @@ class KafkaSink:
         self._clients = KafkaClients(
             bootstrap_servers, topic, partitions, stop, backoff, delivery_timeout_ms, compression
         )
-        self._lock = threading.Lock()  # acknowledgements arrive on the client's network thread
-        self._stall = StallWatch(stall_warning)  # under self._lock
-        self._sent = self._outstanding()  # of the current client
+        self._stall = StallWatch(stall_warning)
+        self._sent = Outstanding()  # of the current client
         self._waiting: list[PriceEvent] = []  # to send, after everything in self._sent
         self.delivered = 0
 
@@ -84,6 +83,7 @@ class KafkaSink:
     def publish(self, events: Iterable[PriceEvent]) -> None:
         """Send events after everything still waiting, without waiting for acknowledgements.
         Events that cannot be handed to the client now wait, in order, for the next call."""
+        self._collect()
         stalled_for = self._warn_if_stalled()
         if stalled_for * 1000 >= self._clients.request_timeout_ms and self._sent.failure is None:
             self._sent.fail(KafkaTimeoutError(f"no acknowledgement for {stalled_for:.0f} s"))
@@ -111,7 +111,7 @@ class KafkaSink:
             return
         producer = self._clients.producer
         assert producer is not None, "connect() first"
-        if not self._sent.count():
+        if not self._sent.queue:
             self._stall.last_ack = time.monotonic()  # a stall is measured from the first wait
         try:
             self._sent.send_each(producer, self.topic, waiting)
@@ -123,14 +123,13 @@ class KafkaSink:
                 len(self._waiting),
             )
 
-    def _outstanding(self) -> Outstanding:
-        """The bookkeeping of a new client."""
-        return Outstanding(self._lock, self._stall.acknowledged, self._acknowledged)
-
-    def _acknowledged(self, events: list[PriceEvent], recovered: bool) -> None:
-        """Called by the current client's callbacks with the events just acknowledged."""
+    def _collect(self) -> None:
+        """Take in what the current client has acknowledged since the last look."""
+        events = self._sent.collect()
+        if not events:
+            return
         self.delivered += len(events)
-        if recovered:
+        if self._stall.acknowledged(time.monotonic()):
             log.info("Kafka is acknowledging messages again")
         if self.echo:
             for event in events:
@@ -141,7 +140,7 @@ class KafkaSink:
         before what was waiting. False if no new client could be made yet (tried again later)."""
         if self._clients.producer is not None:
             sent = self._sent
-            self._close_producer()  # its callbacks are done: nothing is acknowledged any more
+            self._close_producer()  # nothing it still holds is acknowledged any more
             unacked = sent.retire()
             self._waiting[:0] = unacked
             log.warning(
@@ -152,16 +151,15 @@ class KafkaSink:
             )
         if not self._clients.next(len(self._waiting)):
             return False
-        with self._lock:
-            self._sent = self._outstanding()
-            self._stall.last_ack = time.monotonic()  # the new client's stall starts now
+        self._sent = Outstanding()
+        self._stall.last_ack = time.monotonic()  # the new client's stall starts now
         return True
 
     def _warn_if_stalled(self) -> float:
-        """Say that Kafka has stopped answering, once a minute. Returns for how long."""
-        with self._lock:
-            unacked = self._sent.count()
-            stalled_for, warn = self._stall.check(time.monotonic(), unacked)
+        """Say that Kafka has stopped answering, once a minute. Returns for how long. (After
+        `_collect` the queue's head, if any, is unacknowledged.)"""
+        unacked = len(self._sent.queue)
+        stalled_for, warn = self._stall.check(time.monotonic(), unacked)
         if warn:
             self._stall.say(self.bootstrap_servers, stalled_for, unacked + len(self._waiting))
         return stalled_for
@@ -170,10 +168,12 @@ class KafkaSink:
 
     def flush(self, timeout: float) -> None:
         self._clients.flush(timeout)
+        self._collect()
 
     def backlog(self) -> int:
         """Events waiting to be sent, or sent and not yet acknowledged."""
-        return self._sent.count() + len(self._waiting)
+        self._collect()
+        return self._sent.unacknowledged() + len(self._waiting)
 
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is pending (within `timeout`), then disconnect. Returns how many events
@@ -198,14 +198,13 @@ class KafkaSink:
         """Disconnect without waiting: callers have already given delivery its time."""
         if self._clients.producer is None:
             return
-        with self._lock:
-            self._sent.retired = True  # late callbacks of the old client change nothing
+        self._sent.stop_listening()
         self._clients.close_current()
 
 
 class StallWatch:
     """How long Kafka has acknowledged nothing while messages wait, and when to say so (once a
-    minute). Its callers hold the sink's lock."""
+    minute)."""
 
     def __init__(self, warn_after: float) -> None:
         self.warn_after = warn_after
