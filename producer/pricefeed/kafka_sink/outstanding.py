@@ -61,19 +61,14 @@ class Outstanding:
     def collect(self) -> list[PriceEvent]:
         """Pop and return the acknowledged prefix, in send order (the sending thread's)."""
         queue, acked = self.queue, []
-        while queue:
-            future = queue[0][1]
-            if not (future.is_done and future.exception is None):
-                break
+        while queue and queue[0][1].succeeded():
             acked.append(queue.popleft()[0])
         return acked
 
     def unacknowledged(self) -> int:
         """Sent and not acknowledged, exactly: the whole queue is looked at (after a flush
         the acknowledged prefix is all of it, so `collect` first keeps this short)."""
-        return sum(
-            1 for _, future in self.queue if not (future.is_done and future.exception is None)
-        )
+        return sum(1 for _, future in self.queue if not future.succeeded())
 
     def fail(self, exc: Exception) -> None:
         """Note the client's first failure (later ones add nothing); the sink's next publish
@@ -92,6 +87,4 @@ class Outstanding:
         """Stop listening to this client; its unacknowledged events, in send order."""
         self.stop_listening()
         sent, self.queue = self.queue, deque()
-        return [
-            event for event, future in sent if not (future.is_done and future.exception is None)
-        ]
+        return [event for event, future in sent if not future.succeeded()]
